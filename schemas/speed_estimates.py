@@ -1,0 +1,29 @@
+"""speed_estimates: the published expected speed per segment x 5-minute time-of-week bucket."""
+
+from schemas._base import Column, Table
+
+# Back-off chain for buckets with fewer than MIN_TRACES distinct traces, in order.
+SOURCES = ("observed", "neighbour_buckets", "hour_daytype", "segment_week", "road_class_prior")
+MIN_TRACES = 3  # privacy / reliability threshold (k distinct traces)
+
+SPEED_ESTIMATES = Table(
+    name="speed_estimates",
+    grain="one segment x tow_bucket (all 2016 buckets of every segment with any data or a prior)",
+    partition_by=("partition",),
+    columns=(
+        Column("segment_id", "int64", "road segment"),
+        Column("tow_bucket", "int16", "local time-of-week bucket 0..2015, Sunday 00:00 = 0"),
+        Column("speed_kph", "float64", "expected speed (median of the histogram used), km/h"),
+        Column("p15_kph", "float64", "15th percentile speed, km/h", required=False),
+        Column("p85_kph", "float64", "85th percentile speed, km/h", required=False),
+        Column("mean_kph", "float64", "arithmetic mean speed, km/h", required=False),
+        Column("harmonic_mean_kph", "float64", "space-mean speed (total metres / total time), km/h", required=False),
+        Column("n_obs", "int64", "observations behind the estimate"),
+        Column("n_traces", "int64", "distinct traces behind the estimate"),
+        Column("confidence", "float64", "0..1, grows with n_traces, shrinks with spread and back-off depth"),
+        Column("free_flow_kph", "float64", "segment free-flow speed (85th pct of night-time speeds, else prior)"),
+        Column("source", "string", "one of SOURCES: 'observed' or the back-off level used"),
+        Column("window", "string", "histogram window the estimate was computed from"),
+        Column("partition", "string", "partition of the segment"),
+    ),
+)

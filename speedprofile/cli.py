@@ -1,0 +1,74 @@
+"""`speedprofile` console command: one verb per module; each module declares its own flags.
+
+A verb module exposes `add_arguments(parser)` and `cli(args) -> int`. Errors the user can fix raise
+`UserError` and end as one line on stderr with exit code 2; anything else is one line too, exit code 1
+(set SPEEDPROFILE_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from speedprofile.errors import UserError
+from speedprofile.warehouse import default_warehouse
+
+# verb (or "group sub") -> module implementing it
+VERBS: dict[str, tuple[str, str]] = {
+    "network build": ("speedprofile.network.build", "road network (OSM PBF or node/arc lists) -> road_segments"),
+    "simulate": ("speedprofile.simulate.fleet", "simulated fleet on the warehouse network -> raw probes + truth"),
+    "ingest": ("speedprofile.ingest.job", "raw probe files -> probes; bad rows -> rejected_probes"),
+    "run": ("speedprofile.run", "run the stage apps over dates and partitions via spark-submit"),
+    "query": ("speedprofile.serve.query", "expected speed of a segment / nearest road at a time of week"),
+    "map": ("speedprofile.serve.maps", "choropleth of estimated speeds (PNG or self-contained HTML)"),
+    "publish": ("speedprofile.serve.publish", "load estimates + geometry into PostgreSQL/PostGIS"),
+    "export": ("speedprofile.serve.exports", "Valhalla / Mapbox / GeoJSON exports"),
+    "bench match": ("speedprofile.matching.bench", "map-matching accuracy and throughput on Kubicka 2015"),
+    "demo": ("speedprofile.demo", "the whole pipeline on Porto + a simulated fleet"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Parser for all verbs; only the verb named in argv imports its module (keeps `--help` and start-up fast)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words_given = [a for a in argv if not a.startswith("-")][:2]
+    parser = argparse.ArgumentParser(prog="speedprofile", description="Road speed profiles from GPS probes.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for verb, (module, help_text) in VERBS.items():
+        words = verb.split()
+        if len(words) == 2:
+            if words[0] not in groups:
+                gp = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = gp.add_subparsers(dest="subverb", metavar="SUBVERB", required=True)
+            p = groups[words[0]].add_parser(words[1], help=help_text)
+        else:
+            p = sub.add_parser(verb, help=help_text)
+        p.add_argument("--warehouse", default=default_warehouse(), help="warehouse root (default: %(default)s)")
+        p.set_defaults(_module=module)
+        if words_given[: len(words)] == words:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser(argv).parse_args(argv)
+        return int(importlib.import_module(args._module).cli(args) or 0)
+    except UserError as exc:
+        print(f"speedprofile: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speedprofile: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("SPEEDPROFILE_DEBUG"):
+            raise
+        print(f"speedprofile: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
