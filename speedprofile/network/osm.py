@@ -260,6 +260,11 @@ def ways_to_segments(ways: WayArrays) -> tuple[dict, np.ndarray, np.ndarray, np.
     _, inverse, use = np.unique(ref, return_inverse=True, return_counts=True)
     missing = np.isnan(lon) | np.isnan(lat)
     split = (use[inverse] > 1) | missing
+    # the known neighbours of a missing node become piece ends, so only the pieces into the void are lost
+    if len(ref) > 1:
+        same = way_of[1:] == way_of[:-1]
+        split[:-1] |= missing[1:] & same
+        split[1:] |= missing[:-1] & same
     split[starts[~single]] = True
     split[ends[~single]] = True
     pos = np.flatnonzero(split)
