@@ -1,0 +1,124 @@
+"""Warehouse reads for serving: speed_estimates and road_segments with pyarrow (no Spark).
+
+Grain: speed_estimates is one segment x tow_bucket; road_segments one directed segment with its polyline
+(WGS84 degrees). Missing tables are a one-line UserError.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from schemas.road_segments import ROAD_SEGMENTS
+from schemas.speed_estimates import SPEED_ESTIMATES
+from speedprofile import warehouse as wh
+from speedprofile.errors import UserError
+
+SEGMENT_COLUMNS = [c for c in ROAD_SEGMENTS.names if c != "is_oneway"]
+
+
+def _require_local(warehouse: str) -> None:
+    if wh.is_remote(warehouse):
+        raise UserError(f"serving reads a local warehouse; {warehouse} is remote (sync it locally first)")
+
+
+def estimate_partitions(warehouse: str) -> list[str]:
+    """Partition cells present in speed_estimates (sorted)."""
+    _require_local(warehouse)
+    root = wh.table_path(warehouse, SPEED_ESTIMATES.name)
+    if not os.path.isdir(root):
+        raise UserError(f"no speed_estimates in warehouse {warehouse} (run the pipeline first: speedprofile run)")
+    return sorted(d.split("=", 1)[1] for d in os.listdir(root) if d.startswith("partition="))
+
+
+def load_estimates(warehouse: str, partitions: Sequence[str] | None = None,
+                   buckets: Sequence[int] | None = None, segment_ids: Sequence[int] | None = None,
+                   columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """speed_estimates rows (optionally only some partitions / tow_buckets / segments) as pandas."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    cells = estimate_partitions(warehouse)
+    if partitions is not None:
+        unknown = sorted(set(partitions) - set(cells))
+        if unknown:
+            raise UserError(f"partition(s) {', '.join(unknown)} not in speed_estimates (have: {', '.join(cells) or 'none'})")
+        cells = [c for c in cells if c in set(partitions)]
+    names = list(columns) if columns is not None else SPEED_ESTIMATES.names
+    if not cells:
+        return SPEED_ESTIMATES.arrow_schema().empty_table().select(names).to_pandas()
+    schema = SPEED_ESTIMATES.arrow_schema()
+    root = wh.table_path(warehouse, SPEED_ESTIMATES.name)
+    files = [os.path.join(root, f"partition={c}", f) for c in cells
+             for f in sorted(os.listdir(os.path.join(root, f"partition={c}")))
+             if f.endswith(".parquet") and not f.startswith(("_", "."))]
+    dataset = ds.dataset(files, format="parquet", schema=pa.schema([f for f in schema if f.name != "partition"]))
+    flt = None
+    if buckets is not None:
+        flt = ds.field("tow_bucket").isin(pa.array(sorted({int(b) for b in buckets}), type=pa.int16()))
+    if segment_ids is not None:
+        f2 = ds.field("segment_id").isin(pa.array([int(s) for s in segment_ids], type=pa.int64()))
+        flt = f2 if flt is None else flt & f2
+    tables = []
+    data_names = [c for c in names if c != "partition"]
+    for frag in dataset.get_fragments():
+        cell = os.path.basename(os.path.dirname(frag.path)).split("=", 1)[1]
+        t = frag.to_table(columns=data_names, filter=flt, schema=dataset.schema)
+        if "partition" in names:
+            t = t.append_column("partition", pa.array([cell] * t.num_rows, type=pa.string()))
+        tables.append(t.select(names))
+    out = pa.concat_tables(tables) if tables else schema.empty_table().select(names)
+    return out.to_pandas()
+
+
+def load_segments(warehouse: str, partitions: Sequence[str] | None = None,
+                  columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """road_segments as pandas (geometry columns hold numpy arrays of degrees); UserError when absent."""
+    _require_local(warehouse)
+    from speedprofile.network.graph import load_road_segments_table
+
+    table = load_road_segments_table(warehouse, partitions, columns or SEGMENT_COLUMNS)
+    df = table.to_pandas()
+    for c in ("osm_way_id", "reverse_segment_id"):
+        if c in df.columns:
+            df[c] = df[c].astype("Int64")
+    return df
+
+
+def polyline_xy(lon: np.ndarray, lat: np.ndarray, lat0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Local equirectangular metres around latitude lat0 (good to <0.1% over a city)."""
+    r = 6_371_008.8
+    return np.radians(lon) * r * np.cos(np.radians(lat0)), np.radians(lat) * r
+
+
+def point_segment_distance_m(segments: pd.DataFrame, lon: float, lat: float) -> np.ndarray:
+    """Distance in metres from (lon, lat) to each segment's polyline (vectorised over all vertex pairs)."""
+    lons = segments["geom_lon_deg"].to_numpy()
+    lats = segments["geom_lat_deg"].to_numpy()
+    counts = np.array([len(a) for a in lons])
+    if len(counts) == 0:
+        return np.zeros(0)
+    flon = np.concatenate(lons).astype(float)
+    flat = np.concatenate(lats).astype(float)
+    x, y = polyline_xy(flon, flat, lat)
+    px, py = polyline_xy(np.array([lon]), np.array([lat]), lat)
+    starts = np.cumsum(counts) - counts
+    last = np.zeros(len(flon), dtype=bool)
+    last[np.cumsum(counts) - 1] = True
+    ax, ay, bx, by = x[:-1], y[:-1], x[1:], y[1:]
+    dx, dy = bx - ax, by - ay
+    den = dx * dx + dy * dy
+    t = np.where(den > 0, ((px - ax) * dx + (py - ay) * dy) / np.where(den > 0, den, 1), 0).clip(0, 1)
+    d = np.hypot(ax + t * dx - px, ay + t * dy - py)
+    d = np.where(last[:-1], np.inf, d)  # pairs spanning two segments are not edges
+    d = np.append(d, np.inf)
+    seg_of_vertex = np.repeat(np.arange(len(counts)), counts)
+    out = np.full(len(counts), np.inf)
+    np.minimum.at(out, seg_of_vertex, d)
+    single = counts == 1  # degenerate one-vertex geometry: distance to that vertex
+    if single.any():
+        out[single] = np.hypot(x[starts[single]] - px, y[starts[single]] - py)
+    return out
