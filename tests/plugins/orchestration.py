@@ -1,1 +1,96 @@
-"""Shared pytest fixtures: orchestration."""
+"""Shared pytest fixtures: orchestration (isolated Airflow home, Airflow CLI runner, partition lists)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+AIRFLOW = str(VENV_BIN / "airflow")
+
+
+def write_partitions(warehouse: Path, cells: list[str], h3_res: int = 7) -> Path:
+    """A `_partitions.json` as `network build` writes it (only what the DAGs read)."""
+    path = warehouse / "road_segments" / "_partitions.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"h3_res": h3_res, "partitions": [{"cell": c} for c in cells]}))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def airflow_env(home: Path, warehouse: Path | str, port: int = 8080) -> dict[str, str]:
+    """Environment of every Airflow process in the tests: isolated home + SQLite DB, this repo's DAGs, local Spark."""
+    env = dict(os.environ)
+    for k in [k for k in env if k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
+        del env[k]
+    secret = (home / ".secret").read_text().strip() if (home / ".secret").exists() else "speedprofile-tests"
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "SPEEDPROFILE_WAREHOUSE": str(warehouse),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TZ": "UTC",
+    })
+    env.pop("SPEEDPROFILE_PG_DSN", None)  # publish stays a visible no-op unless a test sets one
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> Path:
+    """An Airflow home with a migrated SQLite metadata DB (migrated once per test session)."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    (home / ".secret").write_text(secrets.token_hex(16))
+    env = airflow_env(home, home / "no-warehouse")
+    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return home
+
+
+@pytest.fixture(scope="session")
+def run_airflow(airflow_home) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `airflow ARGS...` against the session's Airflow home and a given warehouse; output kept for asserts."""
+
+    def run(args: list[str], warehouse: Path | str, timeout: float = 600, port: int = 8080,
+            check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([AIRFLOW, *args], env=airflow_env(airflow_home, warehouse, port), cwd=str(REPO),
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            pytest.fail(f"airflow {' '.join(args)} exited {proc.returncode}:\n"
+                        f"{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+        return proc
+
+    return run

@@ -1,0 +1,242 @@
+"""The Airflow DAGs: parsing and shape (DagBag, no patching), quality gates, and one partition-day end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pendulum
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from speedprofile.quality import QualityError, Thresholds, gate, probes_status
+from speedprofile.warehouse import metrics_path
+from tests.plugins.orchestration import write_partitions
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "dags"
+CELLS = ["87392c8a1ffffff", "87392c8a3ffffff", "87392c8a5ffffff"]
+STAGES = ["match_traces", "bucket_traversals", "build_histograms", "estimate_speeds"]
+TASK_ORDER = ["wait_for_probes"] + [t for s in STAGES for t in (s, f"check_{s}")] + ["publish"]
+
+
+def load_dagbag(monkeypatch, warehouse: Path | None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if warehouse is None:
+        monkeypatch.delenv("SPEEDPROFILE_WAREHOUSE", raising=False)
+    else:
+        monkeypatch.setenv("SPEEDPROFILE_WAREHOUSE", str(warehouse))
+    monkeypatch.delenv("SPEEDPROFILE_PARTITIONS_FILE", raising=False)
+    return DagBag(dag_folder=str(DAGS))
+
+
+@pytest.fixture
+def dagbag(tmp_path, monkeypatch):
+    write_partitions(tmp_path / "wh", CELLS)
+    return load_dagbag(monkeypatch, tmp_path / "wh")
+
+
+def test_dagbag_loads_without_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert dagbag.dags
+
+
+def test_one_dag_per_partition(dagbag):
+    assert sorted(d for d in dagbag.dags if d.startswith("speed_profile__")) == [f"speed_profile__{c}" for c in CELLS]
+
+
+def test_missing_partition_list_gives_zero_dags_not_an_error(tmp_path, monkeypatch):
+    bag = load_dagbag(monkeypatch, tmp_path / "empty-warehouse")
+    assert bag.import_errors == {}
+    assert not [d for d in bag.dags if d.startswith("speed_profile__")]
+
+
+def test_default_warehouse_parses_without_env(monkeypatch):
+    bag = load_dagbag(monkeypatch, None)
+    assert bag.import_errors == {}
+
+
+def test_task_order_is_a_single_chain(dagbag):
+    dag = dagbag.dags[f"speed_profile__{CELLS[0]}"]
+    assert sorted(dag.task_ids) == sorted(TASK_ORDER)
+    for up, down in itertools.pairwise(TASK_ORDER):
+        assert dag.task_dict[up].downstream_task_ids == {down}, up
+    assert dag.task_dict["wait_for_probes"].upstream_task_ids == set()
+
+
+def test_stage_tasks_submit_the_stage_app_with_warehouse_date_partition(dagbag, tmp_path):
+    cell = CELLS[1]
+    dag = dagbag.dags[f"speed_profile__{cell}"]
+    env = dag.get_template_env()
+    ctx = {"data_interval_start": pendulum.datetime(2024, 3, 5, tz="UTC"),
+           "data_interval_end": pendulum.datetime(2024, 3, 6, tz="UTC"),
+           "params": {k: v.value for k, v in dag.params.items()}}
+    for stage in STAGES:
+        op = dag.task_dict[stage]
+        assert type(op).__name__ == "SparkSubmitOperator"
+        assert op.application == str(REPO / "spark_apps" / f"{stage}.py")
+        assert op._conn_id == "spark_default"
+        args = [env.from_string(str(a)).render(**ctx) for a in op.application_args]
+        expected = ["--warehouse", str((tmp_path / "wh").resolve()), "--date", "2024-03-05", "--partition", cell]
+        if stage in ("build_histograms", "estimate_speeds"):
+            expected += ["--window-weeks", "4"]
+        assert args == expected
+
+
+def test_daily_data_interval_timetable(dagbag):
+    from airflow.sdk import CronDataIntervalTimetable
+    from airflow.timetables.interval import CronDataIntervalTimetable as CoreTimetable
+
+    dag = dagbag.dags[f"speed_profile__{CELLS[0]}"]
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 0 * * *", "UTC")
+    # A run for 2024-03-06 00:00 covers the finished day 2024-03-05 (00:00-24:00 UTC): --date is that day.
+    core = CoreTimetable(dag.timetable.expression, "UTC")
+    di = core.infer_manual_data_interval(run_after=pendulum.datetime(2024, 3, 6, tz="UTC"))
+    assert (di.start, di.end) == (pendulum.datetime(2024, 3, 5, tz="UTC"), pendulum.datetime(2024, 3, 6, tz="UTC"))
+
+
+def test_retries_timeouts_and_concurrency(dagbag):
+    dag = dagbag.dags[f"speed_profile__{CELLS[0]}"]
+    assert dag.max_active_runs == 1
+    assert dag.max_active_tasks == 1
+    assert dag.catchup is False
+    for stage in STAGES:
+        op = dag.task_dict[stage]
+        assert op.retries >= 1
+        assert op.retry_exponential_backoff
+        assert op.execution_timeout is not None
+    for stage in STAGES:  # a failed gate is a data problem: fail at once, no retry
+        assert dag.task_dict[f"check_{stage}"].retries == 0
+
+
+def test_stage_outlets_are_one_asset_per_table_and_partition(dagbag):
+    cell = CELLS[2]
+    dag = dagbag.dags[f"speed_profile__{cell}"]
+    tables = {"match_traces": "segment_traversals", "bucket_traversals": "bucketed_traversals",
+              "build_histograms": "speed_histograms", "estimate_speeds": "speed_estimates"}
+    for stage, table in tables.items():
+        (out,) = dag.task_dict[stage].outlets
+        assert out.name == f"speedprofile.{table}.{cell}"
+    assert [a.name for a in dag.task_dict["wait_for_probes"].inlets] == ["speedprofile.probes"]
+
+
+def test_dag_modules_import_no_pyspark_or_pandas(tmp_path):
+    write_partitions(tmp_path / "wh", CELLS[:1])
+    code = (
+        "import importlib.util, sys\n"
+        "import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit\n"
+        "before = set(sys.modules)\n"
+        f"for f in sorted(__import__('pathlib').Path({str(DAGS)!r}).glob('*.py')):\n"
+        "    spec = importlib.util.spec_from_file_location(f.stem, f)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "new = set(sys.modules) - before\n"
+        "print(sorted(m for m in new if m.split('.')[0] in ('pyspark', 'pandas', 'numpy', 'pyarrow', 'speedprofile')))\n"
+        "print('pyspark' in sys.modules)\n"
+    )
+    env = {"SPEEDPROFILE_WAREHOUSE": str(tmp_path / "wh"), "PATH": "/usr/bin:/bin",
+           "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2:] == ["[]", "False"]
+
+
+# -- quality gates on small real Parquet partitions ----------------------------------------------------------------
+
+DT = "2024-03-05"
+CELL = CELLS[0]
+
+
+def put_parquet(root: Path, table: str, keys: dict, columns: dict) -> None:
+    folder = root / table
+    for k, v in keys.items():
+        folder = folder / f"{k}={v}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), folder / "part-0.parquet")
+
+
+def put_metrics(root: Path, stage: str, counts: dict) -> None:
+    path = Path(metrics_path(str(root), stage, DT, CELL))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(counts))
+
+
+@pytest.fixture
+def good_match(tmp_path) -> Path:
+    wh = tmp_path / "wh"
+    put_parquet(wh, "probes", {"dt": DT, "partition": CELL}, {"trace_id": ["a"] * 10})
+    put_parquet(wh, "segment_traversals", {"dt": DT, "partition": CELL},
+                {"segment_id": [1, 2, 3], "speed_kph": [12.0, 48.5, 95.0]})
+    put_metrics(wh, "match_traces", {"rows_in": 10, "rows_out": 3, "rejected": {"speed_implausible": 1, "unmatched": 6},
+                                     "match_rate": 0.8})
+    return wh
+
+
+def test_gate_passes_consistent_stage_output(good_match):
+    res = gate("match_traces", str(good_match), DT, CELL)
+    assert res.facts["rows_in"] == 10
+    assert res.facts["output_rows_in_table"] == 3
+    assert res.facts["match_rate"] == 0.8
+
+
+def test_gate_fails_on_unbalanced_row_accounting(good_match):
+    put_metrics(good_match, "match_traces", {"rows_in": 11, "rows_out": 3, "rejected": {"unmatched": 6}, "match_rate": 0.8})
+    with pytest.raises(QualityError, match=r"rows_in 11 != rows_out 3 \+ rejected 6"):
+        gate("match_traces", str(good_match), DT, CELL)
+
+
+def test_gate_fails_when_metrics_disagree_with_the_table(good_match):
+    put_metrics(good_match, "match_traces", {"rows_in": 10, "rows_out": 4, "rejected": {"unmatched": 6}, "match_rate": 0.8})
+    with pytest.raises(QualityError, match=r"rows_out 4 but segment_traversals holds 3 rows"):
+        gate("match_traces", str(good_match), DT, CELL)
+
+
+def test_gate_fails_on_low_match_rate(good_match):
+    put_metrics(good_match, "match_traces", {"rows_in": 10, "rows_out": 3, "rejected_unmatched": 7, "match_rate": 0.2})
+    with pytest.raises(QualityError, match=r"match rate 20.0% is below the threshold 50%"):
+        gate("match_traces", str(good_match), DT, CELL)
+    assert gate("match_traces", str(good_match), DT, CELL, Thresholds(min_match_rate=0.1)).facts["match_rate"] == 0.2
+
+
+def test_gate_fails_on_speeds_out_of_range(good_match):
+    put_parquet(good_match, "segment_traversals", {"dt": DT, "partition": CELL},
+                {"segment_id": [1, 2, 3], "speed_kph": [12.0, 48.5, 250.0]})
+    with pytest.raises(QualityError, match=r"speeds out of range: segment_traversals.speed_kph spans 12.00..250.00"):
+        gate("match_traces", str(good_match), DT, CELL)
+
+
+def test_gate_fails_on_empty_output_where_probes_exist(good_match):
+    import shutil
+
+    shutil.rmtree(good_match / "segment_traversals")
+    put_metrics(good_match, "match_traces", {"rows_in": 10, "rows_out": 0, "rejected": {"unmatched": 10}, "match_rate": 0.0})
+    with pytest.raises(QualityError) as err:
+        gate("match_traces", str(good_match), DT, CELL)
+    assert "probes has 10 rows" in str(err.value) and "wrote no segment_traversals rows" in str(err.value)
+
+
+def test_gate_fails_readably_when_metrics_are_missing(good_match):
+    Path(metrics_path(str(good_match), "match_traces", DT, CELL)).unlink()
+    with pytest.raises(QualityError, match=r"metrics missing: match_traces wrote no row accounting at .*partition="):
+        gate("match_traces", str(good_match), DT, CELL)
+
+
+def test_gate_accepts_an_empty_partition_without_probes(tmp_path):
+    wh = tmp_path / "wh"
+    (wh / "probes" / f"dt={DT}").mkdir(parents=True)
+    put_metrics(wh, "match_traces", {"rows_in": 0, "rows_out": 0, "rejected": {}, "match_rate": 0.0})
+    assert gate("match_traces", str(wh), DT, CELL).facts["output_rows_in_table"] == 0
+
+
+def test_probes_status_tells_an_ingested_day_from_a_missing_one(good_match):
+    st = probes_status(str(good_match), date.fromisoformat(DT), CELL)
+    assert (st.day_ingested, st.partition_rows) == (True, 10)
+    st = probes_status(str(good_match), "2024-03-06", CELL)
+    assert not st.day_ingested and "no ingest metrics" in st.evidence
