@@ -4,12 +4,14 @@ Each gate reads the stage's row accounting (`<W>/_metrics/<stage>/dt=<D>/partiti
 footers of the tables involved (row counts, column min/max statistics; no data pages, no Spark) and raises
 `QualityError` with one readable line per broken rule. Standard library + pyarrow only (imported lazily).
 
-Rules (thresholds in `Thresholds`):
+Rules (thresholds in `Thresholds`; docs/airflow.md lists them per stage):
 - metrics present: the stage wrote its accounting file for the partition-day;
-- row accounting: rows_in == rows_out + sum(rejected per reason), and rows_out equals the rows in the table;
-- match rate: match_traces matched at least `min_match_rate` of its input (fixes or pieces, as reported);
-- speeds in range: traversal speeds within [MIN_PLAUSIBLE_KPH, MAX_PLAUSIBLE_KPH], estimates within (0, max];
-- no empty partitions where input exists: a stage whose input partition has rows must write rows.
+- row accounting: rows_in == rows_out + sum(rejected per reason), and the counts agree with the rows actually in
+  the input and output partitions;
+- match rate: match_traces matched at least `min_match_rate` of its input;
+- range: traversal speeds within [min_speed_kph, max_speed_kph], estimates within (0, max_speed_kph], tow_bucket
+  within 0..2015, confidence within [0, 1];
+- no empty output where input exists: a stage whose input partition has rows must write rows.
 """
 
 from __future__ import annotations
@@ -22,22 +24,12 @@ from typing import Any
 
 from speedprofile import warehouse as wh
 
-# Stage -> (input table, output table) as the gates see them.
-STAGE_TABLES: dict[str, tuple[str, str]] = {
-    "match_traces": ("probes", "segment_traversals"),
-    "bucket_traversals": ("segment_traversals", "bucketed_traversals"),
-    "build_histograms": ("bucketed_traversals", "speed_histograms"),
-    "estimate_speeds": ("speed_histograms", "speed_estimates"),
-}
-
-# Accepted spellings of the accounting keys, first match wins (stages are free to pick their names; the gate
-# names the keys it looked for when none is present).
-ROWS_IN_KEYS = ("rows_in", "input_rows", "n_in", "in")
-ROWS_OUT_KEYS = ("rows_out", "output_rows", "n_out", "out")
-REJECTED_KEYS = ("rejected", "rejected_by_reason", "rejects", "dropped")
-MATCHED_KEYS = ("matched", "rows_matched", "fixes_matched", "pieces_matched", "traces_matched")
-MATCH_BASE_KEYS = ("match_input", "fixes_in", "pieces_in", "traces_in")
+# Accepted spellings of match_traces' accounting keys (first present wins); the gate names them when none is.
+ROWS_IN_KEYS = ("rows_in", "input_rows")
+ROWS_OUT_KEYS = ("rows_out", "output_rows")
 MATCH_RATE_KEYS = ("match_rate",)
+MATCHED_KEYS = ("matched", "rows_matched", "fixes_matched", "pieces_matched")
+MATCH_BASE_KEYS = ("match_input", "fixes_in", "pieces_in")
 
 
 class QualityError(Exception):
@@ -149,154 +141,188 @@ def table_stats(partition_dir: str, columns: tuple[str, ...] = ()) -> TableStats
     return TableStats(len(files), rows, minmax)
 
 
-def partition_dir(warehouse: str, table: str, dt: str, partition: str, window_weeks: int | None = None) -> str:
-    """Folder of one partition-day of `table` (the window partition for histograms)."""
-    if table in ("probes", "segment_traversals", "bucketed_traversals"):
-        return wh.partition_path(warehouse, table, dt=dt, partition=partition)
-    if table == "speed_histograms":
-        return wh.partition_path(warehouse, table, partition=partition, window=window_name(dt, window_weeks))
-    return wh.partition_path(warehouse, table, partition=partition)
+def day_dir(warehouse: str, table: str, dt: str, partition: str) -> str:
+    """Folder of one partition-day of a dt-partitioned table."""
+    return wh.partition_path(warehouse, table, dt=dt, partition=partition)
 
 
-def window_name(dt: str, window_weeks: int | None) -> str:
-    """`w<N>-<date>` (rolling window ending dt) or `d<date>` (the day's partial) as in schemas.speed_histograms."""
-    return f"w{window_weeks}-{dt}" if window_weeks else f"d{dt}"
+def histogram_dir(warehouse: str, partition: str, window: str) -> str:
+    """Folder of one window of speed_histograms: 'd<date>' daily partial or 'w<N>-<date>' rolling window."""
+    return wh.partition_path(warehouse, "speed_histograms", partition=partition, window=window)
 
 
-# -- accounting ---------------------------------------------------------------------------------------------------
+# -- rules ---------------------------------------------------------------------------------------------------------
 
 
-def _first(metrics: dict, keys: tuple[str, ...]) -> tuple[str | None, Any]:
-    for k in keys:
-        if k in metrics and metrics[k] is not None:
-            return k, metrics[k]
-    return None, None
-
-
-def rejected_total(metrics: dict) -> tuple[int, dict[str, int]]:
-    """Sum and per-reason counts of rejected rows: a {reason: n} dict under a REJECTED_KEYS key, else
-    `rejected_<reason>` keys, else an int under a REJECTED_KEYS key."""
-    _, val = _first(metrics, REJECTED_KEYS)
+def _rejected(metrics: dict) -> dict[str, int]:
+    """Per-reason rejected counts: a {reason: n} dict under `rejected`, else `rejected_<reason>` keys."""
+    val = metrics.get("rejected")
     if isinstance(val, dict):
-        by_reason = {str(k): int(v) for k, v in val.items()}
+        return {str(k): int(v) for k, v in val.items()}
+    by_reason = {k.removeprefix("rejected_"): int(v) for k, v in metrics.items()
+                 if k.startswith("rejected_") and isinstance(v, int | float) and not isinstance(v, bool)}
+    if not by_reason and isinstance(val, int | float):
+        by_reason = {"unspecified": int(val)}
+    return by_reason
+
+
+class _Rules:
+    """Collects broken rules for one gate, one readable line each."""
+
+    def __init__(self, res: GateResult, metrics: dict, metrics_file: str):
+        self.res, self.metrics, self.metrics_file = res, metrics, metrics_file
+
+    def key(self, *names: str, within: dict | None = None) -> Any:
+        """The first of `names` present in the metrics; a problem naming them all when none is."""
+        src = self.metrics if within is None else within
+        for n in names:
+            if n in src and src[n] is not None:
+                return src[n]
+        self.res.problems.append(f"metrics {self.metrics_file} lack {' / '.join(names)} (keys: {sorted(src)})")
+        return None
+
+    def balance(self, what: str, rows_in: int | None, rows_out: int | None, rejected: dict[str, int]) -> None:
+        if rows_in is None or rows_out is None:
+            return
+        rej = sum(rejected.values())
+        self.res.facts.update(rows_in=int(rows_in), rows_out=int(rows_out), rejected=rej)
+        if int(rows_in) != int(rows_out) + rej:
+            self.res.problems.append(
+                f"row accounting: rows_in {rows_in} != {what} {rows_out} + rejected {rej} {rejected} "
+                f"({int(rows_in) - int(rows_out) - rej:+d} rows unaccounted)")
+
+    def same(self, label_a: str, a: int | None, label_b: str, b: int | None) -> None:
+        if a is not None and b is not None and int(a) != int(b):
+            self.res.problems.append(f"row accounting: {label_a} is {a} but {label_b} is {b}")
+
+    def not_empty(self, in_label: str, in_rows: int, stage: str, out_label: str, out_rows: int) -> None:
+        if in_rows > 0 and out_rows == 0:
+            self.res.problems.append(f"empty output: {in_label} has {in_rows} rows but {stage} wrote no {out_label} rows "
+                                     f"for dt={self.res.dt} partition={self.res.partition}")
+
+    def in_range(self, label: str, col: str, stats: TableStats, lo: float, hi: float, lo_open: bool = False) -> None:
+        if col not in stats.minmax:
+            return
+        vmin, vmax = stats.minmax[col]
+        self.res.facts[f"{col}_range"] = [vmin, vmax]
+        if (vmin <= lo if lo_open else vmin < lo) or vmax > hi:
+            bound = f"{'(' if lo_open else '['}{lo}, {hi}]"
+            self.res.problems.append(f"out of range: {label}.{col} spans {vmin}..{vmax}, allowed {bound}")
+
+
+def _match_traces(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
+    probes = table_stats(day_dir(wh_, "probes", dt, p))
+    out = table_stats(day_dir(wh_, "segment_traversals", dt, p), ("speed_kph",))
+    r.res.facts.update(probe_rows=probes.rows, traversal_rows=out.rows)
+    m = r.metrics
+    rows_in = r.key(*ROWS_IN_KEYS)
+    rows_out = r.key(*ROWS_OUT_KEYS)
+    r.balance("rows_out", rows_in, rows_out, _rejected(m))
+    r.same("metrics rows_out", rows_out, f"segment_traversals rows in dt={dt} partition={p}", out.rows)
+    rate = match_rate(m)
+    if rate is None:
+        r.res.problems.append(f"match rate: metrics {r.metrics_file} report neither {MATCH_RATE_KEYS} nor matched/base "
+                              f"counts {MATCHED_KEYS} / {MATCH_BASE_KEYS} (keys: {sorted(m)})")
     else:
-        by_reason = {k.removeprefix("rejected_"): int(v) for k, v in metrics.items()
-                     if k.startswith("rejected_") and k not in REJECTED_KEYS and isinstance(v, int | float)}
-        if not by_reason and isinstance(val, int | float):
-            by_reason = {"unspecified": int(val)}
-    return sum(by_reason.values()), by_reason
+        r.res.facts["match_rate"] = round(rate, 4)
+        if probes.rows > 0 and rate < th.min_match_rate:
+            r.res.problems.append(f"match rate {rate:.1%} is below the threshold {th.min_match_rate:.0%} "
+                                  f"({probes.rows} probe rows in dt={dt} partition={p})")
+    r.not_empty("probes", probes.rows, "match_traces", "segment_traversals", out.rows)
+    r.in_range("segment_traversals", "speed_kph", out, th.min_speed_kph, th.max_speed_kph)
 
 
-def check_accounting(metrics: dict, result: GateResult) -> tuple[int | None, int | None]:
-    """rows_in == rows_out + rejected; returns (rows_in, rows_out) as reported."""
-    kin, rows_in = _first(metrics, ROWS_IN_KEYS)
-    kout, rows_out = _first(metrics, ROWS_OUT_KEYS)
-    if kin is None or kout is None:
-        missing = [name for name, k in (("rows_in", kin), ("rows_out", kout)) if k is None]
-        result.problems.append(
-            f"row accounting: metrics have no {' / '.join(missing)} (looked for {ROWS_IN_KEYS} / {ROWS_OUT_KEYS}; "
-            f"found keys {sorted(metrics)})"
-        )
-        return None, None
-    rej, by_reason = rejected_total(metrics)
-    result.facts.update(rows_in=int(rows_in), rows_out=int(rows_out), rejected=rej)
-    if int(rows_in) != int(rows_out) + rej:
-        result.problems.append(
-            f"row accounting: rows_in {rows_in} != rows_out {rows_out} + rejected {rej} {by_reason} "
-            f"(difference {int(rows_in) - int(rows_out) - rej} rows unaccounted)"
-        )
-    return int(rows_in), int(rows_out)
+def _bucket_traversals(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
+    src = table_stats(day_dir(wh_, "segment_traversals", dt, p))
+    out = table_stats(day_dir(wh_, "bucketed_traversals", dt, p), ("speed_kph", "tow_bucket"))
+    rows_in, rows_out = r.key("rows_in"), r.key("rows_out")
+    r.balance("rows_out", rows_in, rows_out, _rejected(r.metrics))
+    r.same("metrics rows_in", rows_in, "segment_traversals rows", src.rows)
+    r.same("metrics rows_out", rows_out, "bucketed_traversals rows", out.rows)
+    r.not_empty("segment_traversals", src.rows, "bucket_traversals", "bucketed_traversals", out.rows)
+    r.in_range("bucketed_traversals", "speed_kph", out, th.min_speed_kph, th.max_speed_kph)
+    r.in_range("bucketed_traversals", "tow_bucket", out, 0, 2015)
+
+
+def _build_histograms(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
+    src = table_stats(day_dir(wh_, "bucketed_traversals", dt, p))
+    daily = table_stats(histogram_dir(wh_, p, f"d{dt}"))
+    wname = f"w{weeks}-{dt}"
+    window = table_stats(histogram_dir(wh_, p, wname))
+    r.res.facts.update(daily_histogram_rows=daily.rows, window_histogram_rows=window.rows)
+    rows_in, n_obs = r.key("rows_in"), r.key("n_obs_out")
+    rejected = _rejected(r.metrics)
+    r.balance("observations in the daily histograms (n_obs_out)", rows_in, n_obs, rejected)
+    r.same("metrics rows_in", rows_in, "bucketed_traversals rows", src.rows)
+    r.same("metrics histogram_rows", r.key("histogram_rows"), f"speed_histograms rows in window d{dt}", daily.rows)
+    r.not_empty("bucketed_traversals", src.rows - sum(rejected.values()), "build_histograms",
+                f"speed_histograms d{dt}", daily.rows)
+    w = r.key("window")
+    if isinstance(w, dict):
+        if w.get("name") != wname:
+            r.res.problems.append(f"build_histograms wrote window {w.get('name')!r}, expected {wname!r}")
+        r.same(f"window {wname} n_obs", r.key("n_obs", within=w), "the sum of its daily partials' n_obs",
+               r.key("daily_n_obs", within=w))
+        r.same("metrics window histogram_rows", r.key("histogram_rows", within=w),
+               f"speed_histograms rows in window {wname}", window.rows)
+        r.not_empty(f"speed_histograms d{dt}", daily.rows, "build_histograms", f"speed_histograms {wname}",
+                    window.rows)
+
+
+def _estimate_speeds(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
+    wname = f"w{weeks}-{dt}"
+    hist = table_stats(histogram_dir(wh_, p, wname))
+    out = table_stats(wh.partition_path(wh_, "speed_estimates", partition=p), ("speed_kph", "confidence"))
+    r.res.facts.update(window_histogram_rows=hist.rows, estimate_rows=out.rows)
+    if r.metrics.get("window") not in (None, wname):
+        r.res.problems.append(f"estimate_speeds used window {r.metrics['window']!r}, expected {wname!r}")
+    r.same("metrics histogram_rows_in", r.key("histogram_rows_in"), f"speed_histograms rows in window {wname}",
+           hist.rows)
+    rows_out = r.key("rows_out")
+    expected = r.key("expected_rows_out")
+    r.same("metrics rows_out", rows_out, "expected_rows_out (2016 buckets x segments with data)", expected)
+    r.same("metrics rows_out", rows_out, f"speed_estimates rows in partition {p}", out.rows)
+    if rows_out is not None:
+        r.res.facts["rows_out"] = int(rows_out)
+    r.not_empty(f"speed_histograms {wname}", hist.rows, "estimate_speeds", "speed_estimates", out.rows)
+    r.in_range("speed_estimates", "speed_kph", out, 0.0, th.max_speed_kph, lo_open=True)
+    r.in_range("speed_estimates", "confidence", out, 0.0, 1.0)
+
+
+GATES = {
+    "match_traces": _match_traces,
+    "bucket_traversals": _bucket_traversals,
+    "build_histograms": _build_histograms,
+    "estimate_speeds": _estimate_speeds,
+}
 
 
 def match_rate(metrics: dict) -> float | None:
     """Matched share of match_traces' input: an explicit rate, else matched / base, else None."""
-    _, rate = _first(metrics, MATCH_RATE_KEYS)
-    if rate is not None:
-        return float(rate)
-    _, matched = _first(metrics, MATCHED_KEYS)
-    _, base = _first(metrics, MATCH_BASE_KEYS)
-    if matched is None or not base:
-        return None
-    return float(matched) / float(base)
+    for k in MATCH_RATE_KEYS:
+        if metrics.get(k) is not None:
+            return float(metrics[k])
+    matched = next((metrics[k] for k in MATCHED_KEYS if metrics.get(k) is not None), None)
+    base = next((metrics[k] for k in MATCH_BASE_KEYS if metrics.get(k)), None)
+    return None if matched is None or base is None else float(matched) / float(base)
 
 
-# -- the gates ----------------------------------------------------------------------------------------------------
-
-
-def gate(
-    stage: str,
-    warehouse: str,
-    dt: str | date,
-    partition: str,
-    thresholds: Thresholds | None = None,
-    window_weeks: int | None = None,
-) -> GateResult:
+def gate(stage: str, warehouse: str, dt: str | date, partition: str, thresholds: Thresholds | None = None,
+         window_weeks: int = 4) -> GateResult:
     """Check one stage's output for one partition-day; raises QualityError listing every broken rule."""
-    if stage not in STAGE_TABLES:
-        raise ValueError(f"no quality gate for stage {stage!r}; known: {', '.join(STAGE_TABLES)}")
-    th = thresholds or Thresholds()
+    if stage not in GATES:
+        raise ValueError(f"no quality gate for stage {stage!r}; known: {', '.join(GATES)}")
     dt = str(dt)
     res = GateResult(stage, dt, partition)
-    in_table, out_table = STAGE_TABLES[stage]
-    mpath = wh.metrics_path(warehouse, stage, dt, partition)
-    metrics = read_json(mpath)
+    mfile = wh.metrics_path(warehouse, stage, dt, partition)
+    metrics = read_json(mfile)
     if metrics is None:
-        res.problems.append(f"metrics missing: {stage} wrote no row accounting at {mpath}")
-    speed_cols = ("speed_kph",) if out_table in ("segment_traversals", "speed_estimates") else ()
-    extra_cols = ("tow_bucket",) if out_table == "bucketed_traversals" else ()
-    in_stats = table_stats(partition_dir(warehouse, in_table, dt, partition, None))
-    out_stats = table_stats(partition_dir(warehouse, out_table, dt, partition, window_weeks), speed_cols + extra_cols)
-    if in_table == "speed_histograms":
-        # estimate_speeds reads the rolling window build_histograms wrote for this dt.
-        in_stats = table_stats(partition_dir(warehouse, in_table, dt, partition, window_weeks))
-    res.facts.update(input_rows_in_table=in_stats.rows, output_rows_in_table=out_stats.rows)
-
-    if metrics is not None:
-        _, rows_out = check_accounting(metrics, res)
-        if rows_out is not None and stage != "build_histograms" and rows_out != out_stats.rows:
-            res.problems.append(
-                f"row accounting: metrics say rows_out {rows_out} but {out_table} holds {out_stats.rows} rows "
-                f"for dt={dt} partition={partition}"
-            )
-        if stage == "match_traces":
-            rate = match_rate(metrics)
-            if rate is None:
-                res.problems.append(
-                    f"match rate: metrics report no match_rate and no matched/base counts (looked for "
-                    f"{MATCH_RATE_KEYS}, {MATCHED_KEYS} / {MATCH_BASE_KEYS}; found keys {sorted(metrics)})"
-                )
-            else:
-                res.facts["match_rate"] = round(rate, 4)
-                if in_stats.rows > 0 and rate < th.min_match_rate:
-                    res.problems.append(
-                        f"match rate {rate:.1%} is below the threshold {th.min_match_rate:.0%} "
-                        f"({in_stats.rows} probe rows in dt={dt} partition={partition})"
-                    )
-
-    if in_stats.rows > 0 and out_stats.rows == 0:
-        res.problems.append(
-            f"empty output: {in_table} has {in_stats.rows} rows for dt={dt} partition={partition} "
-            f"but {stage} wrote no {out_table} rows"
-        )
-    if "speed_kph" in out_stats.minmax:
-        lo, hi = out_stats.minmax["speed_kph"]
-        res.facts.update(min_speed_kph=round(lo, 3), max_speed_kph=round(hi, 3))
-        low_ok = lo >= th.min_speed_kph if out_table == "segment_traversals" else lo > 0
-        if not low_ok or hi > th.max_speed_kph:
-            bound = f"[{th.min_speed_kph}, {th.max_speed_kph}]" if out_table == "segment_traversals" \
-                else f"(0, {th.max_speed_kph}]"
-            res.problems.append(f"speeds out of range: {out_table}.speed_kph spans {lo:.2f}..{hi:.2f} km/h, "
-                                f"allowed {bound}")
-    if "tow_bucket" in out_stats.minmax:
-        lo, hi = out_stats.minmax["tow_bucket"]
-        if lo < 0 or hi > 2015:
-            res.problems.append(f"tow_bucket out of range: {out_table}.tow_bucket spans {lo}..{hi}, allowed 0..2015")
-
+        res.problems.append(f"metrics missing: {stage} wrote no row accounting at {mfile}")
+    else:
+        GATES[stage](_Rules(res, metrics, mfile), warehouse, dt, partition, thresholds or Thresholds(), window_weeks)
     if res.problems:
-        raise QualityError(
-            f"quality gate after {stage} failed for dt={dt} partition={partition}:\n  - "
-            + "\n  - ".join(res.problems)
-        )
+        raise QualityError(f"quality gate after {stage} failed for dt={dt} partition={partition}:\n  - "
+                           + "\n  - ".join(res.problems))
     return res
 
 

@@ -182,7 +182,7 @@ def good_match(tmp_path) -> Path:
 def test_gate_passes_consistent_stage_output(good_match):
     res = gate("match_traces", str(good_match), DT, CELL)
     assert res.facts["rows_in"] == 10
-    assert res.facts["output_rows_in_table"] == 3
+    assert res.facts["traversal_rows"] == 3
     assert res.facts["match_rate"] == 0.8
 
 
@@ -194,7 +194,7 @@ def test_gate_fails_on_unbalanced_row_accounting(good_match):
 
 def test_gate_fails_when_metrics_disagree_with_the_table(good_match):
     put_metrics(good_match, "match_traces", {"rows_in": 10, "rows_out": 4, "rejected": {"unmatched": 6}, "match_rate": 0.8})
-    with pytest.raises(QualityError, match=r"rows_out 4 but segment_traversals holds 3 rows"):
+    with pytest.raises(QualityError, match=r"metrics rows_out is 4 but segment_traversals rows in dt=2024-03-05 partition=\w+ is 3"):
         gate("match_traces", str(good_match), DT, CELL)
 
 
@@ -208,7 +208,7 @@ def test_gate_fails_on_low_match_rate(good_match):
 def test_gate_fails_on_speeds_out_of_range(good_match):
     put_parquet(good_match, "segment_traversals", {"dt": DT, "partition": CELL},
                 {"segment_id": [1, 2, 3], "speed_kph": [12.0, 48.5, 250.0]})
-    with pytest.raises(QualityError, match=r"speeds out of range: segment_traversals.speed_kph spans 12.00..250.00"):
+    with pytest.raises(QualityError, match=r"out of range: segment_traversals.speed_kph spans 12.0..250.0, allowed \[0.5, 200.0\]"):
         gate("match_traces", str(good_match), DT, CELL)
 
 
@@ -232,7 +232,7 @@ def test_gate_accepts_an_empty_partition_without_probes(tmp_path):
     wh = tmp_path / "wh"
     (wh / "probes" / f"dt={DT}").mkdir(parents=True)
     put_metrics(wh, "match_traces", {"rows_in": 0, "rows_out": 0, "rejected": {}, "match_rate": 0.0})
-    assert gate("match_traces", str(wh), DT, CELL).facts["output_rows_in_table"] == 0
+    assert gate("match_traces", str(wh), DT, CELL).facts["traversal_rows"] == 0
 
 
 def test_probes_status_tells_an_ingested_day_from_a_missing_one(good_match):
