@@ -5,6 +5,15 @@ from schemas._base import Column, Table
 BUCKET_MINUTES = 5
 N_BUCKETS = 7 * 24 * 60 // BUCKET_MINUTES  # 2016; bucket 0 = Sunday 00:00-00:05 local
 DAY_TYPES = ("weekday", "saturday", "sunday")
+# Why a segment traversal is not bucketed (first failing check, in this order); counted in the stage metrics.
+REJECT_REASONS = (
+    "missing_field",        # trace_id, enter/exit time or is_complete is null
+    "partial",              # is_complete = false: the segment was not driven end to end
+    "duration_nonpositive", # duration_s <= 0 or exit <= enter
+    "speed_implausible",    # speed_kph null/NaN or outside [MIN_PLAUSIBLE_KPH, MAX_PLAUSIBLE_KPH]
+    "unknown_segment",      # segment_id not in road_segments of the partition
+    "unknown_timezone",     # the segment's timezone is null or not an IANA zone
+)
 
 BUCKETED_TRAVERSALS = Table(
     name="bucketed_traversals",

@@ -1,0 +1,339 @@
+"""Aggregation kernels (pure Python/numpy/pandas, no pyspark): time-of-week bucketing, speed histograms and the
+per-segment estimator with its back-off chain.
+
+Time basis: instants are UTC; buckets are local wall-clock time of the road (IANA zone), 5 minutes, Sunday 00:00
+local = bucket 0. Speeds in km/h, durations in seconds, lengths in metres.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from schemas.bucketed_traversals import BUCKET_MINUTES, N_BUCKETS
+from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_PLAUSIBLE_KPH
+from schemas.speed_estimates import MIN_TRACES, SOURCES
+from schemas.speed_histograms import N_SPEED_BINS, SPEED_BIN_EDGES_KPH
+
+BUCKETS_PER_DAY = 24 * 60 // BUCKET_MINUTES  # 288
+BUCKETS_PER_HOUR = 60 // BUCKET_MINUTES  # 12
+EDGES = np.asarray(SPEED_BIN_EDGES_KPH, dtype=float)
+BIN_WIDTH = float(EDGES[1] - EDGES[0])
+if not np.allclose(np.diff(EDGES), BIN_WIDTH):  # the Spark transform computes bins arithmetically
+    raise ValueError("SPEED_BIN_EDGES_KPH must be uniform")
+
+# Back-off and estimator parameters (docs/estimation.md explains each one).
+NEIGHBOUR_RADIUS = 2  # level 1 pools buckets b-2..b+2 (25 minutes), wrapping around the week
+NIGHT_HOURS = (22, 23, 0, 1, 2, 3, 4)  # local hours whose speeds define free flow (22:00-05:00)
+FREE_FLOW_QUANTILE = 0.85
+OUTLIER_FACTOR = 3.0  # bins entirely below median/3 or above median*3 are dropped before the statistics
+CONFIDENCE_TRACE_SCALE = 5.0  # confidence grows as 1 - exp(-n_traces / 5)
+SOURCE_WEIGHT = {  # confidence multiplier per back-off level
+    "observed": 1.0, "neighbour_buckets": 0.8, "hour_daytype": 0.6, "segment_week": 0.4, "road_class_prior": 0.2,
+}
+DEFAULT_PRIOR_CONFIDENCE = 0.05  # the default class table has no data behind it
+# Prior speeds used when a road class has fewer than k traces in the partition (typical urban free-ish flow).
+DEFAULT_CLASS_SPEED_KPH = {
+    "motorway": 100.0, "trunk": 80.0, "primary": 50.0, "secondary": 45.0, "tertiary": 40.0,
+    "motorway_link": 60.0, "trunk_link": 50.0, "primary_link": 40.0, "secondary_link": 35.0, "tertiary_link": 30.0,
+    "unclassified": 35.0, "residential": 30.0, "living_street": 15.0, "service": 20.0, "road": 30.0, "unknown": 35.0,
+}
+assert set(SOURCE_WEIGHT) == set(SOURCES)
+
+
+# ---------------------------------------------------------------- time bucketing
+
+def midpoint_utc(enter: datetime, exit_: datetime) -> datetime:
+    """Midpoint of a traversal (the instant that decides its bucket)."""
+    return enter + (exit_ - enter) / 2
+
+
+def tow_bucket_of_local(local: datetime) -> int:
+    """Bucket 0..2015 of a local wall-clock time: Sunday 00:00-00:05 = 0, Saturday 23:55-24:00 = 2015."""
+    days_since_sunday = (local.weekday() + 1) % 7  # weekday(): Monday = 0 .. Sunday = 6
+    return days_since_sunday * BUCKETS_PER_DAY + (local.hour * 60 + local.minute) // BUCKET_MINUTES
+
+
+def day_type_of_bucket(bucket: int) -> str:
+    """'sunday' (day 0), 'saturday' (day 6) or 'weekday' for a tow_bucket."""
+    day = bucket // BUCKETS_PER_DAY
+    return "sunday" if day == 0 else "saturday" if day == 6 else "weekday"
+
+
+def bucket_instant(instant_utc: datetime, timezone: str) -> dict:
+    """Local time (ISO with offset), tow_bucket and day_type of one UTC instant on a road in `timezone`."""
+    if instant_utc.tzinfo is None:
+        instant_utc = instant_utc.replace(tzinfo=UTC)
+    local = instant_utc.astimezone(ZoneInfo(timezone))
+    bucket = tow_bucket_of_local(local)
+    return {
+        "local_time": local.replace(microsecond=0).isoformat(),
+        "tow_bucket": bucket,
+        "day_type": day_type_of_bucket(bucket),
+    }
+
+
+def is_valid_timezone(name: str | None) -> bool:
+    """True when `name` is an IANA zone known to this Python (and so to the JVM's tz database)."""
+    if not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return False
+    return True
+
+
+def bucket_frame(traversals: pd.DataFrame, timezone_of: dict[int, str]) -> pd.DataFrame:
+    """Reference bucketing of complete, plausible traversals (pandas): adds midpoint/local time/bucket/day type.
+
+    Rows failing the bucketing checks are dropped here; the Spark transform counts them per reason instead.
+    """
+    ok = traversals[
+        traversals["is_complete"].fillna(False).astype(bool)
+        & (traversals["duration_s"] > 0)
+        & traversals["speed_kph"].between(MIN_PLAUSIBLE_KPH, MAX_PLAUSIBLE_KPH)
+        & traversals["segment_id"].isin(list(timezone_of))
+    ].copy()
+    enter = pd.to_datetime(ok["enter_time_utc"], utc=True, format="ISO8601")
+    exit_ = pd.to_datetime(ok["exit_time_utc"], utc=True, format="ISO8601")
+    ok["midpoint_time_utc"] = (enter + (exit_ - enter) / 2).dt.floor("us")
+    ok["timezone"] = ok["segment_id"].map(timezone_of)
+    parts = [bucket_instant(m.to_pydatetime(), tz) for m, tz in zip(ok["midpoint_time_utc"], ok["timezone"], strict=True)]
+    ok["local_time"] = [p["local_time"] for p in parts]
+    ok["tow_bucket"] = [p["tow_bucket"] for p in parts]
+    ok["day_type"] = [p["day_type"] for p in parts]
+    return ok.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- histograms (a commutative monoid)
+
+def speed_bin(speed_kph: np.ndarray | float) -> np.ndarray:
+    """Index of the speed bin [lo, hi) of each speed; the last bin is open-ended, negatives go to bin 0."""
+    idx = np.floor(np.asarray(speed_kph, dtype=float) / BIN_WIDTH).astype(np.int64)
+    return np.clip(idx, 0, N_SPEED_BINS - 1)
+
+
+HIST_SUMS = ("n_obs", "n_traces", "sum_speed_kph", "sum_duration_s", "sum_traversed_m")
+
+
+def histograms_of(traversals: pd.DataFrame, keys: tuple[str, ...] = ("segment_id", "tow_bucket")) -> pd.DataFrame:
+    """Histogram rows per key from bucketed traversals: bin counts, n_obs, distinct traces, sums."""
+    df = traversals.assign(_bin=speed_bin(traversals["speed_kph"].to_numpy()))
+    rows = []
+    for key, g in df.groupby(list(keys), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        counts = np.bincount(g["_bin"].to_numpy(), minlength=N_SPEED_BINS).astype(np.int64)
+        rows.append({
+            **dict(zip(keys, key, strict=True)),
+            "bin_counts": counts.tolist(),
+            "n_obs": len(g),
+            "n_traces": int(g["trace_id"].nunique()),
+            "sum_speed_kph": float(g["speed_kph"].sum()),
+            "sum_duration_s": float(g["duration_s"].sum()),
+            "sum_traversed_m": float(g["traversed_m"].sum()),
+        })
+    return pd.DataFrame(rows, columns=[*keys, "bin_counts", *HIST_SUMS])
+
+
+def merge_histograms(*frames: pd.DataFrame, keys: tuple[str, ...] = ("segment_id", "tow_bucket")) -> pd.DataFrame:
+    """Monoid merge: element-wise sum of bin counts and every count/sum column, per key."""
+    df = pd.concat(frames, ignore_index=True)
+    rows = []
+    for key, g in df.groupby(list(keys), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({
+            **dict(zip(keys, key, strict=True)),
+            "bin_counts": np.sum(np.stack(g["bin_counts"].map(np.asarray).to_list()), axis=0).astype(np.int64).tolist(),
+            **{c: g[c].sum() for c in HIST_SUMS},
+        })
+    return pd.DataFrame(rows, columns=[*keys, "bin_counts", *HIST_SUMS])
+
+
+# ---------------------------------------------------------------- statistics on one histogram
+
+def quantile_from_bins(counts: np.ndarray, q: float) -> float:
+    """q-quantile of a binned sample, interpolating linearly inside the bin (NaN for an empty histogram)."""
+    counts = np.asarray(counts, dtype=float)
+    n = counts.sum()
+    if n <= 0:
+        return math.nan
+    target = q * n
+    cum = np.cumsum(counts)
+    i = int(np.searchsorted(cum, target, side="left"))
+    i = min(i, len(counts) - 1)
+    while counts[i] == 0 and i < len(counts) - 1:  # target exactly at a cumulative boundary
+        i += 1
+    before = cum[i] - counts[i]
+    frac = 0.0 if counts[i] == 0 else (target - before) / counts[i]
+    return float(EDGES[i] + min(max(frac, 0.0), 1.0) * BIN_WIDTH)
+
+
+def trim_outliers(counts: np.ndarray) -> np.ndarray:
+    """Drop bins lying entirely below median/OUTLIER_FACTOR or entirely above median*OUTLIER_FACTOR."""
+    counts = np.asarray(counts, dtype=np.int64)
+    med = quantile_from_bins(counts, 0.5)
+    if not med > 0:
+        return counts
+    keep = ((EDGES + BIN_WIDTH) > med / OUTLIER_FACTOR) & (EDGES < med * OUTLIER_FACTOR)
+    return np.where(keep, counts, 0)
+
+
+@dataclass
+class Stats:
+    """Statistics of one (possibly pooled) histogram after outlier trimming."""
+
+    median: float
+    p15: float
+    p85: float
+    mean: float
+    harmonic_mean: float
+    n_obs: int
+    n_traces: int
+
+
+def histogram_stats(counts, n_obs, n_traces, sum_speed, sum_duration, sum_m) -> Stats:
+    """Median/p15/p85 from the outlier-trimmed bins; mean and space-mean speed from the exact sums (from the kept
+    bins' midpoints when outliers were trimmed). n_obs/n_traces are reported untrimmed."""
+    counts = np.asarray(counts, dtype=np.int64)
+    kept = trim_outliers(counts)
+    dropped = counts - kept
+    n_kept = int(kept.sum())
+    mids = EDGES + BIN_WIDTH / 2
+    if dropped.any() and n_kept > 0:
+        # the exact sums include the outliers: use the kept bins' midpoints instead (error < BIN_WIDTH / 2)
+        mean = float((kept * mids).sum()) / n_kept
+        hm = n_kept / float((kept / mids).sum())
+    else:
+        mean = sum_speed / n_obs if n_obs else math.nan
+        hm = sum_m / sum_duration * 3.6 if sum_duration > 0 else math.nan
+    return Stats(
+        median=quantile_from_bins(kept, 0.5), p15=quantile_from_bins(kept, 0.15), p85=quantile_from_bins(kept, 0.85),
+        mean=float(mean), harmonic_mean=float(hm), n_obs=int(n_obs), n_traces=int(n_traces),
+    )
+
+
+def confidence(source: str, n_traces: int, p15: float, median: float, p85: float) -> float:
+    """0..1: SOURCE_WEIGHT[source] * (1 - exp(-n_traces/5)) / (1 + (p85 - p15) / median)."""
+    if not n_traces or not median or math.isnan(median):
+        return DEFAULT_PRIOR_CONFIDENCE if source == "road_class_prior" else 0.0
+    spread = max(p85 - p15, 0.0) / median if not (math.isnan(p15) or math.isnan(p85)) else 1.0
+    c = SOURCE_WEIGHT[source] * (1.0 - math.exp(-n_traces / CONFIDENCE_TRACE_SCALE)) / (1.0 + spread)
+    return float(min(max(c, 0.0), 1.0))
+
+
+# ---------------------------------------------------------------- per-segment estimation with back-off
+
+@dataclass
+class Prior:
+    """Road-class prior of one partition: pooled class statistics (when >= k traces), else the default table."""
+
+    speed: float
+    p15: float = math.nan
+    p85: float = math.nan
+    mean: float = math.nan
+    harmonic_mean: float = math.nan
+    free_flow: float = math.nan
+    n_obs: int = 0
+    n_traces: int = 0
+
+
+def class_prior(road_class: str, hist: pd.DataFrame | None, min_traces: int = MIN_TRACES) -> Prior:
+    """Prior for a road class from its pooled histograms in the partition (rows of any buckets), else defaults."""
+    default = DEFAULT_CLASS_SPEED_KPH.get(road_class, DEFAULT_CLASS_SPEED_KPH["unknown"])
+    if hist is None or hist.empty or int(hist["n_traces"].sum()) < min_traces:
+        return Prior(speed=default, free_flow=default)
+    arrays = _arrays(hist)
+    st = histogram_stats(arrays["counts"].sum(0), *(float(arrays[c].sum()) for c in HIST_SUMS))
+    night = np.isin(arrays["hour"], NIGHT_HOURS)
+    ff = default
+    if int(arrays["n_traces"][night].sum()) >= min_traces:
+        ff = quantile_from_bins(trim_outliers(arrays["counts"][night].sum(0)), FREE_FLOW_QUANTILE)
+    return Prior(st.median, st.p15, st.p85, st.mean, st.harmonic_mean, ff, st.n_obs, st.n_traces)
+
+
+def _arrays(hist: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {
+        "counts": np.stack([np.asarray(x, dtype=np.int64) for x in hist["bin_counts"]]),
+        "hour": (hist["tow_bucket"].to_numpy() % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR,
+        **{c: hist[c].to_numpy(dtype=float) for c in HIST_SUMS},
+    }
+
+
+def _dense(hist: pd.DataFrame) -> dict[str, np.ndarray]:
+    """One segment's histogram rows as dense arrays over all 2016 buckets."""
+    b = hist["tow_bucket"].to_numpy(dtype=np.int64)
+    if ((b < 0) | (b >= N_BUCKETS)).any():
+        raise ValueError("tow_bucket out of range")
+    out = {"counts": np.zeros((N_BUCKETS, N_SPEED_BINS), dtype=np.int64)}
+    np.add.at(out["counts"], b, np.stack([np.asarray(x, dtype=np.int64) for x in hist["bin_counts"]]))
+    for c in HIST_SUMS:
+        out[c] = np.zeros(N_BUCKETS)
+        np.add.at(out[c], b, hist[c].to_numpy(dtype=float))
+    return out
+
+
+def _pool_neighbours(a: np.ndarray) -> np.ndarray:
+    return sum(np.roll(a, s, axis=0) for s in range(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1))
+
+
+_DAY_GROUPS = {"sunday": [0], "weekday": [1, 2, 3, 4, 5], "saturday": [6]}
+
+
+def _pool_hour_daytype(a: np.ndarray) -> np.ndarray:
+    """Sum over all buckets with the same local hour and day type, broadcast back to every bucket."""
+    shape = a.shape[1:]
+    by_hour = a.reshape(7, 24, BUCKETS_PER_HOUR, *shape).sum(axis=2)  # (day, hour, ...)
+    out = np.empty_like(by_hour)
+    for days in _DAY_GROUPS.values():
+        out[days] = by_hour[days].sum(axis=0)
+    return np.repeat(out, BUCKETS_PER_HOUR, axis=1).reshape(a.shape)
+
+
+def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRACES) -> pd.DataFrame:
+    """All 2016 bucket estimates of one segment from its window histograms (rows: tow_bucket + HIST columns).
+
+    A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; otherwise the first
+    level of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram has >= min_traces
+    traces is used, else the road-class prior.
+    """
+    d = _dense(hist)
+    levels = [("observed", d)]
+    levels.append(("neighbour_buckets", {k: _pool_neighbours(v) for k, v in d.items()}))
+    levels.append(("hour_daytype", {k: _pool_hour_daytype(v) for k, v in d.items()}))
+    levels.append(("segment_week", {k: np.broadcast_to(v.sum(axis=0), v.shape) for k, v in d.items()}))
+
+    night_mask = np.isin((np.arange(N_BUCKETS) % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR, NIGHT_HOURS)
+    if d["n_traces"][night_mask].sum() >= min_traces:
+        free_flow = quantile_from_bins(trim_outliers(d["counts"][night_mask].sum(0)), FREE_FLOW_QUANTILE)
+    else:
+        free_flow = prior.free_flow
+
+    rows: list[tuple] = []
+    cache: dict[tuple[str, int], tuple] = {}
+    for b in range(N_BUCKETS):
+        for name, lv in levels:
+            if lv["n_traces"][b] >= min_traces:
+                # pooled levels repeat the same histogram over many buckets: compute each distinct pool once
+                key: tuple = (name, 0 if name == "segment_week" else b)
+                if name == "hour_daytype":
+                    key = (name, day_type_of_bucket(b), (b % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR)
+                if key not in cache:
+                    st = histogram_stats(lv["counts"][b], *(lv[c][b] for c in HIST_SUMS))
+                    cache[key] = (st.median, st.p15, st.p85, st.mean, st.harmonic_mean, st.n_obs, st.n_traces,
+                                  confidence(name, st.n_traces, st.p15, st.median, st.p85), name)
+                rows.append((b, *cache[key]))
+                break
+        else:
+            rows.append((b, prior.speed, prior.p15, prior.p85, prior.mean, prior.harmonic_mean, prior.n_obs,
+                         prior.n_traces, confidence("road_class_prior", prior.n_traces, prior.p15, prior.speed, prior.p85),
+                         "road_class_prior"))
+    out = pd.DataFrame(rows, columns=["tow_bucket", "speed_kph", "p15_kph", "p85_kph", "mean_kph",
+                                      "harmonic_mean_kph", "n_obs", "n_traces", "confidence", "source"])
+    out["free_flow_kph"] = float(free_flow)
+    return out

@@ -1,0 +1,185 @@
+"""Aggregation transforms (DataFrame -> DataFrame): bucketing, salted histogram partials, window merge, estimation.
+
+Time basis: instants UTC; `tow_bucket` is the road's local time of week (5-minute buckets, Sunday 00:00 = 0).
+Speeds km/h, durations s, lengths m. Only job modules know paths and flags.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from schemas.bucketed_traversals import BUCKET_MINUTES, BUCKETED_TRAVERSALS, N_BUCKETS
+from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_PLAUSIBLE_KPH
+from schemas.speed_estimates import MIN_TRACES, SPEED_ESTIMATES
+from schemas.speed_histograms import N_SPEED_BINS
+from speedprofile.aggregate import kernels as K
+
+HIST_KEYS = ("partition", "segment_id", "tow_bucket")
+SUM_COLUMNS = ("n_obs", "n_traces", "sum_speed_kph", "sum_duration_s", "sum_traversed_m")
+BIN_COLUMNS = tuple(f"b{i:03d}" for i in range(N_SPEED_BINS))
+
+
+# ---------------------------------------------------------------- bucket_traversals
+
+def tag_rejects(traversals: DataFrame, segments: DataFrame, valid_timezones: Sequence[str]) -> DataFrame:
+    """Join each traversal with its segment's time zone and name the first failed check in `reject_reason`.
+
+    `reject_reason` is null for rows that will be bucketed. Order of checks = order of REJECT_REASONS.
+    """
+    seg = segments.select("segment_id", F.col("partition").alias("_seg_partition"), "timezone")
+    df = traversals.join(F.broadcast(seg), "segment_id", "left")
+    reason = (
+        F.when(F.col("trace_id").isNull() | F.col("enter_time_utc").isNull() | F.col("exit_time_utc").isNull()
+               | F.col("is_complete").isNull(), "missing_field")
+        .when(~F.col("is_complete"), "partial")
+        .when(F.col("duration_s").isNull() | (F.col("duration_s") <= 0)
+              | (F.col("exit_time_utc") <= F.col("enter_time_utc")), "duration_nonpositive")
+        .when(F.col("speed_kph").isNull() | F.isnan("speed_kph") | (F.col("speed_kph") < MIN_PLAUSIBLE_KPH)
+              | (F.col("speed_kph") > MAX_PLAUSIBLE_KPH), "speed_implausible")
+        .when(F.col("_seg_partition").isNull(), "unknown_segment")
+        .when(~F.col("timezone").isin(list(valid_timezones)) | F.col("timezone").isNull(), "unknown_timezone")
+    )
+    return df.withColumn("reject_reason", reason)
+
+
+def _offset_string(offset_s: Column) -> Column:
+    sign = F.when(offset_s < 0, F.lit("-")).otherwise(F.lit("+"))
+    a = F.abs(offset_s)
+    return F.concat(sign, F.lpad((a / 3600).cast("int").cast("string"), 2, "0"), F.lit(":"),
+                    F.lpad(((a % 3600) / 60).cast("int").cast("string"), 2, "0"))
+
+
+def bucket_rows(tagged: DataFrame) -> DataFrame:
+    """Kept rows (reject_reason null) with midpoint, local time, tow_bucket and day type; schema order.
+
+    Arithmetic on epoch microseconds, so the result does not depend on the session time zone.
+    `from_utc_timestamp` applies the zone's rules at that instant (DST-correct).
+    """
+    mid_us = F.floor((F.unix_micros("enter_time_utc") + F.unix_micros("exit_time_utc")) / 2).cast("long")
+    df = tagged.where(F.col("reject_reason").isNull()).withColumn("midpoint_time_utc", F.timestamp_micros(mid_us))
+    local_us = F.unix_micros(F.from_utc_timestamp("midpoint_time_utc", F.col("timezone")))
+    df = df.withColumn("_local_s", F.floor(local_us / 1_000_000).cast("long"))
+    df = df.withColumn("_offset_s", F.col("_local_s") - F.floor(mid_us / 1_000_000))
+    days = F.floor(F.col("_local_s") / 86400)
+    dow = F.pmod(days + 4, F.lit(7))  # 1970-01-01 was a Thursday: days since Sunday
+    bucket = (dow * (N_BUCKETS // 7) + F.floor(F.pmod(F.col("_local_s"), F.lit(86400)) / (BUCKET_MINUTES * 60)))
+    df = df.withColumn("tow_bucket", bucket.cast("short"))
+    df = df.withColumn("day_type", F.when(dow == 0, "sunday").when(dow == 6, "saturday").otherwise("weekday"))
+    local_str = F.date_format(F.timestamp_seconds(F.col("_local_s")), "yyyy-MM-dd'T'HH:mm:ss")
+    df = df.withColumn("local_time", F.concat(local_str, _offset_string(F.col("_offset_s"))))
+    return df.select(*[F.col(c).cast(BUCKETED_TRAVERSALS.spark_schema()[c].dataType) for c in BUCKETED_TRAVERSALS.names])
+
+
+def reject_counts(tagged: DataFrame) -> DataFrame:
+    """Rows per (dt, partition, reject_reason); reason null = kept."""
+    return tagged.groupBy("dt", "partition", "reject_reason").count()
+
+
+# ---------------------------------------------------------------- build_histograms
+
+def with_speed_bin(df: DataFrame) -> DataFrame:
+    """Adds `bin`: index into SPEED_BIN_EDGES_KPH, last bin open-ended (same rule as kernels.speed_bin)."""
+    idx = F.floor(F.col("speed_kph") / K.BIN_WIDTH).cast("int")
+    return df.withColumn("bin", F.least(F.greatest(idx, F.lit(0)), F.lit(N_SPEED_BINS - 1)))
+
+
+def hot_keys(df: DataFrame, share: float, salt_buckets: int | None, shuffle_partitions: int,
+             keys: Sequence[str] = ("dt", *HIST_KEYS)) -> DataFrame:
+    """Keys holding >= share of the rows (from a cheap count pass), with the number of salts to split each into.
+
+    With salt_buckets None ('auto') a hot key gets ceil(rows / (total / shuffle_partitions)) salts (>= 2, <= 512):
+    enough pieces for none to exceed an average task.
+    """
+    counts = df.groupBy(*keys).agg(F.count(F.lit(1)).alias("_rows"))
+    total = counts.agg(F.sum("_rows")).first()[0] or 0
+    hot = counts.where(F.col("_rows") >= F.lit(max(share * total, 2.0)))
+    if salt_buckets is not None:
+        return hot.withColumn("n_salts", F.lit(int(salt_buckets)))
+    per_task = max(total / max(shuffle_partitions, 1), 1.0)
+    n = F.least(F.greatest(F.ceil(F.col("_rows") / per_task), F.lit(2)), F.lit(512))
+    return hot.withColumn("n_salts", n.cast("int"))
+
+
+def histogram_partials(bucketed: DataFrame, hot: DataFrame | None = None,
+                       keys: Sequence[str] = ("dt", *HIST_KEYS)) -> DataFrame:
+    """Histogram per key over bucketed traversals; hot keys aggregated in two phases with a salt.
+
+    The salt of a row is pmod(xxhash64(trace_id), n_salts), so one trace's rows share a salt and the distinct-trace
+    counts of the salts add up exactly: the salted result equals the unsalted one.
+    Output: keys, bin_counts (array, SPEED_BIN_EDGES_KPH), n_obs, n_traces, sum_speed_kph, sum_duration_s,
+    sum_traversed_m.
+    """
+    df = with_speed_bin(bucketed)
+    if hot is not None:
+        df = df.join(F.broadcast(hot.select(*keys, "n_salts")), list(keys), "left")
+        df = df.withColumn("salt", F.when(F.col("n_salts").isNull(), F.lit(0))
+                           .otherwise(F.pmod(F.xxhash64("trace_id"), F.col("n_salts")).cast("int")))
+    else:
+        df = df.withColumn("salt", F.lit(0))
+    aggs = [
+        F.count(F.lit(1)).alias("n_obs"),
+        F.count_distinct("trace_id").alias("n_traces"),
+        F.sum("speed_kph").alias("sum_speed_kph"),
+        F.sum("duration_s").alias("sum_duration_s"),
+        F.sum("traversed_m").alias("sum_traversed_m"),
+        *[F.sum(F.when(F.col("bin") == i, 1).otherwise(0)).cast("long").alias(c) for i, c in enumerate(BIN_COLUMNS)],
+    ]
+    phase1 = df.groupBy(*keys, "salt").agg(*aggs)
+    if hot is not None:
+        phase1 = phase1.groupBy(*keys).agg(*[F.sum(c).alias(c) for c in (*SUM_COLUMNS, *BIN_COLUMNS)])
+    return phase1.select(*keys, F.array(*BIN_COLUMNS).alias("bin_counts"),
+                         *[F.col(c).cast("long") if c.startswith("n_") else F.col(c) for c in SUM_COLUMNS])
+
+
+def merge_histograms(hist: DataFrame, keys: Sequence[str] = HIST_KEYS) -> DataFrame:
+    """Monoid merge of histogram rows sharing a key: element-wise sum of bin_counts and of every count/sum."""
+    aggs = [F.sum(F.col("bin_counts")[i]).alias(c) for i, c in enumerate(BIN_COLUMNS)]
+    aggs += [F.sum(c).alias(c) for c in SUM_COLUMNS]
+    merged = hist.groupBy(*keys).agg(*aggs)
+    return merged.select(*keys, F.array(*[F.col(c).cast("long") for c in BIN_COLUMNS]).alias("bin_counts"),
+                         *[F.col(c).cast("long") if c.startswith("n_") else F.col(c) for c in SUM_COLUMNS])
+
+
+# ---------------------------------------------------------------- estimate_speeds
+
+ESTIMATE_COLUMNS = [c for c in SPEED_ESTIMATES.names if c not in ("window",)]
+
+
+def class_priors(hist: DataFrame, segments: DataFrame, min_traces: int = MIN_TRACES) -> dict[tuple[str, str], K.Prior]:
+    """Road-class prior per (partition, road_class) from the pooled window histograms of the class (small: collected)."""
+    cls = segments.select("segment_id", "road_class")
+    pooled = (hist.join(cls, "segment_id", "left").fillna({"road_class": "unknown"})
+              .withColumn("_hour", (F.col("tow_bucket") % (N_BUCKETS // 7)) / (60 // BUCKET_MINUTES))
+              .withColumn("_hour", F.floor("_hour").cast("int"))
+              .withColumn("tow_bucket", (F.col("_hour") * (60 // BUCKET_MINUTES)).cast("short")))
+    pooled = merge_histograms(pooled, keys=("partition", "road_class", "tow_bucket")).toPandas()
+    priors: dict[tuple[str, str], K.Prior] = {}
+    for (part, rc), g in pooled.groupby(["partition", "road_class"]):
+        priors[(part, rc)] = K.class_prior(rc, g, min_traces)
+    return priors
+
+
+def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str], K.Prior], window: str,
+             min_traces: int = MIN_TRACES) -> DataFrame:
+    """All 2016 bucket estimates of every segment with any histogram row (kernels.estimate_segment per segment)."""
+    cls = segments.select("segment_id", "road_class")
+    df = hist.join(cls, "segment_id", "left").fillna({"road_class": "unknown"})
+    out_schema = SPEED_ESTIMATES.spark_schema()
+
+    def per_segment(pdf: pd.DataFrame) -> pd.DataFrame:
+        part, seg, rc = pdf["partition"].iloc[0], int(pdf["segment_id"].iloc[0]), pdf["road_class"].iloc[0]
+        prior = priors.get((part, rc)) or K.class_prior(rc, None, min_traces)
+        est = K.estimate_segment(pdf, prior, min_traces)
+        est.insert(0, "segment_id", seg)
+        est["window"] = window
+        est["partition"] = part
+        for c in ("p15_kph", "p85_kph", "mean_kph", "harmonic_mean_kph"):
+            est[c] = est[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+        return est[SPEED_ESTIMATES.names]
+
+    return df.groupBy("partition", "segment_id").applyInPandas(per_segment, schema=out_schema)
