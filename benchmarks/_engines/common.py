@@ -6,6 +6,9 @@ Grain: one trace (ordered GPS fixes) in, one path of our directed road segments 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -146,3 +149,47 @@ def dedupe_consecutive(ids: Iterable[int]) -> list[int]:
         if not out or out[-1] != s:
             out.append(s)
     return out
+
+
+def decode_polyline(encoded: str, precision: int = 6) -> np.ndarray:
+    """Google encoded polyline (Valhalla uses precision 6) -> (n, 2) array of (lon, lat) degrees."""
+    coords: list[tuple[float, float]] = []
+    index = lat = lon = 0
+    factor = float(10**precision)
+    n = len(encoded)
+    while index < n:
+        deltas = []
+        for _ in range(2):
+            shift = result = 0
+            while True:
+                b = ord(encoded[index]) - 63
+                index += 1
+                result |= (b & 0x1F) << shift
+                shift += 5
+                if b < 0x20:
+                    break
+            deltas.append(~(result >> 1) if result & 1 else result >> 1)
+        lat += deltas[0]
+        lon += deltas[1]
+        coords.append((lon / factor, lat / factor))
+    return np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+
+
+@contextlib.contextmanager
+def output_to(log_path: str | os.PathLike):
+    """Send this process's stdout/stderr file descriptors (C++ library logging included) to a file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

@@ -20,6 +20,7 @@ from benchmarks._engines.common import (
     PathMatch,
     Trace,
     covered_fraction,
+    decode_polyline,
     polyline_length,
     sample_along,
 )
@@ -157,9 +158,7 @@ class ValhallaEngine:
         """Map each Valhalla edge to our segments of the same way that it covers in the same direction."""
         if raw is None or not raw.get("edges"):
             return PathMatch(failed=True)
-        from valhalla.utils.decode_polyline import decode_polyline
-
-        shape = np.asarray(decode_polyline(raw["shape"]), dtype=np.float64)
+        shape = decode_polyline(raw["shape"], 6)
         sx, sy = self.proj.xy(shape[:, 0], shape[:, 1])
         ids: list[int] = []
         unmapped = 0.0
