@@ -1,7 +1,9 @@
-"""One daily DAG `speed_profile__<cell>` per spatial partition listed in `<warehouse>/road_segments/_partitions.json`.
+"""Daily DAGs: `ingest_probes` (landing/dt=<D>/ -> probes, all partitions) and one `speed_profile__<cell>` per
+spatial partition listed in `<warehouse>/road_segments/_partitions.json`.
 
-Grain: one run = one partition x one UTC day (the data interval [D 00:00, D+1 00:00) UTC; `--date` is D).
-Tasks: wait_for_probes -> match_traces -> check_match_traces -> bucket_traversals -> check_bucket_traversals ->
+Grain: one run = one UTC day (the data interval [D 00:00, D+1 00:00) UTC; `--date` is D); a speed_profile run
+covers one partition. ingest_probes: wait_for_landing -> ingest_probes -> check_ingest_probes.
+speed_profile__<cell>: wait_for_probes -> match_traces -> check_match_traces -> bucket_traversals -> check_bucket_traversals ->
 build_histograms -> check_build_histograms -> estimate_speeds -> check_estimate_speeds -> publish.
 Wiring only: the stages are `spark_apps/<stage>.py` (spark-submit on the `spark_default` connection), the gates
 live in `speedprofile.quality`, publishing is `speedprofile publish`. See docs/airflow.md.
@@ -93,6 +95,31 @@ def wait_for_probes(warehouse: str, cell: str, data_interval_start=None) -> bool
     return st.day_ingested
 
 
+@task.sensor(task_id="wait_for_landing", mode="reschedule", poke_interval=600, timeout=12 * 3600,
+             execution_timeout=None, retries=0)
+def wait_for_landing(warehouse: str, data_interval_start=None) -> bool:
+    """True once the day's landing folder holds a file."""
+    from speedprofile.quality import landed
+
+    ok, path = landed(warehouse, data_interval_start.date())
+    log.info("landing folder %s: %s", path, "has files" if ok else "missing or empty")
+    return ok
+
+
+@task(task_id="check_ingest_probes", retries=0, execution_timeout=timedelta(minutes=10))
+def check_ingest(warehouse: str, data_interval_start=None) -> dict:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from speedprofile.quality import QualityError, ingest_gate
+
+    try:
+        res = ingest_gate(warehouse, data_interval_start.date())
+    except QualityError as exc:
+        raise AirflowFailException(str(exc)) from None
+    log.info("%s", res.summary())
+    return res.facts
+
+
 def make_gate(stage: str):
     @task(task_id=f"check_{stage}", retries=0, execution_timeout=timedelta(minutes=10))
     def check(warehouse: str, cell: str, params=None, data_interval_start=None) -> dict:
@@ -142,11 +169,45 @@ def publish(warehouse: str, cell: str) -> str:
     return f"published partition {cell}"
 
 
+def daily() -> CronDataIntervalTimetable:
+    """Data interval = one UTC day, run just after it ends (a bare cron string would be zero-width in Airflow 3)."""
+    return CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
+
+
+def build_ingest_dag(warehouse: str) -> DAG:
+    with DAG(
+        dag_id="ingest_probes",
+        description="raw probe files landed for one UTC day -> probes / rejected_probes (every partition)",
+        schedule=daily(),
+        start_date=datetime(2024, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        max_active_tasks=1,
+        dagrun_timeout=timedelta(hours=14),
+        default_args=DEFAULT_ARGS,
+        tags=["speedprofile"],
+        doc_md=__doc__,
+    ) as dag:
+        chain(
+            wait_for_landing(warehouse),
+            SparkSubmitOperator(
+                task_id="ingest_probes",
+                application=str(SPARK_APPS / "ingest_probes.py"),
+                conn_id="spark_default",
+                name="ingest_probes",
+                application_args=["--warehouse", warehouse, "--date", DATE],
+                outlets=[asset(warehouse, "probes"), asset(warehouse, "rejected_probes")],
+            ),
+            check_ingest(warehouse),
+        )
+    return dag
+
+
 def build_dag(cell: str, warehouse: str) -> DAG:
     with DAG(
         dag_id=f"speed_profile__{cell}",
         description=f"speed profiles of H3 partition {cell}, one UTC day per run",
-        schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+        schedule=daily(),
         start_date=datetime(2024, 1, 1),
         catchup=False,  # history goes through `airflow backfill create` (docs/airflow.md)
         max_active_runs=1,  # one partition-day at a time per partition: a 2-core box runs one Spark app per slot
@@ -182,5 +243,6 @@ def build_dag(cell: str, warehouse: str) -> DAG:
 
 
 WAREHOUSE = warehouse_root()
+ingest_probes = build_ingest_dag(WAREHOUSE)
 for _cell in partition_cells(WAREHOUSE):
     globals()[f"speed_profile__{_cell}"] = build_dag(_cell, WAREHOUSE)

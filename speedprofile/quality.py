@@ -351,3 +351,37 @@ def probes_status(warehouse: str, dt: str | date, partition: str) -> ProbesStatu
             if read_json(path) is not None:
                 return ProbesStatus(True, rows, path)
     return ProbesStatus(False, rows, f"no {day_dir}/ and no ingest metrics for dt={dt}")
+
+
+def landed(warehouse: str, dt: str | date) -> tuple[bool, str]:
+    """Whether the landing folder `<W>/landing/dt=<D>/` holds at least one file, and its path."""
+    import pyarrow.fs as pafs
+
+    path = wh.join(warehouse, "landing", f"dt={dt}")
+    fs, p = _fs_and_path(path)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return False, path
+    files = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+    return any(f.type == pafs.FileType.File and not f.base_name.startswith((".", "_")) for f in files), path
+
+
+def ingest_gate(warehouse: str, dt: str | date) -> GateResult:
+    """After ingesting landing/dt=<D>: the day's ingest accounting exists and balances."""
+    dt = str(dt)
+    res = GateResult("ingest_probes", dt, "all")
+    mfile = wh.metrics_path(warehouse, "ingest_probes", dt, None)
+    m = read_json(mfile)
+    if m is None:
+        res.problems.append(f"no probes for dt={dt}: ingest wrote no accounting at {mfile} (did landing/dt={dt}/ "
+                            "only hold fixes of other days?)")
+    else:
+        r = _Rules(res, m, mfile)
+        r.balance("rows_kept", r.key("rows_in"), r.key("rows_kept"), _rejected(m))
+        kept = m.get("kept_by_partition") or {}
+        res.facts["partitions"] = len(kept)
+        if isinstance(kept, dict) and m.get("rows_kept") is not None:
+            r.same("rows_kept", m["rows_kept"], "the sum of kept_by_partition", sum(int(v) for v in kept.values()))
+    if res.problems:
+        raise QualityError(f"quality gate after ingest_probes failed for dt={dt}:\n  - " + "\n  - ".join(res.problems))
+    return res
+

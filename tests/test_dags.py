@@ -240,3 +240,16 @@ def test_probes_status_tells_an_ingested_day_from_a_missing_one(good_match):
     assert (st.day_ingested, st.partition_rows) == (True, 10)
     st = probes_status(str(good_match), "2024-03-06", CELL)
     assert not st.day_ingested and "no ingest metrics" in st.evidence
+
+
+def test_ingest_dag_reads_the_landing_folder_of_the_day(dagbag, tmp_path):
+    dag = dagbag.dags["ingest_probes"]
+    assert sorted(dag.task_ids) == ["check_ingest_probes", "ingest_probes", "wait_for_landing"]
+    assert dag.task_dict["wait_for_landing"].downstream_task_ids == {"ingest_probes"}
+    assert dag.task_dict["ingest_probes"].downstream_task_ids == {"check_ingest_probes"}
+    op = dag.task_dict["ingest_probes"]
+    assert op.application == str(REPO / "spark_apps" / "ingest_probes.py")
+    rendered = [dag.get_template_env().from_string(str(a)).render(
+        data_interval_start=pendulum.datetime(2024, 3, 5, tz="UTC")) for a in op.application_args]
+    assert rendered == ["--warehouse", str((tmp_path / "wh").resolve()), "--date", "2024-03-05"]
+    assert "speedprofile.probes" in [a.name for a in op.outlets]
