@@ -1,0 +1,456 @@
+"""Compiled inner loops of the matcher (numba): grid candidate search, bounded Dijkstra, Viterbi, path assembly.
+
+Units: metres in a local equirectangular projection of the network; seconds relative to the trace start.
+Segment arrays are indexed by dense segment index (0..S-1), node arrays by dense node index (0..N-1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+NEG_INF = -np.inf
+
+
+@njit(cache=True, nogil=True)
+def _heap_push(hk, hv, size, key, val):
+    i = size
+    hk[i] = key
+    hv[i] = val
+    while i > 0:
+        parent = (i - 1) >> 1
+        if hk[parent] <= hk[i]:
+            break
+        hk[parent], hk[i] = hk[i], hk[parent]
+        hv[parent], hv[i] = hv[i], hv[parent]
+        i = parent
+    return size + 1
+
+
+@njit(cache=True, nogil=True)
+def _heap_pop(hk, hv, size):
+    key = hk[0]
+    val = hv[0]
+    size -= 1
+    hk[0] = hk[size]
+    hv[0] = hv[size]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            break
+        child = left
+        if left + 1 < size and hk[left + 1] < hk[left]:
+            child = left + 1
+        if hk[i] <= hk[child]:
+            break
+        hk[child], hk[i] = hk[i], hk[child]
+        hv[child], hv[i] = hv[i], hv[child]
+        i = child
+    return key, val, size
+
+
+@njit(cache=True, nogil=True)
+def dijkstra(src, limit, out_ptr, out_seg, seg_to, seg_len, dist, pred, touched, hk, hv):
+    """Shortest distances from node src up to `limit` metres into dist (pred = arriving segment); returns #touched.
+
+    dist must be +inf everywhere on entry; the caller resets the touched nodes afterwards.
+    """
+    nt = 0
+    dist[src] = 0.0
+    pred[src] = -1
+    touched[nt] = src
+    nt += 1
+    size = _heap_push(hk, hv, 0, 0.0, src)
+    while size > 0:
+        d, u, size = _heap_pop(hk, hv, size)
+        if d > dist[u]:
+            continue
+        for k in range(out_ptr[u], out_ptr[u + 1]):
+            s = out_seg[k]
+            nd = d + seg_len[s]
+            if nd > limit:
+                continue
+            v = seg_to[s]
+            if nd < dist[v]:
+                if dist[v] == np.inf:
+                    touched[nt] = v
+                    nt += 1
+                dist[v] = nd
+                pred[v] = s
+                if size >= hk.shape[0]:
+                    continue  # heap full (cannot happen with capacity = #segments + 1); stay safe
+                size = _heap_push(hk, hv, size, nd, v)
+    return nt
+
+
+@njit(cache=True, nogil=True)
+def find_candidates(px, py, radius, kmax, gx0, gy0, cell, ncy, grid_keys, grid_ptr, grid_items,
+                    pc_seg, pc_x0, pc_y0, pc_x1, pc_y1, pc_off0, seg_scale, seg_len):
+    """Up to kmax nearest segments within radius of each point: (count, seg, offset_m along segment, distance_m)."""
+    n = px.shape[0]
+    cnt = np.zeros(n, np.int64)
+    cseg = np.full((n, kmax), -1, np.int64)
+    coff = np.zeros((n, kmax), np.float64)
+    cdist = np.full((n, kmax), np.inf)
+    nkeys = grid_keys.shape[0]
+    for i in range(n):
+        cx = int(np.floor((px[i] - gx0) / cell))
+        cy = int(np.floor((py[i] - gy0) / cell))
+        if cx < 0 or cy < 0 or cy >= ncy:
+            continue
+        key = cx * ncy + cy
+        j = np.searchsorted(grid_keys, key)
+        if j >= nkeys or grid_keys[j] != key:
+            continue
+        for k in range(grid_ptr[j], grid_ptr[j + 1]):
+            p = grid_items[k]
+            x0 = pc_x0[p]
+            y0 = pc_y0[p]
+            dx = pc_x1[p] - x0
+            dy = pc_y1[p] - y0
+            l2 = dx * dx + dy * dy
+            t = 0.0
+            if l2 > 0.0:
+                t = ((px[i] - x0) * dx + (py[i] - y0) * dy) / l2
+                if t < 0.0:
+                    t = 0.0
+                elif t > 1.0:
+                    t = 1.0
+            qx = x0 + t * dx - px[i]
+            qy = y0 + t * dy - py[i]
+            d = np.sqrt(qx * qx + qy * qy)
+            if d > radius:
+                continue
+            s = pc_seg[p]
+            off = (pc_off0[p] + t * np.sqrt(l2)) * seg_scale[s]
+            if off > seg_len[s]:
+                off = seg_len[s]
+            found = -1
+            for m in range(cnt[i]):
+                if cseg[i, m] == s:
+                    found = m
+                    break
+            if found >= 0:
+                if d < cdist[i, found]:
+                    cdist[i, found] = d
+                    coff[i, found] = off
+                continue
+            if cnt[i] < kmax:
+                m = cnt[i]
+                cnt[i] += 1
+            else:
+                m = 0
+                for q in range(1, kmax):
+                    if cdist[i, q] > cdist[i, m]:
+                        m = q
+                if cdist[i, m] <= d:
+                    continue
+            cseg[i, m] = s
+            coff[i, m] = off
+            cdist[i, m] = d
+    return cnt, cseg, coff, cdist
+
+
+@njit(cache=True, nogil=True)
+def thin_points(px, py, t, min_move, max_hold_s):
+    """Keep a point when it is at least min_move metres from the last kept one (or max_hold_s later); first/last kept."""
+    n = px.shape[0]
+    keep = np.zeros(n, np.bool_)
+    if n == 0:
+        return keep
+    keep[0] = True
+    last = 0
+    for i in range(1, n):
+        dx = px[i] - px[last]
+        dy = py[i] - py[last]
+        if dx * dx + dy * dy >= min_move * min_move or t[i] - t[last] > max_hold_s:
+            keep[i] = True
+            last = i
+    keep[n - 1] = True
+    return keep
+
+
+@njit(cache=True, nogil=True)
+def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg, seg_from, seg_to, seg_len,
+           seg_rev, dist, pred, touched, hk, hv, with_dijkstra):
+    """Route metres from (sa, oa) to (sb, ob) and how: 0 same segment, 1 via nodes, 2 mid-segment U-turn."""
+    best = np.inf
+    kind = -1
+    if sb == sa and ob >= oa - back_tol:
+        best = max(ob - oa, 0.0)
+        kind = 0
+    if sb == seg_rev[sa] and sb >= 0:
+        r = abs(seg_len[sa] - ob - oa) + uturn_penalty
+        if r < best:
+            best = r
+            kind = 2
+    nt = 0
+    rem = seg_len[sa] - oa
+    if with_dijkstra and lim_total - rem >= 0.0:
+        nt = dijkstra(seg_to[sa], lim_total - rem, out_ptr, out_seg, seg_to, seg_len, dist, pred, touched, hk, hv)
+        dn = dist[seg_from[sb]]
+        if dn < np.inf:
+            r = rem + dn + ob
+            if r < best:
+                best = r
+                kind = 1
+    return best, kind, nt
+
+
+@njit(cache=True, nogil=True)
+def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_slack, bound_min, max_gap_s,
+            uturn_penalty, back_tol, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
+    """Newson & Krumm HMM over the points with candidates.
+
+    Returns (chosen candidate per point or -1, predecessor point per point or -1 = chain start, break flags:
+    1 = time gap, 2 = no plausible transition, 3 = outlier skipped). Points without candidates are left out.
+    """
+    n = px.shape[0]
+    kmax = cseg.shape[1]
+    score = np.full((n, kmax), NEG_INF)
+    back = np.full((n, kmax), -1, np.int64)
+    pred_pt = np.full(n, -1, np.int64)
+    brk = np.zeros(n, np.int8)
+    nseg = seg_len.shape[0]
+    dist = np.full(n_nodes, np.inf)
+    pred = np.full(n_nodes, -1, np.int64)
+    touched = np.empty(n_nodes + 1, np.int64)
+    hk = np.empty(nseg + 2, np.float64)
+    hv = np.empty(nseg + 2, np.int64)
+    inv2s2 = 0.5 / (sigma * sigma)
+    prev = -1
+    prevprev = -1
+    for i in range(n):
+        c = cnt[i]
+        if c == 0:
+            continue
+        if prev < 0 or t[i] - t[prev] > max_gap_s:
+            for b in range(c):
+                score[i, b] = -cdist[i, b] * cdist[i, b] * inv2s2
+            if prev >= 0:
+                brk[i] = 1
+            prevprev = -1
+            prev = i
+            continue
+        ok = False
+        src = prev
+        for attempt in range(2):
+            if attempt == 1:
+                # the previous point may be an outlier: try to connect from the one before it
+                if prevprev < 0 or t[i] - t[prevprev] > max_gap_s:
+                    break
+                src = prevprev
+            gx = px[i] - px[src]
+            gy = py[i] - py[src]
+            gc = np.sqrt(gx * gx + gy * gy)
+            bound = max(bound_factor * gc + bound_slack, bound_min)
+            for a in range(cnt[src]):
+                sa_score = score[src, a]
+                if sa_score == NEG_INF:
+                    continue
+                sa = cseg[src, a]
+                oa = coff[src, a]
+                rem = seg_len[sa] - oa
+                nt = 0
+                if bound - rem >= 0.0:
+                    nt = dijkstra(seg_to[sa], bound - rem, out_ptr, out_seg, seg_to, seg_len, dist, pred,
+                                  touched, hk, hv)
+                for b in range(c):
+                    sb = cseg[i, b]
+                    ob = coff[i, b]
+                    route = np.inf
+                    if sb == sa and ob >= oa - back_tol:
+                        route = max(ob - oa, 0.0)
+                    if sb == seg_rev[sa] and sb >= 0:
+                        r = abs(seg_len[sa] - ob - oa) + uturn_penalty
+                        if r < route:
+                            route = r
+                    if nt > 0:
+                        dn = dist[seg_from[sb]]
+                        if dn < np.inf:
+                            r = rem + dn + ob
+                            if r < route:
+                                route = r
+                    if route > bound:
+                        continue
+                    v = sa_score - abs(route - gc) / beta - cdist[i, b] * cdist[i, b] * inv2s2
+                    if v > score[i, b]:
+                        score[i, b] = v
+                        back[i, b] = a
+                        ok = True
+                for k in range(nt):
+                    dist[touched[k]] = np.inf
+            if ok:
+                break
+        if ok:
+            pred_pt[i] = src
+            if src == prevprev:
+                brk[prev] = 3
+                # the outlier is dropped: the chain continues from prevprev
+                prev = prevprev
+                prevprev = pred_pt[prevprev]
+        else:
+            for b in range(c):
+                score[i, b] = -cdist[i, b] * cdist[i, b] * inv2s2
+            brk[i] = 2
+        prevprev = prev
+        prev = i
+    # backtrack every chain from its best end state
+    chosen = np.full(n, -1, np.int64)
+    on_path = np.zeros(n, np.bool_)
+    is_end = np.ones(n, np.bool_)
+    for i in range(n):
+        if cnt[i] > 0 and pred_pt[i] >= 0:
+            is_end[pred_pt[i]] = False
+    for i in range(n - 1, -1, -1):
+        if cnt[i] == 0 or on_path[i] or not is_end[i] or brk[i] == 3:
+            continue
+        best = 0
+        for b in range(1, cnt[i]):
+            if score[i, b] > score[i, best]:
+                best = b
+        j = i
+        cur = best
+        while j >= 0:
+            chosen[j] = cur
+            on_path[j] = True
+            pj = pred_pt[j]
+            if pj >= 0:
+                cur = back[j, cur]
+            j = pj
+    return chosen, pred_pt, brk
+
+
+@njit(cache=True, nogil=True)
+def _grow_f(a, n):
+    b = np.empty(max(2 * a.shape[0], n), a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True, nogil=True)
+def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bound_min, back_tol, uturn_penalty,
+               px, py, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
+    """Legs (segment, from offset, to offset, chain, path position at start) along the matched chains.
+
+    `order` lists matched points in time order. Returns legs and, per matched point, its position (metres along
+    its chain's path) and chain number.
+    """
+    m = order.shape[0]
+    cap = 4 * m + 16
+    leg_seg = np.empty(cap, np.int64)
+    leg_o0 = np.empty(cap, np.float64)
+    leg_o1 = np.empty(cap, np.float64)
+    leg_chain = np.empty(cap, np.int64)
+    leg_s0 = np.empty(cap, np.float64)
+    pt_pos = np.zeros(m, np.float64)
+    pt_chain = np.zeros(m, np.int64)
+    nseg = seg_len.shape[0]
+    dist = np.full(n_nodes, np.inf)
+    pred = np.full(n_nodes, -1, np.int64)
+    touched = np.empty(n_nodes + 1, np.int64)
+    hk = np.empty(nseg + 2, np.float64)
+    hv = np.empty(nseg + 2, np.int64)
+    path_buf = np.empty(64, np.int64)
+    nl = 0
+    chain = -1
+    cur_off = 0.0
+    cur_s = 0.0
+    for q in range(m):
+        i = order[q]
+        sb = cseg[i, chosen[i]]
+        ob = coff[i, chosen[i]]
+        if nl + 4 >= leg_seg.shape[0]:
+            leg_seg = _grow_f(leg_seg, nl + 8)
+            leg_o0 = _grow_f(leg_o0, nl + 8)
+            leg_o1 = _grow_f(leg_o1, nl + 8)
+            leg_chain = _grow_f(leg_chain, nl + 8)
+            leg_s0 = _grow_f(leg_s0, nl + 8)
+        j = pred_pt[i]
+        kind = -1
+        nt = 0
+        sa = -1
+        if q > 0 and j >= 0 and j == order[q - 1]:
+            sa = cseg[j, chosen[j]]
+            oa_raw = coff[j, chosen[j]]
+            gx = px[i] - px[j]
+            gy = py[i] - py[j]
+            gc = np.sqrt(gx * gx + gy * gy)
+            bound = max(bound_factor * gc + bound_slack, bound_min)
+            route, kind, nt = _route(sa, oa_raw, sb, ob, bound, back_tol, uturn_penalty, out_ptr, out_seg,
+                                     seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, True)
+        if kind == -1:
+            for k in range(nt):
+                dist[touched[k]] = np.inf
+            chain += 1
+            leg_seg[nl] = sb
+            leg_o0[nl] = ob
+            leg_o1[nl] = ob
+            leg_chain[nl] = chain
+            leg_s0[nl] = 0.0
+            nl += 1
+            cur_off = ob
+            cur_s = 0.0
+            pt_pos[q] = 0.0
+            pt_chain[q] = chain
+            continue
+        oa = cur_off
+        if kind == 0:
+            nob = max(ob, oa)
+            cur_s += nob - oa
+            leg_o1[nl - 1] = nob
+            cur_off = nob
+        elif kind == 2:
+            p = max(oa, seg_len[sa] - ob)
+            leg_o1[nl - 1] = p
+            cur_s += p - oa
+            leg_seg[nl] = sb
+            leg_o0[nl] = seg_len[sa] - p
+            leg_o1[nl] = ob
+            leg_chain[nl] = chain
+            leg_s0[nl] = cur_s
+            nl += 1
+            cur_s += ob - (seg_len[sa] - p)
+            cur_off = ob
+        else:
+            # via nodes: finish the current segment, the shortest path's segments, then the start of sb
+            leg_o1[nl - 1] = seg_len[sa]
+            cur_s += seg_len[sa] - oa
+            npath = 0
+            if True:
+                v = seg_from[sb]
+                while pred[v] >= 0 and v != seg_to[sa]:
+                    if npath >= path_buf.shape[0]:
+                        path_buf = _grow_f(path_buf, npath + 1)
+                    path_buf[npath] = pred[v]
+                    npath += 1
+                    v = seg_from[pred[v]]
+            for k in range(npath - 1, -1, -1):
+                s = path_buf[k]
+                if nl + 4 >= leg_seg.shape[0]:
+                    leg_seg = _grow_f(leg_seg, nl + 8)
+                    leg_o0 = _grow_f(leg_o0, nl + 8)
+                    leg_o1 = _grow_f(leg_o1, nl + 8)
+                    leg_chain = _grow_f(leg_chain, nl + 8)
+                    leg_s0 = _grow_f(leg_s0, nl + 8)
+                leg_seg[nl] = s
+                leg_o0[nl] = 0.0
+                leg_o1[nl] = seg_len[s]
+                leg_chain[nl] = chain
+                leg_s0[nl] = cur_s
+                nl += 1
+                cur_s += seg_len[s]
+            leg_seg[nl] = sb
+            leg_o0[nl] = 0.0
+            leg_o1[nl] = ob
+            leg_chain[nl] = chain
+            leg_s0[nl] = cur_s
+            nl += 1
+            cur_s += ob
+            cur_off = ob
+        for k in range(nt):
+            dist[touched[k]] = np.inf
+        pt_pos[q] = cur_s
+        pt_chain[q] = chain
+    return leg_seg[:nl], leg_o0[:nl], leg_o1[:nl], leg_chain[:nl], leg_s0[:nl], pt_pos, pt_chain

@@ -1,0 +1,160 @@
+"""`speedprofile bench match --kubicka DIR`: map-matching accuracy and throughput on Kubicka et al. (2015).
+
+Accuracy per track = length of correctly matched arcs / length of the union of matched and true arcs (Newson &
+Krumm's route-overlap measure, directed: the reverse twin of a true arc is a miss), averaged weighted by the true
+route length. Throughput = matched points / CPU seconds of matching (graph loading timed separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import re
+import time
+
+import numpy as np
+
+from speedprofile.errors import UserError
+
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results", "match_kubicka.json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubicka", required=True, metavar="DIR",
+                        help="folder of track folders NNNNNNNN/NNNNNNNN.{nodes,arcs,track,route}[.gz]")
+    parser.add_argument("--tracks", default=None, help="comma-separated track ids (default: all in DIR)")
+    parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/results/match_kubicka.json)")
+
+
+def _read_tsv(path: str, ncols: int) -> np.ndarray:
+    """Tab-separated numbers, gzip or plain (detected by magic bytes) -> float64 array (rows, ncols)."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if not raw.strip():
+        return np.zeros((0, ncols))
+    arr = np.loadtxt(io.BytesIO(raw), dtype=np.float64, ndmin=2)
+    if arr.shape[1] < ncols:
+        raise UserError(f"{path}: expected {ncols} tab-separated columns, found {arr.shape[1]}")
+    return arr[:, :ncols]
+
+
+def _find(folder: str, tid: str, kind: str) -> str:
+    for name in (f"{tid}.{kind}.gz", f"{tid}.{kind}"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    raise UserError(f"track {tid}: no {kind} file in {folder}")
+
+
+def list_tracks(root: str, only: list[str] | None) -> list[str]:
+    if not os.path.isdir(root):
+        raise UserError(f"--kubicka {root}: not a folder")
+    found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                   and any(re.fullmatch(rf"{re.escape(d)}\.track(\.gz)?", f) for f in os.listdir(os.path.join(root, d))))
+    if only:
+        missing = [t for t in only if t not in found]
+        if missing:
+            raise UserError(f"--tracks: no track folder {', '.join(missing)} in {root}")
+        return [t for t in found if t in only]
+    if not found:
+        raise UserError(f"--kubicka {root}: no track folders (NNNNNNNN/NNNNNNNN.track[.gz])")
+    return found
+
+
+def load_track(root: str, tid: str):
+    """(network, lon, lat, t, true route arc ids) of one track; network built from straight arcs."""
+    from speedprofile.matching.network import build_network
+    from speedprofile.network.graph import haversine_m
+
+    folder = os.path.join(root, tid)
+    nodes = _read_tsv(_find(folder, tid, "nodes"), 2)
+    arcs = _read_tsv(_find(folder, tid, "arcs"), 2).astype(np.int64)
+    track = _read_tsv(_find(folder, tid, "track"), 3)
+    route = _read_tsv(_find(folder, tid, "route"), 1).astype(np.int64)[:, 0]
+    src, dst = arcs[:, 0], arcs[:, 1]
+    n = len(arcs)
+    glon = np.empty(2 * n)
+    glat = np.empty(2 * n)
+    glon[0::2], glon[1::2] = nodes[src, 0], nodes[dst, 0]
+    glat[0::2], glat[1::2] = nodes[src, 1], nodes[dst, 1]
+    length = haversine_m(nodes[src, 0], nodes[src, 1], nodes[dst, 0], nodes[dst, 1])
+    net = build_network(np.arange(n, dtype=np.int64), src, dst, length, np.arange(0, 2 * n + 1, 2), glon, glat)
+    return net, track[:, 0], track[:, 1], track[:, 2], route
+
+
+def route_overlap(matched: np.ndarray, truth: np.ndarray, seg_len: np.ndarray) -> tuple[float, float, float]:
+    """(correct metres, union metres, true metres) over directed arc sets."""
+    m = np.unique(matched)
+    t = np.unique(truth)
+    inter = np.intersect1d(m, t)
+    union = np.union1d(m, t)
+    return float(seg_len[inter].sum()), float(seg_len[union].sum()), float(seg_len[t].sum())
+
+
+def run(root: str, tracks: list[str], params=None, out=print) -> dict:
+    from speedprofile.matching.kernel import Matcher, MatchParams
+
+    params = params or MatchParams()
+    rows = []
+    tot_pts = 0
+    tot_cpu = 0.0
+    tot_load = 0.0
+    wsum = 0.0
+    asum = 0.0
+    out(f"{'track':>8} {'points':>7} {'arcs':>8} {'load_s':>7} {'cpu_s':>7} {'pts/s':>8} {'accuracy':>8} {'breaks':>6}")
+    for tid in tracks:
+        t0 = time.perf_counter()
+        net, lon, lat, t, route = load_track(root, tid)
+        matcher = Matcher(net, params)
+        load_s = time.perf_counter() - t0
+        c0 = time.process_time()
+        pm = matcher.match_points(lon, lat, t - t[0] if len(t) else t)
+        cpu = time.process_time() - c0
+        matched = pm.legs["seg_index"].to_numpy() if len(pm.legs) else np.zeros(0, np.int64)
+        correct, union, true_len = route_overlap(matched, route, net.seg_len)
+        acc = correct / union if union > 0 else 0.0
+        npts = len(lon)
+        tot_pts += npts
+        tot_cpu += cpu
+        tot_load += load_s
+        wsum += true_len
+        asum += acc * true_len
+        brk = sum(pm.breaks.values())
+        rows.append({"track": tid, "points": npts, "accuracy": acc, "cpu_s": cpu, "load_s": load_s, "breaks": brk})
+        out(f"{tid:>8} {npts:>7} {net.n_segments:>8} {load_s:>7.2f} {cpu:>7.3f} {npts / max(cpu, 1e-9):>8.0f} "
+            f"{acc:>8.4f} {brk:>6}")
+    summary = {
+        "tracks": len(rows),
+        "points": tot_pts,
+        "accuracy": round(asum / wsum, 5) if wsum > 0 else 0.0,
+        "points_per_second": round(tot_pts / max(tot_cpu, 1e-9), 1),
+        "cores": 1,
+        "match_cpu_s": round(tot_cpu, 3),
+        "load_s": round(tot_load, 3),
+        "worst": sorted(rows, key=lambda r: r["accuracy"])[:5],
+        "params": params.to_dict(),
+    }
+    return summary
+
+
+def cli(args: argparse.Namespace) -> int:
+    from speedprofile.matching import _core  # noqa: F401  (compile/load the kernels before timing)
+    from speedprofile.matching.kernel import warm_up
+
+    only = [t.strip() for t in args.tracks.split(",")] if args.tracks else None
+    tracks = list_tracks(args.kubicka, only)
+    warm_up()
+    summary = run(args.kubicka, tracks)
+    path = os.path.abspath(args.out or RESULTS)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(summary, fh, indent=2)
+    head = {k: summary[k] for k in ("tracks", "points", "accuracy", "points_per_second", "cores")}
+    print(f"load_s={summary['load_s']} match_cpu_s={summary['match_cpu_s']} results={path}")
+    print(json.dumps(head))
+    return 0

@@ -1,0 +1,382 @@
+"""Map-matching kernel: one trace piece (its fixes) in, segment traversals with observed speeds out. No Spark.
+
+Hidden Markov model after Newson & Krumm (2009): candidates are the segments within `radius_m` of a fix;
+emission is Gaussian in the perpendicular distance (sigma_m); transition is exponential in
+|route distance - great-circle distance| (beta_m) with route distances from bounded Dijkstra searches on the
+directed network; Viterbi picks the path. Times are UTC; positions metres; speeds km/h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_PLAUSIBLE_KPH
+from speedprofile.matching import _core
+from speedprofile.matching.network import RoutingNetwork, network_from_table
+
+# Per-fix outcome of matching (every input fix gets exactly one).
+FIX_STATUSES = (
+    "matched",          # on a matched path of two or more fixes
+    "isolated",         # snapped to a road, but its piece of path has no other fix (nothing to traverse)
+    "off_network",      # no road within radius_m
+    "outlier",          # dropped by the HMM as a GPS spike (no plausible transition through it)
+    "invalid_coordinate",  # lon/lat/time missing or not finite
+    "duplicate_time",   # same timestamp as the previous usable fix of the trace
+    "time_backwards",   # timestamp earlier than the previous usable fix (input order)
+    "single_fix",       # the trace piece has only one usable fix
+    "prematched_no_link",  # pre-matched piece, but this fix has no link id
+)
+BREAK_REASONS = ("time_gap", "no_transition")
+TRAVERSAL_COLUMNS = [
+    "seq", "segment_id", "enter_time_utc", "exit_time_utc", "duration_s", "traversed_m", "speed_kph",
+    "is_complete", "n_fixes", "match_source", "reject_reason", "owned",
+]
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """Matching parameters; the defaults suit 1-60 s sampling of consumer GPS (metres, seconds)."""
+
+    sigma_m: float = 4.07        # GPS noise (Newson & Krumm's estimate); emission N(0, sigma)
+    beta_m: float = 5.0          # transition scale of |route - great-circle| in metres
+    radius_m: float = 50.0       # candidate search radius around each fix
+    max_candidates: int = 8      # nearest segments kept per fix
+    max_gap_s: float = 180.0     # a longer gap between usable fixes starts a new path (trace break)
+    bound_factor: float = 2.0    # route search bound = max(bound_factor * gc + bound_slack_m, bound_min_m)
+    bound_slack_m: float = 100.0
+    bound_min_m: float = 300.0
+    uturn_penalty_m: float = 30.0  # extra metres charged for turning round in the middle of a segment
+    back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
+    thin_m: float = 8.14         # skip fixes closer than this to the last kept one (2 sigma); 0 = keep all
+    max_hold_s: float = 30.0     # ... but keep at least one fix every max_hold_s
+    complete_tol_m: float = 0.5  # a traversal counts as complete when it covers the segment to within this
+    min_traversal_m: float = 1.0  # partial legs shorter than this are not traversals (a path starting on a node)
+    min_plausible_kph: float = MIN_PLAUSIBLE_KPH
+    max_plausible_kph: float = MAX_PLAUSIBLE_KPH
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PointMatch:
+    """Per-fix outcome of matching one trace (arrays aligned with the input fixes)."""
+
+    status: np.ndarray       # object: one of FIX_STATUSES
+    segment_id: np.ndarray   # int64, -1 when not matched
+    offset_m: np.ndarray     # metres from the segment start, NaN when not matched
+    chain: np.ndarray        # int64 path number within the trace, -1 when not matched
+    breaks: dict             # BREAK_REASONS -> count
+    legs: pd.DataFrame       # segment_id, off0_m, off1_m, chain, s0_m (path position), enter_s, exit_s, n_fixes
+
+
+@dataclass
+class TraceMatch:
+    """Traversals (TRAVERSAL_COLUMNS) of one trace piece plus its per-fix outcome."""
+
+    traversals: pd.DataFrame
+    points: PointMatch
+
+
+class Matcher:
+    """Map matcher bound to one road network; build once, call `match` per trace piece.
+
+    `network` is a RoutingNetwork, or road_segments rows (pandas DataFrame or pyarrow Table).
+    """
+
+    def __init__(self, network, params: MatchParams | None = None):
+        self.params = params or MatchParams()
+        if isinstance(network, RoutingNetwork):
+            self.net = network
+        else:
+            self.net = network_from_table(network, cell_m=max(2 * self.params.radius_m, 20.0))
+        if self.net.cell_m < 2 * self.params.radius_m - 1e-9:
+            raise ValueError(f"network grid cell {self.net.cell_m} m is smaller than 2 x radius_m")
+
+    # ---- HMM on raw arrays (used by the benchmark and by `match`) ----
+    def match_points(self, lon: np.ndarray, lat: np.ndarray, t_s: np.ndarray) -> PointMatch:
+        """Match fixes (degrees, seconds strictly increasing) -> per-fix segment/offset and the path legs."""
+        p, net = self.params, self.net
+        n = len(lon)
+        x, y = net.project(lon, lat)
+        t_s = np.asarray(t_s, np.float64)
+        keep = _core.thin_points(x, y, t_s, p.thin_m, p.max_hold_s) if p.thin_m > 0 else np.ones(n, bool)
+        kidx = np.nonzero(keep)[0]
+        kx, ky, kt = x[kidx], y[kidx], t_s[kidx]
+        cnt, cseg, coff, cdist = _core.find_candidates(
+            kx, ky, p.radius_m, p.max_candidates, net.gx0, net.gy0, net.cell_m, net.ncy, net.grid_keys,
+            net.grid_ptr, net.grid_items, net.pc_seg, net.pc_x0, net.pc_y0, net.pc_x1, net.pc_y1, net.pc_off0,
+            net.seg_scale, net.seg_len)
+        chosen, pred_pt, brk = _core.viterbi(
+            kx, ky, kt, cnt, cseg, coff, cdist, p.sigma_m, p.beta_m, p.bound_factor, p.bound_slack_m,
+            p.bound_min_m, p.max_gap_s, p.uturn_penalty_m, p.back_tol_m, net.out_ptr, net.out_seg, net.seg_from,
+            net.seg_to, net.seg_len, net.seg_rev, net.n_nodes)
+        order = np.nonzero(chosen >= 0)[0]
+        lseg, lo0, lo1, lchain, ls0, pos, pchain = _core.build_path(
+            order, pred_pt, cseg, coff, chosen, p.bound_factor, p.bound_slack_m, p.bound_min_m, p.back_tol_m,
+            p.uturn_penalty_m, kx, ky, net.out_ptr, net.out_seg, net.seg_from, net.seg_to, net.seg_len,
+            net.seg_rev, net.n_nodes)
+        # per kept point outcome
+        k_status = np.where(cnt == 0, "off_network", "outlier").astype(object)
+        k_seg = np.full(len(kidx), -1, np.int64)
+        k_off = np.full(len(kidx), np.nan)
+        k_chain = np.full(len(kidx), -1, np.int64)
+        k_pos = np.full(len(kidx), np.nan)
+        if len(order):
+            k_seg[order] = cseg[order, chosen[order]]
+            k_off[order] = coff[order, chosen[order]]
+            k_chain[order] = pchain
+            k_pos[order] = pos
+            chain_sizes = np.bincount(pchain)
+            k_status[order] = np.where(chain_sizes[pchain] >= 2, "matched", "isolated")
+        # thinned fixes take the outcome of the last kept fix before them
+        anchor = np.cumsum(keep) - 1
+        status = k_status[anchor]
+        seg = k_seg[anchor]
+        off = k_off[anchor]
+        chain = k_chain[anchor]
+        ppos = k_pos[anchor]
+        breaks = {"time_gap": int(np.sum(brk == 1)), "no_transition": int(np.sum(brk == 2))}
+        legs = self._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s)
+        legs["segment_id"] = net.segment_id[lseg] if len(lseg) else np.zeros(0, np.int64)
+        return PointMatch(status, np.where(seg >= 0, net.segment_id[np.maximum(seg, 0)] if len(seg) else seg, -1),
+                          off, chain, breaks, legs)
+
+    def _leg_times(self, lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s) -> pd.DataFrame:
+        """Enter/exit seconds per leg, interpolated along the path from the fixes' (position, time) anchors."""
+        nl = len(lseg)
+        enter = np.full(nl, np.nan)
+        exit_ = np.full(nl, np.nan)
+        nfix = np.zeros(nl, np.int64)
+        s1 = ls0 + (lo1 - lo0)
+        ok = chain >= 0
+        a_chain, a_pos, a_t = chain[ok], ppos[ok], t_s[ok]
+        # positions never decrease within a chain; the order (chain, time) is already the input order
+        for c in np.unique(lchain) if nl else []:
+            lm = np.nonzero(lchain == c)[0]
+            am = a_chain == c
+            s, tt = a_pos[am], a_t[am]
+            if len(s) == 0:
+                continue
+            s = np.maximum.accumulate(s)
+            enter[lm] = _interp_leave(ls0[lm], s, tt)
+            exit_[lm] = _interp_leave(s1[lm], s, tt)
+            lo = np.searchsorted(s, ls0[lm], side="left")
+            hi = np.searchsorted(s, s1[lm], side="left")
+            hi[-1] = len(s)
+            nfix[lm] = np.maximum(hi - lo, 0)
+        return pd.DataFrame({"seg_index": lseg, "off0_m": lo0, "off1_m": lo1, "chain": lchain, "s0_m": ls0,
+                             "enter_s": enter, "exit_s": exit_, "n_fixes": nfix})
+
+    # ---- one trace piece as a pandas frame ----
+    def match(self, fixes: pd.DataFrame) -> TraceMatch:
+        """Match one trace piece: columns timestamp_utc, lon_deg, lat_deg [, is_context, prematched_segment_id,
+        source_row]. Rows are taken in input order (source_row when present). Never raises on bad fixes."""
+        df = fixes
+        if "source_row" in df.columns and len(df):
+            df = df.sort_values(["source_file", "source_row"] if "source_file" in df.columns else ["source_row"],
+                                kind="stable")
+        n = len(df)
+        ts = pd.to_datetime(df["timestamp_utc"], utc=True) if n else pd.Series([], dtype="datetime64[us, UTC]")
+        t_us = _as_micros(ts)
+        lon = df["lon_deg"].to_numpy(np.float64, na_value=np.nan)
+        lat = df["lat_deg"].to_numpy(np.float64, na_value=np.nan)
+        ctx = (df["is_context"].fillna(False).to_numpy(bool) if "is_context" in df.columns
+               else np.zeros(n, bool))
+        status = np.full(n, "", dtype=object)
+        valid = np.isfinite(lon) & np.isfinite(lat) & ~pd.isna(ts).to_numpy() if n else np.zeros(0, bool)
+        status[~valid] = "invalid_coordinate"
+        # input order; drop fixes whose time does not advance
+        usable = valid.copy()
+        last = None
+        for i in np.nonzero(valid)[0]:
+            if last is not None and t_us[i] <= last:
+                status[i] = "duplicate_time" if t_us[i] == last else "time_backwards"
+                usable[i] = False
+            else:
+                last = t_us[i]
+        seg_id = np.full(n, -1, np.int64)
+        chain = np.full(n, -1, np.int64)
+        breaks = dict.fromkeys(BREAK_REASONS, 0)
+        uidx = np.nonzero(usable)[0]
+        pm_col = df["prematched_segment_id"] if "prematched_segment_id" in df.columns else None
+        is_pre = pm_col is not None and bool(pm_col.notna().any())
+        if len(uidx) < 2 and not is_pre:
+            status[uidx] = "single_fix"
+            trav = _empty_traversals()
+            pm = PointMatch(status, seg_id, np.full(n, np.nan), chain, breaks, pd.DataFrame())
+            return TraceMatch(trav, pm)
+        t0 = t_us[uidx[0]] if len(uidx) else 0
+        owned_lo, owned_hi = _owned_span(t_us, ctx, usable)
+        if is_pre:
+            ids = pm_col.to_numpy(dtype=np.float64, na_value=np.nan)
+            speeds = (df["speed_kph"].to_numpy(np.float64, na_value=np.nan) if "speed_kph" in df.columns
+                      else np.full(n, np.nan))
+            trav, st = self._prematched(uidx, ids, t_us, speeds)
+            status[uidx] = st
+            seg_id[uidx] = np.where(np.isfinite(ids[uidx]), np.nan_to_num(ids[uidx], nan=-1), -1).astype(np.int64)
+        else:
+            pm = self.match_points(lon[uidx], lat[uidx], (t_us[uidx] - t0) / 1e6)
+            status[uidx] = pm.status
+            seg_id[uidx] = pm.segment_id
+            chain[uidx] = pm.chain
+            breaks = pm.breaks
+            trav = self._traversals(pm.legs, t0)
+        if len(trav):
+            enter_us = trav.pop("_enter_us").to_numpy()
+            trav["owned"] = (enter_us >= owned_lo) & (enter_us < owned_hi)
+        else:
+            trav = _empty_traversals()
+        return TraceMatch(trav[TRAVERSAL_COLUMNS], PointMatch(status, seg_id, np.full(n, np.nan), chain, breaks,
+                                                             pd.DataFrame()))
+
+    def _traversals(self, legs: pd.DataFrame, t0_us: int) -> pd.DataFrame:
+        p, net = self.params, self.net
+        if legs.empty:
+            return _empty_traversals(extra=True)
+        seg_len = net.seg_len[legs["seg_index"].to_numpy()]
+        o0, o1 = legs["off0_m"].to_numpy(), legs["off1_m"].to_numpy()
+        traversed = np.clip(o1 - o0, 0.0, None)
+        complete = (o0 <= p.complete_tol_m) & (o1 >= seg_len - p.complete_tol_m)
+        keep = complete | (traversed >= p.min_traversal_m)
+        legs = legs[keep]
+        traversed, complete = traversed[keep], complete[keep]
+        enter_s, exit_s = legs["enter_s"].to_numpy(), legs["exit_s"].to_numpy()
+        dur = exit_s - enter_s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            speed = np.where(dur > 0, traversed / dur * 3.6, np.nan)
+        reason = np.full(len(legs), None, dtype=object)
+        reason[~(dur > 0)] = "duration_nonpositive"
+        bad_speed = (dur > 0) & ((speed > p.max_plausible_kph) | (speed < p.min_plausible_kph))
+        reason[bad_speed] = "speed_implausible"
+        enter_us = t0_us + np.round(enter_s * 1e6).astype(np.int64)
+        exit_us = t0_us + np.round(exit_s * 1e6).astype(np.int64)
+        return pd.DataFrame({
+            "seq": np.arange(len(legs), dtype=np.int32),
+            "segment_id": legs["segment_id"].to_numpy(np.int64),
+            "enter_time_utc": pd.to_datetime(enter_us, unit="us", utc=True),
+            "exit_time_utc": pd.to_datetime(exit_us, unit="us", utc=True),
+            "duration_s": dur,
+            "traversed_m": traversed,
+            "speed_kph": speed,
+            "is_complete": complete,
+            "n_fixes": legs["n_fixes"].to_numpy(np.int32),
+            "match_source": "hmm",
+            "reject_reason": reason,
+            "_enter_us": enter_us,
+        })
+
+    def _prematched(self, uidx, ids, t_us, speeds):
+        """Consecutive fixes on one link -> one traversal; boundaries at the midpoint between runs."""
+        st = np.where(np.isfinite(ids[uidx]), "matched", "prematched_no_link").astype(object)
+        good = uidx[np.isfinite(ids[uidx])]
+        if len(good) == 0:
+            return _empty_traversals(extra=True), st
+        gid = ids[good].astype(np.int64)
+        starts = np.concatenate([[0], np.nonzero(np.diff(gid) != 0)[0] + 1])
+        ends = np.concatenate([starts[1:], [len(good)]])
+        nrun = len(starts)
+        tg = t_us[good].astype(np.float64)
+        first_t, last_t = tg[starts], tg[ends - 1]
+        enter = first_t.copy()
+        exit_ = last_t.copy()
+        if nrun > 1:
+            mid = (last_t[:-1] + first_t[1:]) / 2
+            enter[1:] = mid
+            exit_[:-1] = mid
+        run_id = gid[starts]
+        sidx = self.net.index_of(run_id)
+        length = np.where(sidx >= 0, self.net.seg_len[np.maximum(sidx, 0)], np.nan)
+        interior = np.zeros(nrun, bool)
+        interior[1:-1] = True
+        dur = (exit_ - enter) / 1e6
+        mean_v = np.array([np.nanmean(speeds[good[a:b]]) if np.isfinite(speeds[good[a:b]]).any() else np.nan
+                           for a, b in zip(starts, ends, strict=True)])
+        traversed = np.where(interior, length, np.minimum(length, mean_v / 3.6 * np.maximum(dur, 0)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            speed = np.where(dur > 0, traversed / dur * 3.6, np.nan)
+        p = self.params
+        reason = np.full(nrun, None, dtype=object)
+        reason[~(dur > 0)] = "duration_nonpositive"
+        reason[(dur > 0) & ((speed > p.max_plausible_kph) | (speed < p.min_plausible_kph))] = "speed_implausible"
+        reason[(dur > 0) & ~np.isfinite(speed)] = "speed_unknown"
+        reason[sidx < 0] = "unknown_segment"
+        enter_us = np.round(enter).astype(np.int64)
+        exit_us = np.round(exit_).astype(np.int64)
+        trav = pd.DataFrame({
+            "seq": np.arange(nrun, dtype=np.int32),
+            "segment_id": run_id,
+            "enter_time_utc": pd.to_datetime(enter_us, unit="us", utc=True),
+            "exit_time_utc": pd.to_datetime(exit_us, unit="us", utc=True),
+            "duration_s": dur,
+            "traversed_m": traversed,
+            "speed_kph": speed,
+            "is_complete": interior & (sidx >= 0),
+            "n_fixes": (ends - starts).astype(np.int32),
+            "match_source": "prematched",
+            "reject_reason": reason,
+            "_enter_us": enter_us,
+        })
+        return trav, st
+
+
+def _interp_leave(x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Time at path position x: between the last anchor at or before x and the next one (a stop = leaving time)."""
+    k = np.searchsorted(s, x, side="right") - 1
+    k = np.clip(k, 0, len(s) - 1)
+    k1 = np.minimum(k + 1, len(s) - 1)
+    ds = s[k1] - s[k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(ds > 0, (x - s[k]) / ds, 0.0)
+    frac = np.clip(frac, 0.0, 1.0)
+    return t[k] + frac * (t[k1] - t[k])
+
+
+def _owned_span(t_us: np.ndarray, ctx: np.ndarray, usable: np.ndarray) -> tuple[float, float]:
+    """[first owned fix, first context fix after the owned ones) — the border rule of the probes table."""
+    owned = np.nonzero(usable & ~ctx)[0]
+    if len(owned) == 0:
+        return np.inf, np.inf
+    lo = float(t_us[owned].min())
+    last_owned = float(t_us[owned].max())
+    after = t_us[usable & ctx]
+    after = after[after > last_owned]
+    hi = float(after.min()) if len(after) else np.inf
+    return lo, hi
+
+
+def _as_micros(ts: pd.Series) -> np.ndarray:
+    """UTC instants -> int64 microseconds since the epoch (NaT -> int64 min)."""
+    if not len(ts):
+        return np.zeros(0, np.int64)
+    naive = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    return naive.to_numpy(dtype="datetime64[us]").astype(np.int64)
+
+
+def _empty_traversals(extra: bool = False) -> pd.DataFrame:
+    df = pd.DataFrame({
+        "seq": pd.Series([], dtype=np.int32), "segment_id": pd.Series([], dtype=np.int64),
+        "enter_time_utc": pd.Series([], dtype="datetime64[us, UTC]"),
+        "exit_time_utc": pd.Series([], dtype="datetime64[us, UTC]"),
+        "duration_s": pd.Series([], dtype=np.float64), "traversed_m": pd.Series([], dtype=np.float64),
+        "speed_kph": pd.Series([], dtype=np.float64), "is_complete": pd.Series([], dtype=bool),
+        "n_fixes": pd.Series([], dtype=np.int32), "match_source": pd.Series([], dtype=object),
+        "reject_reason": pd.Series([], dtype=object), "owned": pd.Series([], dtype=bool),
+    })
+    if extra:
+        df = df.drop(columns=["owned"])
+        df["_enter_us"] = pd.Series([], dtype=np.int64)
+    return df
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) the numba kernels on a two-segment network, outside any timed region."""
+    from speedprofile.matching.network import build_network
+
+    net = build_network([1, 2], [10, 11], [11, 12], [100.0, 100.0], [0, 2, 4],
+                        [0.0, 0.001, 0.001, 0.002], [0.0, 0.0, 0.0, 0.0])
+    m = Matcher(net)
+    m.match_points(np.array([0.0002, 0.0009, 0.0015]), np.array([0.00001, 0.0, 0.00002]), np.array([0.0, 5.0, 10.0]))
