@@ -1,0 +1,1 @@
+"""Fleet simulator: vehicles driving the road network under a time-of-week traffic model -> probes + truth."""
