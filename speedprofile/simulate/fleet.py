@@ -132,7 +132,7 @@ def simulate(warehouse: str, out: str, days: int, vehicles: int, interval_s: flo
                 if csv_writer is None:
                     from pyarrow import csv as pacsv
 
-                    csv_file = open(csv_path, "wb")  # noqa: SIM115 - closed in finally
+                    csv_file = open(csv_path, "wb")
                     csv_file.write((",".join(text.schema.names) + "\n").encode())
                     csv_writer = pacsv.CSVWriter(csv_file, text.schema, write_options=pacsv.WriteOptions(
                         include_header=False, quoting_style="none"))
