@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""A local Spark standalone cluster (one master, N workers) on 127.0.0.1, from the jars of the installed pyspark.
+
+Every daemon runs in its own process group (setsid) with its PID recorded in `<state-dir>/cluster.json` and its
+log in `<state-dir>/logs/`; stopping kills exactly those process groups (the worker's group also holds the
+executors and Python workers it launched). Used by `make cluster-test` and usable by hand:
+
+    .venv/bin/python scripts/cluster.py start --state-dir /tmp/sp-cluster --workers 2
+    .venv/bin/python scripts/cluster.py status --state-dir /tmp/sp-cluster
+    .venv/bin/python scripts/cluster.py stop --state-dir /tmp/sp-cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def spark_home() -> Path:
+    """The pyspark package folder: it holds Spark's `jars/` and `bin/`, so it serves as SPARK_HOME."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def scala_version() -> str:
+    """Scala binary version of the installed Spark jars (e.g. "2.13"), from spark-core_<scala>-<version>.jar."""
+    for jar in (spark_home() / "jars").glob("spark-core_*.jar"):
+        return jar.name.split("_", 1)[1].split("-", 1)[0]
+    raise RuntimeError(f"no spark-core jar under {spark_home() / 'jars'}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 5.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read().decode("utf-8"))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) still answers kill(0); look at its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@dataclass
+class Daemon:
+    """One started JVM: role ("master" / "worker-N"), PID (= its process group id), ports and log file."""
+
+    role: str
+    pid: int
+    port: int
+    webui_port: int
+    log: str
+    worker_id: str | None = None
+
+
+@dataclass
+class Cluster:
+    state_dir: str
+    master: Daemon | None = None
+    workers: list[Daemon] = field(default_factory=list)
+    killed: list[dict] = field(default_factory=list)
+
+    # ---- life cycle -------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self.master is not None
+        return f"spark://{HOST}:{self.master.port}"
+
+    @property
+    def master_json_url(self) -> str:
+        assert self.master is not None
+        return f"http://{HOST}:{self.master.webui_port}/json/"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["SPARK_HOME"] = str(spark_home())
+        env["SPARK_LOCAL_IP"] = HOST
+        # The launcher that builds executor command lines wants the Scala version of the jars (a source build
+        # would let it look under launcher/target/); pyspark ships Scala 2.13 jars.
+        env.setdefault("SPARK_SCALA_VERSION", scala_version())
+        env.setdefault("PYSPARK_PYTHON", sys.executable)
+        env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        # Small daemons: the machine is shared; executors get their memory from --memory / spark.executor.memory.
+        env.setdefault("SPARK_DAEMON_MEMORY", "256m")
+        return env
+
+    def _spawn(self, role: str, main_class: str, args: list[str], port: int, webui_port: int) -> Daemon:
+        logs = Path(self.state_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{role}.log"
+        cmd = [
+            "java",
+            "-Xmx256m",
+            "-cp",
+            f"{spark_home() / 'conf'}{os.pathsep}{spark_home() / 'jars'}/*",
+            main_class,
+            *args,
+        ]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(),
+                cwd=self.state_dir,
+                start_new_session=True,  # own process group: killed as a unit, never by name
+            )
+        return Daemon(role=role, pid=proc.pid, port=port, webui_port=webui_port, log=str(log_path))
+
+    def start_master(self) -> None:
+        port, webui = free_port(), free_port()
+        self.master = self._spawn(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            ["--host", HOST, "--port", str(port), "--webui-port", str(webui)],
+            port,
+            webui,
+        )
+        self.save()
+
+    def start_worker(self, cores: int = 1, memory: str = "1g") -> Daemon:
+        n = len(self.workers) + 1
+        port, webui = free_port(), free_port()
+        work_dir = Path(self.state_dir) / f"work-{n}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        d = self._spawn(
+            f"worker-{n}",
+            "org.apache.spark.deploy.worker.Worker",
+            [
+                "--host", HOST, "--port", str(port), "--webui-port", str(webui),
+                "--cores", str(cores), "--memory", memory, "--work-dir", str(work_dir),
+                self.url,
+            ],
+            port,
+            webui,
+        )
+        self.workers.append(d)
+        self.save()
+        return d
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until the master answers and every started worker is registered ALIVE; record worker ids."""
+        deadline = time.time() + timeout
+        last: object = None
+        while time.time() < deadline:
+            for d in [self.master, *self.workers]:
+                assert d is not None
+                if not pid_alive(d.pid):
+                    raise RuntimeError(f"{d.role} (pid {d.pid}) exited during start-up; see {d.log}:\n{tail(d.log)}")
+            try:
+                state = get_json(self.master_json_url)
+            except (OSError, ValueError) as exc:  # not listening yet / UI still starting
+                last = exc
+                time.sleep(0.5)
+                continue
+            last = state
+            alive = {(w["host"], int(w["port"])): w["id"] for w in state.get("workers", []) if w["state"] == "ALIVE"}
+            if all((HOST, w.port) in alive for w in self.workers):
+                for w in self.workers:
+                    w.worker_id = alive[(HOST, w.port)]
+                self.save()
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"cluster not ready after {timeout:.0f}s; last master state: {last}")
+
+    def start(self, workers: int = 2, cores: int = 1, memory: str = "1g", timeout: float = 120.0) -> Cluster:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        self.start_master()
+        try:
+            for _ in range(workers):
+                self.start_worker(cores=cores, memory=memory)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill_worker(self, worker: Daemon, log=print) -> None:
+        """SIGKILL the worker's whole process group (worker JVM, its executor JVM, their Python workers)."""
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        msg = f"killed worker {worker.worker_id} (pid {worker.pid})"
+        self.killed.append({"role": worker.role, "worker_id": worker.worker_id, "pid": worker.pid, "at": time.time()})
+        self.save()
+        log(msg)
+
+    def worker_running_tasks(self, driver_ui: str) -> tuple[Daemon, dict] | None:
+        """While a stage of the app behind `driver_ui` is part-way through (some tasks done, some running), the
+        worker whose executor is running one of them, with that stage's REST record; None otherwise."""
+        apps = get_json(f"{driver_ui}/api/v1/applications")
+        if not apps:
+            return None
+        app_id = apps[0]["id"]  # type: ignore[index]
+        stages = get_json(f"{driver_ui}/api/v1/applications/{app_id}/stages?status=active")
+        mid = [s for s in stages if s["numActiveTasks"] > 0 and s["numCompleteTasks"] > 0]  # type: ignore[union-attr]
+        if not mid:
+            return None
+        busy = {
+            str(e["id"])
+            for e in get_json(f"{driver_ui}/api/v1/applications/{app_id}/executors")  # type: ignore[union-attr]
+            if e["id"] != "driver" and e.get("isActive") and e.get("activeTasks", 0) > 0
+        }
+        for w in self.workers:
+            if not pid_alive(w.pid):
+                continue
+            ws = get_json(f"http://{HOST}:{w.webui_port}/json/")
+            if any(str(e["id"]) in busy and e.get("appid") == app_id for e in ws.get("executors", [])):  # type: ignore[union-attr]
+                return w, mid[0]
+        return None
+
+    def kill_worker_mid_stage(self, driver_ui: str, is_running, timeout: float = 600.0, log=print) -> Daemon | None:
+        """Poll the driver's REST API until a stage is part-way through, then kill a worker running its tasks.
+
+        `is_running()` tells whether the driver is still up; returns the killed worker, or None if the app ended
+        (or `timeout` passed) before any stage was caught mid-way.
+        """
+        deadline = time.time() + timeout
+        while time.time() < deadline and is_running():
+            try:
+                found = self.worker_running_tasks(driver_ui)
+            except (OSError, ValueError, KeyError):  # UI not up yet, or between applications
+                found = None
+            if found:
+                worker, stage = found
+                log(
+                    f"stage {stage['stageId']} ({stage['name'][:60]}) has {stage['numCompleteTasks']}/"
+                    f"{stage['numTasks']} tasks done and {stage['numActiveTasks']} running"
+                )
+                self.kill_worker(worker, log=log)
+                return worker
+            time.sleep(0.2)
+        return None
+
+    def stop(self, grace: float = 10.0) -> list[int]:
+        """Stop every recorded daemon by its process group: SIGTERM, then SIGKILL after `grace` seconds."""
+        daemons = [d for d in [*self.workers, self.master] if d is not None]
+        for d in daemons:
+            try:
+                os.killpg(d.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while time.time() < deadline and any(pid_alive(d.pid) for d in daemons):
+            time.sleep(0.2)
+        for d in daemons:
+            try:
+                os.killpg(d.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # Reap our own children so they do not linger as zombies.
+        for d in daemons:
+            try:
+                os.waitpid(d.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        return [d.pid for d in daemons]
+
+    # ---- inspection -------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return get_json(self.master_json_url)  # type: ignore[return-value]
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / "cluster.json"
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, state_dir: str) -> Cluster:
+        raw = json.loads((Path(state_dir) / "cluster.json").read_text())
+        return cls(
+            state_dir=raw["state_dir"],
+            master=Daemon(**raw["master"]) if raw.get("master") else None,
+            workers=[Daemon(**w) for w in raw.get("workers", [])],
+            killed=raw.get("killed", []),
+        )
+
+
+def tail(path: str, n: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Local Spark standalone cluster on 127.0.0.1 (pyspark's own jars).")
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.add_argument("--state-dir", required=True, help="folder for cluster.json, logs and worker work dirs")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cores", type=int, default=1, help="cores per worker")
+    p.add_argument("--memory", default="1g", help="memory per worker")
+    args = p.parse_args(argv)
+    state_file = Path(args.state_dir) / "cluster.json"
+    if args.action == "start":
+        if state_file.exists() and any(pid_alive(d.pid) for d in _daemons(Cluster.load(args.state_dir))):
+            print(f"error: a cluster recorded in {state_file} is still running; stop it first", file=sys.stderr)
+            return 2
+        c = Cluster(state_dir=str(Path(args.state_dir).resolve()))
+        c.start(workers=args.workers, cores=args.cores, memory=args.memory)
+        print(f"master {c.url} (web UI http://{HOST}:{c.master.webui_port}, pid {c.master.pid})")  # type: ignore[union-attr]
+        for w in c.workers:
+            print(f"{w.role} {w.worker_id} (pid {w.pid}, web UI http://{HOST}:{w.webui_port})")
+        return 0
+    if not state_file.exists():
+        print(f"error: no cluster recorded in {state_file}", file=sys.stderr)
+        return 2
+    c = Cluster.load(args.state_dir)
+    if args.action == "status":
+        for d in _daemons(c):
+            print(f"{d.role} pid {d.pid} {'running' if pid_alive(d.pid) else 'stopped'}")
+        return 0
+    pids = c.stop()
+    print(f"stopped pids {' '.join(map(str, pids))}")
+    return 0
+
+
+def _daemons(c: Cluster) -> list[Daemon]:
+    return [d for d in [c.master, *c.workers] if d is not None]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""A real Spark standalone cluster on 127.0.0.1 (master + 2 workers from pyspark's jars): jobs submitted to it give
+the same output as local mode, also when one worker is killed while a stage is running.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.plugins.infra import REPO, load_cluster_module, run_logged, spark_submit_cmd, submit_env
+
+pytestmark = pytest.mark.slow
+
+SMOKE_JOB = REPO / "scripts" / "cluster_smoke_job.py"
+
+
+def read_sorted(path: Path, keys: list[str]) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    assert len(df) > 0, f"no rows under {path}"
+    return df.sort_values(keys).reset_index(drop=True)[sorted(df.columns)]
+
+
+@pytest.fixture(scope="module")
+def smoke_local(tmp_path_factory) -> Path:
+    """The smoke job's output in local mode (the reference)."""
+    out = tmp_path_factory.mktemp("smoke-local")
+    run_logged(spark_submit_cmd("local[2]", SMOKE_JOB, ["--out", str(out / "out")]), out / "submit.log")
+    return out / "out"
+
+
+def test_cluster_has_two_live_workers(standalone_cluster):
+    state = standalone_cluster.state()
+    alive = [w["id"] for w in state["workers"] if w["state"] == "ALIVE"]
+    assert sorted(alive) == sorted(w.worker_id for w in standalone_cluster.workers)
+    assert state["status"] == "ALIVE"
+
+
+def test_smoke_job_on_cluster_equals_local(standalone_cluster, smoke_local, tmp_path):
+    t0 = time.time()
+    run_logged(
+        spark_submit_cmd(standalone_cluster.url, SMOKE_JOB, ["--out", str(tmp_path / "out")]),
+        tmp_path / "submit.log",
+    )
+    standalone_cluster.log(f"smoke job on {standalone_cluster.url} finished in {time.time() - t0:.1f}s")
+    # Both workers' executors took part.
+    executors = {e["worker_id"] for e in finished_executors(standalone_cluster)}
+    assert executors == {w.worker_id for w in standalone_cluster.workers}
+    pd.testing.assert_frame_equal(read_sorted(tmp_path / "out", ["key"]), read_sorted(smoke_local, ["key"]))
+
+
+def finished_executors(cluster) -> list[dict]:
+    """Executors (with the worker that ran them) of the applications the master lists as completed."""
+    mod = load_cluster_module()
+    out = []
+    for w in cluster.workers:
+        if not mod.pid_alive(w.pid):
+            continue
+        ws = mod.get_json(f"http://127.0.0.1:{w.webui_port}/json/")
+        for e in ws.get("finishedexecutors", []) + ws.get("executors", []):
+            out.append({**e, "worker_id": w.worker_id})
+    return out
+
+
+def submit_and_kill_a_worker(cluster, cmd: list[str], log_path: Path, timeout: float = 900.0):
+    """Run `cmd` (a spark-submit whose driver UI is on cmd's spark.ui.port) and kill one worker mid-stage.
+
+    Returns (exit code, killed worker or None). The kill is logged as "killed worker <id> (pid N)".
+    """
+    ui_port = next(c.split("=", 1)[1] for c in cmd if c.startswith("spark.ui.port="))
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env(), cwd=REPO)
+        killed: dict = {}
+
+        def watch():
+            killed["worker"] = cluster.kill_worker_mid_stage(
+                f"http://127.0.0.1:{ui_port}", is_running=lambda: proc.poll() is None, log=cluster.log
+            )
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        watcher.join(timeout=30)
+    return rc, killed.get("worker")
+
+
+def restore_workers(cluster) -> None:
+    """Replace killed workers so later tests again see two live workers."""
+    mod = load_cluster_module()
+    dead = [w for w in cluster.workers if not mod.pid_alive(w.pid)]
+    if not dead:
+        return
+    cluster.workers = [w for w in cluster.workers if w not in dead]
+    for _ in dead:
+        cluster.start_worker(cores=1, memory="1g")
+    cluster.wait_ready()
+    cluster.log("workers restored: " + ", ".join(f"{w.worker_id} (pid {w.pid})" for w in cluster.workers))
+
+
+def test_smoke_job_survives_a_worker_killed_mid_stage(standalone_cluster, smoke_local, tmp_path):
+    mod = load_cluster_module()
+    cmd = spark_submit_cmd(
+        standalone_cluster.url,
+        SMOKE_JOB,
+        ["--out", str(tmp_path / "out"), "--sleep-ms", "400"],
+        conf={"spark.ui.port": str(mod.free_port()), "spark.ui.enabled": "true"},
+    )
+    t0 = time.time()
+    try:
+        rc, killed = submit_and_kill_a_worker(standalone_cluster, cmd, tmp_path / "submit.log")
+        elapsed = time.time() - t0
+        driver_log = (tmp_path / "submit.log").read_text(errors="replace")
+        assert killed is not None, "the job ended before any stage could be caught part-way through"
+        assert rc == 0, f"job failed after the kill:\n{driver_log[-3000:]}"
+        standalone_cluster.log(f"smoke job with a killed worker finished in {elapsed:.1f}s")
+        assert f"killed worker {killed.worker_id} (pid {killed.pid})" in standalone_cluster.log.text()
+        assert not mod.pid_alive(killed.pid)
+        # The driver saw the executor on the killed worker go and re-ran its work elsewhere.
+        assert "Lost executor" in driver_log or "ExecutorLostFailure" in driver_log or "removed:" in driver_log
+        pd.testing.assert_frame_equal(read_sorted(tmp_path / "out", ["key"]), read_sorted(smoke_local, ["key"]))
+    finally:
+        restore_workers(standalone_cluster)
