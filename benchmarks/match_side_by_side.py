@@ -143,14 +143,14 @@ def make_engines(names: list[str], pbf: Path, work: Path, warehouse: str, segmen
     return engines
 
 
-def run_engine(engine, traces: list[Trace], true_paths: dict, length_m: dict) -> dict:
+def run_engine(engine, traces: list[Trace], true_paths: dict, length_m: dict, reverse_of: dict) -> dict:
     """Match every trace (timed: CPU and wall), then map to our segments and score (untimed)."""
     raws = []
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for tr in traces:
         raws.append(engine.match(tr))
     cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
-    rows = [score_trace(true_paths[tr.trace_id], engine.to_segments(raw), length_m)
+    rows = [score_trace(true_paths[tr.trace_id], engine.to_segments(raw), length_m, reverse_of)
             for tr, raw in zip(traces, raws, strict=True)]
     points = sum(len(t) for t in traces)
     out = summarize(rows)
@@ -165,15 +165,16 @@ def run_engine(engine, traces: list[Trace], true_paths: dict, length_m: dict) ->
 
 def print_table(results: list[dict]) -> None:
     head = f"{'extract':<14}{'int_s':>6}{'noise':>6}  {'engine':<9}{'traces':>7}{'points':>8}{'recall':>8}" \
-           f"{'prec':>8}{'fail':>5}{'pts/cpu-s':>11}"
+           f"{'prec':>8}{'prec*':>8}{'fail':>5}{'pts/cpu-s':>11}"
     print(head)
     print("-" * len(head))
     for r in results:
         rec = "-" if r["recall"] is None else f"{r['recall']:.3f}"
         pre = "-" if r["precision"] is None else f"{r['precision']:.3f}"
+        pnu = "-" if r["precision_no_uturn"] is None else f"{r['precision_no_uturn']:.3f}"
         pps = "-" if r["points_per_cpu_s"] is None else f"{r['points_per_cpu_s']:.0f}"
         print(f"{r['extract']:<14}{r['interval_s']:>6}{r['noise_m']:>6}  {r['engine']:<9}{r['traces']:>7}"
-              f"{r['points']:>8}{rec:>8}{pre:>8}{r['failed_traces']:>5}{pps:>11}")
+              f"{r['points']:>8}{rec:>8}{pre:>8}{pnu:>8}{r['failed_traces']:>5}{pps:>11}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
 
         segments = load_road_segments(warehouse)
         length_m = dict(zip(segments["segment_id"].astype("int64"), segments["length_m"].astype(float), strict=True))
+        rev = segments["reverse_segment_id"]
+        reverse_of = {int(a): int(b) for a, b in zip(segments["segment_id"][rev.notna()], rev[rev.notna()],
+                                                      strict=True)}
         lon_mid = float(np.mean([a.mean() for a in segments["geom_lon_deg"]]))
         lat_mid = float(np.mean([a.mean() for a in segments["geom_lat_deg"]]))
         proj = LocalProjection(lon_mid, lat_mid)
@@ -231,11 +235,12 @@ def main(argv: list[str] | None = None) -> int:
                 for ename, engine in engines.items():
                     engine.configure(noise_m=noise, interval_s=interval)
                     row = {"extract": name, "interval_s": interval, "noise_m": noise, "engine": ename}
-                    row.update(run_engine(engine, traces, true_paths, length_m))
+                    row.update(run_engine(engine, traces, true_paths, length_m, reverse_of))
                     results.append(row)
                     print(f"[{name} {interval}s {noise}m] {ename}: recall {row['recall']} precision "
                           f"{row['precision']} {row['points_per_cpu_s']} pts/cpu-s", file=sys.stderr)
     print_table(results)
+    print("prec* = precision ignoring wrong segments that are the reverse twin of a true one (U-turn artefacts)")
     report = {
         "benchmark": "match_side_by_side",
         "scoring": "length-weighted over our directed segments; recall = correct/true, precision = correct/matched "

@@ -80,6 +80,15 @@ def test_score_trace_is_length_weighted():
     assert s["precision"] == pytest.approx(150 / 375, abs=1e-4)
 
 
+def test_wrong_reverse_twins_are_accounted_as_uturn_artefacts():
+    length = {1: 100.0, 11: 100.0, 2: 50.0, 3: 30.0}
+    row = score_trace([1, 2], PathMatch([1, 11, 2, 3]), length, reverse_of={1: 11, 11: 1})
+    assert row["reverse_m"] == pytest.approx(100.0)
+    s = summarize([row])
+    assert s["precision"] == pytest.approx(150 / 280, abs=1e-4)
+    assert s["precision_no_uturn"] == pytest.approx(150 / 180, abs=1e-4)
+
+
 def test_failed_match_misses_all_true_length_and_adds_nothing_matched():
     length = {1: 100.0, 2: 50.0}
     failed = score_trace([1, 2], PathMatch([1], unmapped_m=40.0, failed=True), length)

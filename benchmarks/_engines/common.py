@@ -110,8 +110,10 @@ def covered_fraction(sx, sy, tx, ty, px: np.ndarray, py: np.ndarray, tol_m: floa
     return float(np.mean(near & (cos > 0.5)))
 
 
-def score_trace(true_ids: Iterable[int], match: PathMatch, length_m: Mapping[int, float]) -> dict:
-    """Length-weighted overlap of one trace: true_m, matched_m (incl. unmapped), correct_m (matched ∩ true).
+def score_trace(true_ids: Iterable[int], match: PathMatch, length_m: Mapping[int, float],
+                reverse_of: Mapping[int, int] | None = None) -> dict:
+    """Length-weighted overlap of one trace: true_m, matched_m (incl. unmapped), correct_m (matched ∩ true),
+    and reverse_m: wrongly matched length on the reverse twin of a true segment (U-turn artefacts).
 
     Paths are compared as sets of directed segment ids (a segment driven twice counts once).
     """
@@ -123,7 +125,11 @@ def score_trace(true_ids: Iterable[int], match: PathMatch, length_m: Mapping[int
     true_m = sum(length_m[s] for s in true_set)
     matched_m = sum(length_m[s] for s in matched_set) + (0.0 if match.failed else float(match.unmapped_m))
     correct_m = sum(length_m[s] for s in true_set & matched_set)
-    return {"true_m": true_m, "matched_m": matched_m, "correct_m": correct_m, "failed": bool(match.failed)}
+    reverse_m = 0.0
+    if reverse_of is not None:
+        reverse_m = sum(length_m[s] for s in matched_set - true_set if reverse_of.get(s) in true_set)
+    return {"true_m": true_m, "matched_m": matched_m, "correct_m": correct_m, "reverse_m": reverse_m,
+            "failed": bool(match.failed)}
 
 
 def summarize(rows: Sequence[dict]) -> dict:
@@ -131,6 +137,7 @@ def summarize(rows: Sequence[dict]) -> dict:
     true_m = sum(r["true_m"] for r in rows)
     matched_m = sum(r["matched_m"] for r in rows)
     correct_m = sum(r["correct_m"] for r in rows)
+    reverse_m = sum(r.get("reverse_m", 0.0) for r in rows)
     return {
         "traces": len(rows),
         "failed_traces": sum(1 for r in rows if r["failed"]),
@@ -138,6 +145,8 @@ def summarize(rows: Sequence[dict]) -> dict:
         "matched_km": round(matched_m / 1000.0, 3),
         "recall": round(correct_m / true_m, 4) if true_m > 0 else None,
         "precision": round(correct_m / matched_m, 4) if matched_m > 0 else None,
+        # precision when wrong segments that are the reverse twin of a true one (U-turn artefacts) are ignored
+        "precision_no_uturn": round(correct_m / (matched_m - reverse_m), 4) if matched_m - reverse_m > 0 else None,
     }
 
 

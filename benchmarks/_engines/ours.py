@@ -57,7 +57,8 @@ class OursEngine:
         from speedprofile.matching import Matcher, MatchParams
 
         sigma = max(float(noise_m), 1.0)
-        params = MatchParams(sigma_m=sigma, radius_m=max(50.0, 4.0 * sigma))
+        # thinning distance follows the kernel's own rule (2 sigma; its default 8.14 m is 2 x the default sigma)
+        params = MatchParams(sigma_m=sigma, radius_m=max(50.0, 4.0 * sigma), thin_m=2.0 * sigma)
         self.matcher = Matcher(self._network(max(2 * params.radius_m, 20.0)), params)
 
     def match(self, trace: Trace):
