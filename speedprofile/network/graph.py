@@ -38,10 +38,20 @@ def timezones_of(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
 
     if len(lon) == 0:
         return np.array([], dtype=object)
-    key = np.stack([np.round(lon, _TZ_ROUND_DEG), np.round(lat, _TZ_ROUND_DEG)], axis=1)
-    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+    uniq, inverse = _unique_points(lon, lat, 10 ** _TZ_ROUND_DEG)
     names = np.array([tzfpy.get_tz(float(x), float(y)) or "UTC" for x, y in uniq], dtype=object)
-    return names[inverse.reshape(-1)]
+    return names[inverse]
+
+
+def _unique_points(lon: np.ndarray, lat: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (lon, lat) after rounding to 1/scale degrees, as (k, 2) array, and the inverse index."""
+    ilon = np.round(np.asarray(lon, dtype=np.float64) * scale).astype(np.int64)
+    ilat = np.round(np.asarray(lat, dtype=np.float64) * scale).astype(np.int64)
+    span = int(np.round(180 * scale)) + 1  # ilat + 90*scale lies in [0, span)
+    key = ilon * span + (ilat + span // 2)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    pts = np.stack([ilon[first] / scale, ilat[first] / scale], axis=1)
+    return pts, inverse.reshape(-1)
 
 
 def h3_cells_of(lon: np.ndarray, lat: np.ndarray, res: int) -> np.ndarray:
@@ -53,10 +63,9 @@ def h3_cells_of(lon: np.ndarray, lat: np.ndarray, res: int) -> np.ndarray:
     if len(lon) == 0:
         return np.array([], dtype=object)
     # Cells are identical for points closer than ~1 cm; dedupe at 1e-7 degrees to save calls.
-    key = np.stack([np.round(lat, 7), np.round(lon, 7)], axis=1)
-    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-    cells = np.array([h3.latlng_to_cell(float(a), float(b), int(res)) for a, b in uniq], dtype=object)
-    return cells[inverse.reshape(-1)]
+    uniq, inverse = _unique_points(lon, lat, 1e7)
+    cells = np.array([h3.latlng_to_cell(float(b), float(a), int(res)) for a, b in uniq], dtype=object)
+    return cells[inverse]
 
 
 def segments_table(
@@ -193,23 +202,21 @@ def read_node_arc_table(nodes_path: str, arcs_path: str, h3_res: int = DEFAULT_H
     return segments_table(cols, offsets, glon, glat, h3_res)
 
 
-def reverse_of(src: np.ndarray, dst: np.ndarray, ids: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
-    """Id of the segment running dst->src (same group, e.g. same way, if given), -1 when none; lowest id wins."""
+def reverse_of(src: np.ndarray, dst: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Id of an arc running dst -> src (the lowest such id), -1 when none or for a loop."""
     n = len(src)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    g = np.zeros(n, dtype=np.int64) if group is None else np.asarray(group, dtype=np.int64)
-    order = np.lexsort((ids, dst, src, g))
-    keys = np.stack([g, src, dst], axis=1)[order]
-    want = np.stack([g, dst, src], axis=1)
-    # structured view for row-wise searchsorted
-    kt = np.dtype([("g", np.int64), ("a", np.int64), ("b", np.int64)])
-    ks = np.ascontiguousarray(keys).view(kt).reshape(-1)
-    ws = np.ascontiguousarray(want).view(kt).reshape(-1)
-    pos = np.searchsorted(ks, ws, side="left")
-    pos_c = np.minimum(pos, n - 1)
-    found = (pos < n) & (ks[pos_c] == ws)
-    rev = np.where(found, np.asarray(ids, dtype=np.int64)[order][pos_c], -1)
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    m = int(max(src.max(), dst.max())) + 1
+    key = src * m + dst
+    order = np.lexsort((ids, key))
+    ks = key[order]
+    want = dst * m + src
+    pos = np.minimum(np.searchsorted(ks, want, side="left"), n - 1)
+    found = ks[pos] == want
+    rev = np.where(found, np.asarray(ids, dtype=np.int64)[order][pos], -1)
     rev[src == dst] = -1  # a loop is not its own reverse
     return rev
 
