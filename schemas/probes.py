@@ -9,8 +9,11 @@ PROBES = Table(
     doc=(
         "Border rule: a trace is cut into pieces wherever it leaves the ring-1 neighbourhood of the current "
         "piece's home cell; each piece is stored in its home partition with up to CONTEXT_FIXES fixes of the "
-        "neighbouring pieces as context (is_context=true). A traversal belongs to the piece whose owned time "
-        "span contains its enter time, so border segments are matched once, with context on both sides."
+        "neighbouring pieces as context (is_context=true). A trace is also cut (without context) where two "
+        "consecutive fixes are more than MAX_GAP_S apart. Fixes are ordered by time; the home cell is the H3 "
+        "cell (resolution from road_segments/_partitions.json) of the piece's first owned fix. A traversal "
+        "belongs to the piece whose owned time span contains its enter time, so border segments are matched "
+        "once, with context on both sides."
     ),
     columns=(
         Column("trace_id", "string", "trace (vehicle trip) id as given by the source"),
@@ -29,4 +32,5 @@ PROBES = Table(
         Column("partition", "string", "H3 cell of the piece's home (first owned fix)"),
     ),
 )
-CONTEXT_FIXES = 5  # fixes of the neighbouring piece copied on each side of a border cut
+CONTEXT_FIXES = 5  # fixes of the neighbouring piece copied on each side of a border (spatial) cut
+MAX_GAP_S = 600.0  # a time gap longer than this (seconds) between consecutive fixes starts a new piece

@@ -12,7 +12,9 @@ REASONS = (
     "unparsable_time",      # timestamp not ISO-8601 / epoch s / epoch ms
     "implausible_time",     # before 2000-01-01 or after 2100-01-01 UTC
     "duplicate_fix",        # same trace_id, timestamp, lon, lat as an earlier row
+    "conflicting_fix",      # same trace_id and timestamp as an earlier row but another position
     "speed_spike",          # isolated fix implying > SPIKE_KPH to and from its neighbours
+    "unknown_link",         # trips-json link id not in the warehouse's road_segments
 )
 SPIKE_KPH = 160.0
 

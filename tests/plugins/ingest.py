@@ -1,1 +1,38 @@
-"""Shared pytest fixtures: ingest."""
+"""Shared pytest fixtures: ingest (warehouses ready to ingest into, and the ingest fixture folder)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+INGEST_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ingest_probes"
+
+
+@pytest.fixture(scope="session")
+def ingest_fixtures() -> Path:
+    """fixtures/ingest_probes (input/, expected/)."""
+    return INGEST_FIXTURES
+
+
+def make_partition_only_warehouse(root: Path, h3_res: int) -> str:
+    """A warehouse with only road_segments/_partitions.json (enough for ingest of non-pre-matched formats)."""
+    (root / "road_segments").mkdir(parents=True, exist_ok=True)
+    (root / "road_segments" / "_partitions.json").write_text(json.dumps({"h3_res": h3_res, "partitions": []}))
+    return str(root)
+
+
+@pytest.fixture
+def ingest_warehouse(tmp_path) -> str:
+    """An empty warehouse at H3 resolution 9 (cells ~0.1 km^2, so a 3 km drive crosses several partitions)."""
+    return make_partition_only_warehouse(tmp_path / "wh", 9)
+
+
+@pytest.fixture
+def ingest_network_warehouse(tmp_path, tiny_network_warehouse) -> str:
+    """A private copy of the tiny grid network warehouse (road_segments, res 7) to ingest trips-json into."""
+    dst = tmp_path / "wh_net"
+    shutil.copytree(Path(tiny_network_warehouse) / "road_segments", dst / "road_segments")
+    return str(dst)
