@@ -24,12 +24,10 @@ from typing import Any
 
 from speedprofile import warehouse as wh
 
-# Accepted spellings of match_traces' accounting keys (first present wins); the gate names them when none is.
-ROWS_IN_KEYS = ("rows_in", "input_rows")
-ROWS_OUT_KEYS = ("rows_out", "output_rows")
+# Where match_traces reports its match rate: an explicit rate, else matched / base.
 MATCH_RATE_KEYS = ("match_rate",)
-MATCHED_KEYS = ("matched", "rows_matched", "fixes_matched", "pieces_matched")
-MATCH_BASE_KEYS = ("match_input", "fixes_in", "pieces_in")
+MATCHED_KEYS = ("fixes_matched",)
+MATCH_BASE_KEYS = ("fixes_in",)
 
 
 class QualityError(Exception):
@@ -215,19 +213,28 @@ def _match_traces(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: i
     out = table_stats(day_dir(wh_, "segment_traversals", dt, p), ("speed_kph",))
     r.res.facts.update(probe_rows=probes.rows, traversal_rows=out.rows)
     m = r.metrics
-    rows_in = r.key(*ROWS_IN_KEYS)
-    rows_out = r.key(*ROWS_OUT_KEYS)
+    rows_in, rows_out = r.key("rows_in"), r.key("rows_out")
     r.balance("rows_out", rows_in, rows_out, _rejected(m))
     r.same("metrics rows_out", rows_out, f"segment_traversals rows in dt={dt} partition={p}", out.rows)
+    fixes_in, matched = r.key("fixes_in"), r.key("fixes_matched")
+    unmatched = m.get("fixes_unmatched") if isinstance(m.get("fixes_unmatched"), dict) else {}
+    if fixes_in is not None and matched is not None:
+        r.res.facts.update(fixes_in=int(fixes_in), fixes_matched=int(matched))
+        if int(fixes_in) != int(matched) + sum(int(v) for v in unmatched.values()):
+            r.res.problems.append(f"row accounting: fixes_in {fixes_in} != fixes_matched {matched} + unmatched "
+                                  f"{sum(int(v) for v in unmatched.values())} {unmatched}")
+        if m.get("context_fixes") is not None:
+            r.same("fixes_in + context_fixes", int(fixes_in) + int(m["context_fixes"]),
+                   f"probes rows in dt={dt} partition={p}", probes.rows)
     rate = match_rate(m)
-    if rate is None:
-        r.res.problems.append(f"match rate: metrics {r.metrics_file} report neither {MATCH_RATE_KEYS} nor matched/base "
-                              f"counts {MATCHED_KEYS} / {MATCH_BASE_KEYS} (keys: {sorted(m)})")
-    else:
+    if rate is None and (fixes_in or 0) > 0:
+        r.res.problems.append(f"match rate: metrics {r.metrics_file} report no match_rate for {fixes_in} fixes")
+    elif rate is not None:
         r.res.facts["match_rate"] = round(rate, 4)
-        if probes.rows > 0 and rate < th.min_match_rate:
+        if (fixes_in or probes.rows) and rate < th.min_match_rate:
             r.res.problems.append(f"match rate {rate:.1%} is below the threshold {th.min_match_rate:.0%} "
-                                  f"({probes.rows} probe rows in dt={dt} partition={p})")
+                                  f"({fixes_in if fixes_in is not None else probes.rows} fixes in dt={dt} "
+                                  f"partition={p})")
     r.not_empty("probes", probes.rows, "match_traces", "segment_traversals", out.rows)
     r.in_range("segment_traversals", "speed_kph", out, th.min_speed_kph, th.max_speed_kph)
 

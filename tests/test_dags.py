@@ -16,7 +16,7 @@ import pytest
 
 from speedprofile.quality import QualityError, Thresholds, gate, probes_status
 from speedprofile.warehouse import metrics_path
-from tests.plugins.orchestration import write_partitions
+from tests.plugins.orchestration import E2E_CELL, SIM_DAYS, parquet_rows, partition_folders, write_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -174,35 +174,56 @@ def good_match(tmp_path) -> Path:
     put_parquet(wh, "probes", {"dt": DT, "partition": CELL}, {"trace_id": ["a"] * 10})
     put_parquet(wh, "segment_traversals", {"dt": DT, "partition": CELL},
                 {"segment_id": [1, 2, 3], "speed_kph": [12.0, 48.5, 95.0]})
-    put_metrics(wh, "match_traces", {"rows_in": 10, "rows_out": 3, "rejected": {"speed_implausible": 1, "unmatched": 6},
-                                     "match_rate": 0.8})
+    put_metrics(wh, "match_traces", match_metrics())
     return wh
+
+
+def match_metrics(**over) -> dict:
+    """match_traces accounting consistent with the good_match tables (10 probe rows, 3 traversals)."""
+    m = {"rows_in": 5, "rows_out": 3, "rejected": {"speed_implausible": 1, "owned_by_other_piece": 1},
+         "fixes_in": 8, "fixes_matched": 6, "fixes_unmatched": {"no_candidate": 2}, "context_fixes": 2,
+         "match_rate": 0.75}
+    m.update(over)
+    return m
 
 
 def test_gate_passes_consistent_stage_output(good_match):
     res = gate("match_traces", str(good_match), DT, CELL)
-    assert res.facts["rows_in"] == 10
+    assert res.facts["rows_in"] == 5
     assert res.facts["traversal_rows"] == 3
-    assert res.facts["match_rate"] == 0.8
+    assert res.facts["match_rate"] == 0.75
 
 
 def test_gate_fails_on_unbalanced_row_accounting(good_match):
-    put_metrics(good_match, "match_traces", {"rows_in": 11, "rows_out": 3, "rejected": {"unmatched": 6}, "match_rate": 0.8})
-    with pytest.raises(QualityError, match=r"rows_in 11 != rows_out 3 \+ rejected 6"):
+    put_metrics(good_match, "match_traces", match_metrics(rows_in=6))
+    with pytest.raises(QualityError, match=r"rows_in 6 != rows_out 3 \+ rejected 2"):
+        gate("match_traces", str(good_match), DT, CELL)
+
+
+def test_gate_fails_when_fixes_are_unaccounted(good_match):
+    put_metrics(good_match, "match_traces", match_metrics(fixes_unmatched={"no_candidate": 1}))
+    with pytest.raises(QualityError, match=r"fixes_in 8 != fixes_matched 6 \+ unmatched 1"):
+        gate("match_traces", str(good_match), DT, CELL)
+
+
+def test_gate_fails_when_fixes_disagree_with_the_probes_table(good_match):
+    put_metrics(good_match, "match_traces", match_metrics(context_fixes=5))
+    with pytest.raises(QualityError, match=r"fixes_in \+ context_fixes is 13 but probes rows .* is 10"):
         gate("match_traces", str(good_match), DT, CELL)
 
 
 def test_gate_fails_when_metrics_disagree_with_the_table(good_match):
-    put_metrics(good_match, "match_traces", {"rows_in": 10, "rows_out": 4, "rejected": {"unmatched": 6}, "match_rate": 0.8})
+    put_metrics(good_match, "match_traces", match_metrics(rows_in=6, rows_out=4))
     with pytest.raises(QualityError, match=r"metrics rows_out is 4 but segment_traversals rows in dt=2024-03-05 partition=\w+ is 3"):
         gate("match_traces", str(good_match), DT, CELL)
 
 
 def test_gate_fails_on_low_match_rate(good_match):
-    put_metrics(good_match, "match_traces", {"rows_in": 10, "rows_out": 3, "rejected_unmatched": 7, "match_rate": 0.2})
-    with pytest.raises(QualityError, match=r"match rate 20.0% is below the threshold 50%"):
+    put_metrics(good_match, "match_traces", match_metrics(fixes_matched=2, fixes_unmatched={"no_candidate": 6},
+                                                          match_rate=0.25))
+    with pytest.raises(QualityError, match=r"match rate 25.0% is below the threshold 50%"):
         gate("match_traces", str(good_match), DT, CELL)
-    assert gate("match_traces", str(good_match), DT, CELL, Thresholds(min_match_rate=0.1)).facts["match_rate"] == 0.2
+    assert gate("match_traces", str(good_match), DT, CELL, Thresholds(min_match_rate=0.1)).facts["match_rate"] == 0.25
 
 
 def test_gate_fails_on_speeds_out_of_range(good_match):
@@ -216,7 +237,8 @@ def test_gate_fails_on_empty_output_where_probes_exist(good_match):
     import shutil
 
     shutil.rmtree(good_match / "segment_traversals")
-    put_metrics(good_match, "match_traces", {"rows_in": 10, "rows_out": 0, "rejected": {"unmatched": 10}, "match_rate": 0.0})
+    put_metrics(good_match, "match_traces", match_metrics(rows_in=2, rows_out=0, fixes_matched=0,
+                                                          fixes_unmatched={"no_candidate": 8}, match_rate=0.0))
     with pytest.raises(QualityError) as err:
         gate("match_traces", str(good_match), DT, CELL)
     assert "probes has 10 rows" in str(err.value) and "wrote no segment_traversals rows" in str(err.value)
@@ -231,7 +253,8 @@ def test_gate_fails_readably_when_metrics_are_missing(good_match):
 def test_gate_accepts_an_empty_partition_without_probes(tmp_path):
     wh = tmp_path / "wh"
     (wh / "probes" / f"dt={DT}").mkdir(parents=True)
-    put_metrics(wh, "match_traces", {"rows_in": 0, "rows_out": 0, "rejected": {}, "match_rate": 0.0})
+    put_metrics(wh, "match_traces", {"rows_in": 0, "rows_out": 0, "rejected": {}, "fixes_in": 0, "fixes_matched": 0,
+                                     "fixes_unmatched": {}, "context_fixes": 0, "match_rate": None})
     assert gate("match_traces", str(wh), DT, CELL).facts["traversal_rows"] == 0
 
 
@@ -253,3 +276,33 @@ def test_ingest_dag_reads_the_landing_folder_of_the_day(dagbag, tmp_path):
         data_interval_start=pendulum.datetime(2024, 3, 5, tz="UTC")) for a in op.application_args]
     assert rendered == ["--warehouse", str((tmp_path / "wh").resolve()), "--date", "2024-03-05"]
     assert "speedprofile.probes" in [a.name for a in op.outlets]
+
+
+# -- end to end through Airflow on simulated data -----------------------------------------------------------------
+
+
+def test_ingest_dag_end_to_end_lands_probes_for_every_day_in_the_folder(airflow_warehouse_template):
+    wh = airflow_warehouse_template["warehouse"]
+    days = {f.split("/")[0] for f in partition_folders(wh, "probes")}
+    assert days == {f"dt={d}" for d in SIM_DAYS}
+    m = json.loads(Path(metrics_path(str(wh), "ingest_probes", SIM_DAYS[1], None)).read_text())
+    assert m["rows_in"] == m["rows_kept"] + sum(m["rejected"].values()) > 0
+
+
+def test_airflow_dags_test_runs_one_partition_day_end_to_end(airflow_warehouse, run_airflow):
+    day = SIM_DAYS[0]
+    # `dags test` at 2026-11-03 00:00 covers the finished day 2026-11-02.
+    proc = run_airflow(["dags", "test", f"speed_profile__{E2E_CELL}", SIM_DAYS[1]], airflow_warehouse, timeout=1800)
+    out = proc.stdout + proc.stderr
+    assert "DagRun Finished" in out and "state=success" in out
+    for stage in STAGES:  # each stage submitted with exactly this partition-day
+        assert f"spark_apps/{stage}.py --warehouse {airflow_warehouse} --date {day} --partition {E2E_CELL}" in out
+    assert "publish skipped" in out  # no DSN configured: a visible no-op
+    for table in ("segment_traversals", "bucketed_traversals"):
+        assert partition_folders(airflow_warehouse, table) == [f"dt={day}/partition={E2E_CELL}"], table
+        assert parquet_rows(airflow_warehouse / table) > 0
+    assert partition_folders(airflow_warehouse, "speed_histograms") == [
+        f"partition={E2E_CELL}/window=d{day}", f"partition={E2E_CELL}/window=w4-{day}"]
+    assert partition_folders(airflow_warehouse, "speed_estimates") == [f"partition={E2E_CELL}"]
+    for stage in STAGES:
+        assert Path(metrics_path(str(airflow_warehouse), stage, day, E2E_CELL)).exists(), stage

@@ -94,3 +94,58 @@ def run_airflow(airflow_home) -> Callable[..., subprocess.CompletedProcess]:
         return proc
 
     return run
+
+
+SIM_DAYS = ("2026-11-02", "2026-11-03")  # simulate's default start (a Monday) and the day after
+E2E_CELL = "8739220f1ffffff"  # the tiny grid's central partition (54 of its 72 segments)
+
+
+@pytest.fixture(scope="session")
+def airflow_warehouse_template(tmp_path_factory, airflow_home, run_airflow) -> dict:
+    """The tiny Porto grid + a simulated fleet (2 days) ingested through the `ingest_probes` DAG, built once.
+
+    Both days' probe files land in one landing folder (dt=2026-11-03), so one `airflow dags test ingest_probes`
+    run ingests both days. Tests copy the warehouse (`airflow_warehouse`) before writing to it.
+    """
+    import shutil
+
+    from speedprofile.cli import main as sp
+
+    base = tmp_path_factory.mktemp("airflow_e2e")
+    wh, sim = base / "warehouse", base / "sim"
+    nodes = REPO / "fixtures" / "build_network" / "input"
+    assert sp(["network", "build", "--warehouse", str(wh), "--nodes", str(nodes / "tiny.nodes"),
+               "--arcs", str(nodes / "tiny.arcs.gz")]) == 0
+    assert sp(["simulate", "--warehouse", str(wh), "--days", "2", "--vehicles", "4", "--seed", "3",
+               "--start-date", SIM_DAYS[0], "--out", str(sim)]) == 0
+    landing = wh / "landing" / f"dt={SIM_DAYS[1]}"
+    landing.mkdir(parents=True)
+    for f in sorted((sim / "probes").iterdir()):
+        shutil.copy(f, landing / f.name)
+    # Data interval [2026-11-03, 2026-11-04): the run reads landing/dt=2026-11-03.
+    proc = run_airflow(["dags", "test", "ingest_probes", "2026-11-04"], wh, timeout=900)
+    return {"warehouse": wh, "sim": sim, "ingest_output": proc.stdout + proc.stderr}
+
+
+@pytest.fixture
+def airflow_warehouse(airflow_warehouse_template, tmp_path) -> Path:
+    """A private copy of the ingested e2e warehouse."""
+    import shutil
+
+    dest = tmp_path / "warehouse"
+    shutil.copytree(airflow_warehouse_template["warehouse"], dest)
+    return dest
+
+
+def partition_folders(warehouse: Path, table: str) -> list[str]:
+    """Hive partition folders of a table that hold Parquet files, relative to the table root, sorted."""
+    root = warehouse / table
+    if not root.exists():
+        return []
+    return sorted({str(f.parent.relative_to(root)) for f in root.rglob("*.parquet")})
+
+
+def parquet_rows(folder: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.rglob("*.parquet"))
