@@ -16,7 +16,14 @@ import pytest
 
 from speedprofile.quality import QualityError, Thresholds, gate, probes_status
 from speedprofile.warehouse import metrics_path
-from tests.plugins.orchestration import E2E_CELL, SIM_DAYS, parquet_rows, partition_folders, write_partitions
+from tests.plugins.orchestration import (
+    E2E_CELL,
+    SIM_DAYS,
+    parquet_rows,
+    partition_folders,
+    run_airflow,
+    write_partitions,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -289,10 +296,11 @@ def test_ingest_dag_end_to_end_lands_probes_for_every_day_in_the_folder(airflow_
     assert m["rows_in"] == m["rows_kept"] + sum(m["rejected"].values()) > 0
 
 
-def test_airflow_dags_test_runs_one_partition_day_end_to_end(airflow_warehouse, run_airflow):
+def test_airflow_dags_test_runs_one_partition_day_end_to_end(airflow_warehouse, airflow_home):
     day = SIM_DAYS[0]
     # `dags test` at 2026-11-03 00:00 covers the finished day 2026-11-02.
-    proc = run_airflow(["dags", "test", f"speed_profile__{E2E_CELL}", SIM_DAYS[1]], airflow_warehouse, timeout=1800)
+    proc = run_airflow(airflow_home, ["dags", "test", f"speed_profile__{E2E_CELL}", SIM_DAYS[1]], airflow_warehouse,
+                       timeout=1800)
     out = proc.stdout + proc.stderr
     assert "DagRun Finished" in out and "state=success" in out
     for stage in STAGES:  # each stage submitted with exactly this partition-day

@@ -8,7 +8,6 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,31 +68,42 @@ def airflow_env(home: Path, warehouse: Path | str, port: int = 8080) -> dict[str
 
 
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory) -> Path:
-    """An Airflow home with a migrated SQLite metadata DB (migrated once per test session)."""
-    home = tmp_path_factory.mktemp("airflow_home")
+def airflow_home_template(tmp_path_factory) -> Path:
+    """An Airflow home with a migrated SQLite metadata DB (migrated once per test session; never run in)."""
+    home = tmp_path_factory.mktemp("airflow_home_template")
     (home / ".secret").write_text(secrets.token_hex(16))
     env = airflow_env(home, home / "no-warehouse")
-    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return home
 
 
-@pytest.fixture(scope="session")
-def run_airflow(airflow_home) -> Callable[..., subprocess.CompletedProcess]:
-    """Run `airflow ARGS...` against the session's Airflow home and a given warehouse; output kept for asserts."""
+def clone_airflow_home(template: Path, dest: Path) -> Path:
+    """A fresh Airflow home: a copy of the migrated template DB (runs of one test never leak into another)."""
+    import shutil
 
-    def run(args: list[str], warehouse: Path | str, timeout: float = 600, port: int = 8080,
-            check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([AIRFLOW, *args], env=airflow_env(airflow_home, warehouse, port), cwd=str(REPO),
-                              capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            pytest.fail(f"airflow {' '.join(args)} exited {proc.returncode}:\n"
-                        f"{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
-        return proc
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template / "airflow.db", dest / "airflow.db")
+    shutil.copy(template / ".secret", dest / ".secret")
+    return dest
 
-    return run
+
+@pytest.fixture
+def airflow_home(airflow_home_template, tmp_path) -> Path:
+    """A per-test Airflow home with a migrated, empty metadata DB."""
+    return clone_airflow_home(airflow_home_template, tmp_path / "airflow_home")
+
+
+def run_airflow(home: Path, args: list[str], warehouse: Path | str, timeout: float = 600, port: int = 8080,
+                check: bool = True) -> subprocess.CompletedProcess:
+    """Run `airflow ARGS...` with the given Airflow home and warehouse; fails the test with the output on error."""
+    proc = subprocess.run([AIRFLOW, *args], env=airflow_env(home, warehouse, port), cwd=str(REPO),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"airflow {' '.join(args)} exited {proc.returncode}:\n"
+                    f"{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+    return proc
 
 
 SIM_DAYS = ("2026-11-02", "2026-11-03")  # simulate's default start (a Monday) and the day after
@@ -101,7 +111,7 @@ E2E_CELL = "8739220f1ffffff"  # the tiny grid's central partition (54 of its 72 
 
 
 @pytest.fixture(scope="session")
-def airflow_warehouse_template(tmp_path_factory, airflow_home, run_airflow) -> dict:
+def airflow_warehouse_template(tmp_path_factory, airflow_home_template) -> dict:
     """The tiny Porto grid + a simulated fleet (2 days) ingested through the `ingest_probes` DAG, built once.
 
     Both days' probe files land in one landing folder (dt=2026-11-03), so one `airflow dags test ingest_probes`
@@ -123,7 +133,8 @@ def airflow_warehouse_template(tmp_path_factory, airflow_home, run_airflow) -> d
     for f in sorted((sim / "probes").iterdir()):
         shutil.copy(f, landing / f.name)
     # Data interval [2026-11-03, 2026-11-04): the run reads landing/dt=2026-11-03.
-    proc = run_airflow(["dags", "test", "ingest_probes", "2026-11-04"], wh, timeout=900)
+    home = clone_airflow_home(airflow_home_template, base / "airflow_home")
+    proc = run_airflow(home, ["dags", "test", "ingest_probes", "2026-11-04"], wh, timeout=900)
     return {"warehouse": wh, "sim": sim, "ingest_output": proc.stdout + proc.stderr}
 
 

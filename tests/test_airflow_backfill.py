@@ -1,0 +1,165 @@
+"""Backfill by partition through a real scheduler: `airflow backfill create` for two days of one partition writes
+exactly those partition-days, and re-running a day replaces its rows instead of adding to them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from speedprofile.warehouse import metrics_path
+from tests.plugins.orchestration import (
+    AIRFLOW,
+    E2E_CELL,
+    SIM_DAYS,
+    airflow_env,
+    free_port,
+    parquet_rows,
+    partition_folders,
+    run_airflow,
+)
+
+DAG_ID = f"speed_profile__{E2E_CELL}"
+SERVICES = ("api-server", "scheduler", "dag-processor")
+
+
+def wait_for(what: str, check, timeout_s: float, every_s: float = 3.0, on_timeout=lambda: ""):
+    """Poll `check()` until it returns something truthy; fail with `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{on_timeout()}")
+
+
+def db_rows(home: Path, sql: str, *args) -> list[tuple]:
+    con = sqlite3.connect(f"file:{home}/airflow.db?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # locked or not yet created: try again on the next poll
+        return []
+    finally:
+        con.close()
+
+
+def backfill_runs(home: Path) -> list[tuple[str, str]]:
+    """(date of the data interval start, state) of every backfill run of the DAG."""
+    rows = db_rows(home, "SELECT data_interval_start, state FROM dag_run WHERE dag_id = ? AND run_type = 'backfill'",
+                   DAG_ID)
+    return sorted((str(start)[:10], state) for start, state in rows)
+
+
+def task_failures(home: Path) -> str:
+    rows = db_rows(home, "SELECT run_id, task_id, state, try_number FROM task_instance WHERE dag_id = ? "
+                   "AND state IN ('failed', 'upstream_failed', 'up_for_retry')", DAG_ID)
+    logs = sorted((home / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-3:]
+    tails = "\n".join(f"--- {p}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-25:]) for p in logs)
+    return f"failed task instances: {rows}\n{tails}"
+
+
+@pytest.fixture
+def airflow_services(airflow_home, airflow_warehouse):
+    """API server, scheduler and DAG processor on a free port, each in its own process group; killed by PID."""
+    port = free_port()
+    env = airflow_env(airflow_home, airflow_warehouse, port)
+    procs: list[subprocess.Popen] = []
+    logs = airflow_home / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        for svc in SERVICES:
+            out = open(logs / f"{svc}.out", "w")
+            procs.append(subprocess.Popen([AIRFLOW, svc], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+            out.close()
+
+        def healthy():
+            for p, svc in zip(procs, SERVICES, strict=True):
+                if p.poll() is not None:
+                    pytest.fail(f"airflow {svc} exited with {p.returncode}:\n{(logs / f'{svc}.out').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3) as r:
+                    h = json.load(r)
+                return h["metadatabase"]["status"] == "healthy" and h["scheduler"]["status"] == "healthy"
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_for("the API server and scheduler to report healthy", healthy, 240)
+        yield {"home": airflow_home, "warehouse": airflow_warehouse, "port": port, "procs": procs}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+
+
+def table_snapshot(warehouse: Path) -> dict[str, dict[str, int]]:
+    """Rows per partition folder of every stage output table."""
+    snap = {}
+    for table in ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates"):
+        snap[table] = {f: parquet_rows(warehouse / table / f) for f in partition_folders(warehouse, table)}
+    return snap
+
+
+def test_backfill_writes_exactly_the_requested_partition_days(airflow_services):
+    home, wh, port = airflow_services["home"], airflow_services["warehouse"], airflow_services["port"]
+    wait_for(f"the DAG processor to register {DAG_ID}",
+             lambda: db_rows(home, "SELECT dag_id FROM dag WHERE dag_id = ?", DAG_ID), 240,
+             on_timeout=lambda: (home / "logs" / "dag-processor.out").read_text()[-3000:])
+    run_airflow(home, ["dags", "unpause", DAG_ID], wh, port=port)
+    run_airflow(home, ["backfill", "create", "--dag-id", DAG_ID, "--from-date", SIM_DAYS[0], "--to-date", SIM_DAYS[1]],
+                wh, port=port)
+
+    def done():
+        runs = backfill_runs(home)
+        if any(state == "failed" for _, state in runs):
+            pytest.fail(f"backfill run failed: {runs}\n{task_failures(home)}")
+        return runs if len(runs) == 2 and all(state == "success" for _, state in runs) else None
+
+    runs = wait_for("the two backfill runs to succeed", done, 2400, every_s=10, on_timeout=lambda: task_failures(home))
+    assert runs == [(SIM_DAYS[0], "success"), (SIM_DAYS[1], "success")]
+
+    snap = table_snapshot(wh)
+    expected_days = [f"dt={d}/partition={E2E_CELL}" for d in SIM_DAYS]
+    assert sorted(snap["segment_traversals"]) == expected_days
+    assert sorted(snap["bucketed_traversals"]) == expected_days
+    assert all(n > 0 for n in snap["segment_traversals"].values())
+    assert sorted(snap["speed_histograms"]) == sorted(
+        f"partition={E2E_CELL}/window={w}" for d in SIM_DAYS for w in (f"d{d}", f"w4-{d}"))
+    assert list(snap["speed_estimates"]) == [f"partition={E2E_CELL}"]
+    for stage in ("match_traces", "bucket_traversals", "build_histograms", "estimate_speeds"):
+        for d in SIM_DAYS:
+            assert Path(metrics_path(str(wh), stage, d, E2E_CELL)).exists(), (stage, d)
+
+    # Re-running the first day replaces its partitions: same folders, same row counts.
+    run_airflow(home, ["backfill", "create", "--dag-id", DAG_ID, "--from-date", SIM_DAYS[0], "--to-date",
+                       SIM_DAYS[0], "--reprocess-behavior", "completed"], wh, port=port)
+
+    def rerun_done():
+        rows = db_rows(home, "SELECT state FROM dag_run WHERE dag_id = ? AND run_type = 'backfill' "
+                       "AND data_interval_start LIKE ?", DAG_ID, f"{SIM_DAYS[0]}%")
+        ends = db_rows(home, "SELECT completed_at FROM backfill WHERE dag_id = ? ORDER BY id", DAG_ID)
+        if rows and rows[0][0] == "failed":
+            pytest.fail(f"re-run failed\n{task_failures(home)}")
+        return len(ends) == 2 and all(e[0] for e in ends) and rows and rows[0][0] == "success"
+
+    wait_for("the re-run of the first day", rerun_done, 1800, every_s=10, on_timeout=lambda: task_failures(home))
+    after = table_snapshot(wh)
+    for table in ("segment_traversals", "bucketed_traversals"):
+        assert after[table] == snap[table], table
+    assert after["speed_histograms"][f"partition={E2E_CELL}/window=d{SIM_DAYS[0]}"] == \
+        snap["speed_histograms"][f"partition={E2E_CELL}/window=d{SIM_DAYS[0]}"]
