@@ -46,6 +46,7 @@ def _expected(segment_id: int, bucket: int) -> tuple[float, int]:
 def test_query_segment_from_warehouse(serve_warehouse, capsys):
     assert main(["query", "--warehouse", str(serve_warehouse), "--segment", "101", "--at", "Fri 12:00"]) == 0
     out = capsys.readouterr().out.strip()
+    assert "\n" not in out  # a segment query answers for that direction only
     speed, traces = _expected(101, FRI_1200)
     assert out.startswith("Rua de Santa Catarina (segment 101, primary, ")
     assert f"Fri 12:00 -> {speed:.0f} km/h, p15{DASH}p85 {speed * 0.8:.0f}{DASH}{speed * 1.15:.0f}, {traces} traces" in out

@@ -72,7 +72,6 @@ def ddl(schema: str) -> list[str]:
             published_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (segment_id, tow_bucket))""",
         f'CREATE INDEX IF NOT EXISTS speed_estimates_partition ON {s}.speed_estimates ("partition")',
-        f"CREATE INDEX IF NOT EXISTS speed_estimates_bucket ON {s}.speed_estimates (tow_bucket)",
         f"""CREATE TABLE IF NOT EXISTS {s}.publications (
             "partition" text PRIMARY KEY,
             "window" text,

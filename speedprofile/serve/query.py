@@ -77,7 +77,7 @@ def _answer(seg: dict, est: dict | None, bucket: int, distance_m: float | None =
 
 def query_warehouse(warehouse: str, bucket: int, segment_id: int | None = None,
                     lon: float | None = None, lat: float | None = None) -> list[Answer]:
-    """Answers from the warehouse: the segment, or the segment nearest (lon, lat) and its reverse."""
+    """Answers from the warehouse: the segment, or the segment nearest (lon, lat) followed by its reverse."""
     from speedprofile.serve.data import load_estimates, load_segments, point_segment_distance_m
 
     segs = load_segments(warehouse)
@@ -94,7 +94,7 @@ def query_warehouse(warehouse: str, bucket: int, segment_id: int | None = None,
         chosen, distance = segs.iloc[i], float(d[i])
     rows = [chosen]
     rev = chosen["reverse_segment_id"]
-    if not pd.isna(rev):
+    if segment_id is None and not pd.isna(rev):
         rows += [r for _, r in segs[segs["segment_id"] == int(rev)].iterrows()]
     ids = [int(r["segment_id"]) for r in rows]
     parts = sorted({str(r["partition"]) for r in rows})
@@ -141,8 +141,9 @@ def query_postgis(dsn: str, bucket: int, segment_id: int | None = None, lon: flo
                     FROM {s}.road_segments s
                     LEFT JOIN {s}.speed_estimates e ON e.segment_id = s.segment_id AND e.tow_bucket = %s
                     WHERE s.segment_id = %s
-                       OR s.segment_id = (SELECT reverse_segment_id FROM {s}.road_segments WHERE segment_id = %s)
-                    ORDER BY s.segment_id = %s DESC""", (bucket, seg_id, seg_id, seg_id))
+                       OR (%s AND s.segment_id = (SELECT reverse_segment_id FROM {s}.road_segments
+                                                  WHERE segment_id = %s))
+                    ORDER BY s.segment_id = %s DESC""", (bucket, seg_id, segment_id is None, seg_id, seg_id))
             names = [d[0] for d in cur.description]
             out = []
             for k, row in enumerate(cur.fetchall()):
