@@ -19,6 +19,7 @@ import json
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,7 +76,7 @@ def _freeflow_constrained(filled: np.ndarray, ff: np.ndarray) -> tuple[np.ndarra
 def export_valhalla(warehouse: str, out_dir: Path, partitions: Sequence[str] | None = None) -> dict:
     """Write valhalla_historical_traffic.csv; returns row accounting."""
     path = out_dir / "valhalla_historical_traffic.csv"
-    counts = {"segments_in": 0, "rows_written": 0, "skipped": {"no_estimates": 0, "no_osm_way_id": 0}}
+    counts: dict[str, Any] = {"segments_in": 0, "rows_written": 0, "skipped": {"no_estimates": 0, "no_osm_way_id": 0}}
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["osm_way_id", "from_node_id", "to_node_id", "freeflow_speed", "constrained_speed", "historical_speeds"])
@@ -100,7 +101,7 @@ def export_valhalla(warehouse: str, out_dir: Path, partitions: Sequence[str] | N
 def export_mapbox(warehouse: str, out_dir: Path, partitions: Sequence[str] | None = None) -> dict:
     """Write mapbox_typical.csv (node pair + 2016 integer speeds, Sunday 00:00 first, no header)."""
     path = out_dir / "mapbox_typical.csv"
-    counts = {"segments_in": 0, "rows_written": 0, "skipped": {"no_estimates": 0, "no_osm_way_id": 0}}
+    counts: dict[str, Any] = {"segments_in": 0, "rows_written": 0, "skipped": {"no_estimates": 0, "no_osm_way_id": 0}}
     with open(path, "w", newline="") as fh:
         for segs, speeds, _ in weekly_profiles(warehouse, partitions):
             filled, has = fill_week(speeds)
@@ -134,7 +135,7 @@ def export_geojson(warehouse: str, out_dir: Path, partitions: Sequence[str] | No
     import pyarrow.parquet as pq
 
     gj_path, gp_path = out_dir / "speed_segments.geojson", out_dir / "speed_segments.parquet"
-    counts = {"segments_in": 0, "features_written": 0, "skipped": {"no_estimates": 0}}
+    counts: dict[str, Any] = {"segments_in": 0, "features_written": 0, "skipped": {"no_estimates": 0}}
     tables = []
     with open(gj_path, "w") as fh:
         fh.write('{"type":"FeatureCollection","features":[\n')

@@ -152,10 +152,10 @@ def validate(estimates: pd.DataFrame, segment_ids: np.ndarray) -> tuple[pd.DataF
 
 def linestring_ewkt(lon: Sequence[float], lat: Sequence[float]) -> str | None:
     """EWKT LineString (EPSG:4326) of a polyline; None when it has < 2 finite vertices."""
-    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
-    if len(lon) < 2 or len(lon) != len(lat) or not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+    x, y = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    if len(x) < 2 or len(x) != len(y) or not (np.isfinite(x).all() and np.isfinite(y).all()):
         return None
-    return "SRID=4326;LINESTRING(" + ",".join(f"{x:.7f} {y:.7f}" for x, y in zip(lon, lat, strict=True)) + ")"
+    return "SRID=4326;LINESTRING(" + ",".join(f"{a:.7f} {b:.7f}" for a, b in zip(x, y, strict=True)) + ")"
 
 
 def _csv(df: pd.DataFrame) -> io.BytesIO:

@@ -89,6 +89,8 @@ def query_warehouse(warehouse: str, bucket: int, segment_id: int | None = None,
     else:
         if segs.empty:
             raise UserError(f"road_segments of {warehouse} is empty")
+        if lon is None or lat is None:
+            raise UserError("a point query needs both --lat and --lon")
         d = point_segment_distance_m(segs, lon, lat)
         i = int(d.argmin())
         chosen, distance = segs.iloc[i], float(d[i])

@@ -6,6 +6,7 @@ The one place that parses and formats time-of-week for users (CLI flags, map lab
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from schemas.bucketed_traversals import BUCKET_MINUTES, N_BUCKETS
 from speedprofile.errors import UserError
@@ -43,7 +44,7 @@ def format_bucket(bucket: int) -> str:
     return f"{DAYS[day]} {minute // 60:02d}:{minute % 60:02d}"
 
 
-def parse_many(values: list[str] | str | None, default: list[str]) -> list[int]:
+def parse_many(values: Sequence[str] | str | None, default: Sequence[str]) -> list[int]:
     """Repeated/comma-separated --at values -> buckets, in the order given (default when none)."""
     if values is None:
         values = list(default)
