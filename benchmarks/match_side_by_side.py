@@ -48,6 +48,7 @@ NOISES_M = (5, 20)
 ENGINES = ("ours", "valhalla", "fastmm")
 FASTMM_DELTA_M = 3000.0  # UBODT bound: > 2x the longest road distance between two fixes 30 s apart
 SEED = 20151
+MAX_VEHICLES = 2000
 
 
 def _cli(args: list[str], log: Path) -> None:
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma list of %(default)s")
     ap.add_argument("--intervals", default=",".join(map(str, INTERVALS_S)), help="sampling intervals, seconds")
     ap.add_argument("--noises", default=",".join(map(str, NOISES_M)), help="GPS noise sigma, metres")
-    ap.add_argument("--points", type=int, default=4000, help="fixes per cell at 10 s and slower (1 Hz gets 4x)")
+    ap.add_argument("--points", type=int, default=10000, help="fixes per cell at 10 s and slower (1 Hz gets 4x)")
     ap.add_argument("--vehicles", type=int, default=0, help="vehicles simulated per cell (default: sized from --points)")
     ap.add_argument("--quick", action="store_true", help="small cells (a smoke run)")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work"), help="scratch folder (tiles, warehouses)")
@@ -229,12 +230,19 @@ def main(argv: list[str] | None = None) -> int:
             for noise in noises:
                 max_points = budget * (4 if interval == 1 else 1)
                 vehicles = args.vehicles or max(4, min(200, max_points // max(1, 3600 // interval)))
-                sim = simulate(warehouse, work / name / f"sim_i{interval}_n{noise}", vehicles, interval, noise,
-                               SEED + interval * 100 + noise)
+                seed = SEED + interval * 100 + noise
+                for _ in range(3):  # size the fleet so the cell holds about max_points fixes
+                    sim = simulate(warehouse, work / name / f"sim_i{interval}_n{noise}_v{vehicles}_s{seed}",
+                                   vehicles, interval, noise, seed)
+                    fixes = json.loads((sim / "simulation.json").read_text())["fixes"]
+                    if fixes >= 0.9 * max_points or vehicles >= MAX_VEHICLES:
+                        break
+                    vehicles = min(MAX_VEHICLES, int(np.ceil(vehicles * 1.1 * max_points / max(fixes, 1))))
                 traces, true_paths = load_cell(sim, max_points)
                 for ename, engine in engines.items():
                     engine.configure(noise_m=noise, interval_s=interval)
-                    row = {"extract": name, "interval_s": interval, "noise_m": noise, "engine": ename}
+                    row = {"extract": name, "interval_s": interval, "noise_m": noise, "engine": ename,
+                           "simulation": sim.name}
                     row.update(run_engine(engine, traces, true_paths, length_m, reverse_of))
                     results.append(row)
                     print(f"[{name} {interval}s {noise}m] {ename}: recall {row['recall']} precision "

@@ -129,7 +129,7 @@ def score_trace(true_ids: Iterable[int], match: PathMatch, length_m: Mapping[int
     if reverse_of is not None:
         reverse_m = sum(length_m[s] for s in matched_set - true_set if reverse_of.get(s) in true_set)
     return {"true_m": true_m, "matched_m": matched_m, "correct_m": correct_m, "reverse_m": reverse_m,
-            "failed": bool(match.failed)}
+            "unmapped_m": 0.0 if match.failed else float(match.unmapped_m), "failed": bool(match.failed)}
 
 
 def summarize(rows: Sequence[dict]) -> dict:
@@ -143,6 +143,7 @@ def summarize(rows: Sequence[dict]) -> dict:
         "failed_traces": sum(1 for r in rows if r["failed"]),
         "true_km": round(true_m / 1000.0, 3),
         "matched_km": round(matched_m / 1000.0, 3),
+        "unmapped_km": round(sum(r.get("unmapped_m", 0.0) for r in rows) / 1000.0, 3),
         "recall": round(correct_m / true_m, 4) if true_m > 0 else None,
         "precision": round(correct_m / matched_m, 4) if matched_m > 0 else None,
         # precision when wrong segments that are the reverse twin of a true one (U-turn artefacts) are ignored
