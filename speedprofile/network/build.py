@@ -47,6 +47,7 @@ def build(warehouse: str, osm: str | None = None, nodes: str | None = None, arcs
             raise UserError("--nodes needs --arcs FILE")
         _check_file(nodes, "nodes")
         _check_file(arcs, "arcs")
+        assert nodes is not None
         table = graph.read_node_arc_table(nodes, arcs, h3_res)
         counts = {"arcs": table.num_rows, "segments": table.num_rows}
         source = f"graph:{os.path.basename(nodes)}"

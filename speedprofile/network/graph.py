@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,7 +70,7 @@ def h3_cells_of(lon: np.ndarray, lat: np.ndarray, res: int) -> np.ndarray:
 
 
 def segments_table(
-    cols: dict[str, np.ndarray],
+    cols: dict[str, Any],
     geom_offsets: np.ndarray,
     geom_lon: np.ndarray,
     geom_lat: np.ndarray,
@@ -251,7 +252,7 @@ def write_road_segments(df, warehouse: str, h3_res: int, source: str) -> dict:
         cells = pc.unique(part_col).to_pylist()
         data_cols = ROAD_SEGMENTS.data_columns
         # table is sorted by partition: contiguous runs
-        bounds = np.searchsorted(part_col.to_numpy().astype(str), np.asarray(cells, dtype=str), side="left") if cells else []
+        bounds: Any = np.searchsorted(part_col.to_numpy().astype(str), np.asarray(cells, dtype=str), side="left") if cells else []
         ends = [*list(bounds[1:]), table.num_rows]
         for cell, lo, hi in zip(cells, bounds, ends, strict=True):
             chunk = table.slice(int(lo), int(hi - lo))

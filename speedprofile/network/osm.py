@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from array import array
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -151,12 +152,15 @@ def read_osm_ways(path: str) -> WayArrays:
         return s
 
     try:
+        highway_only = osmium.filter.KeyFilter("highway")
+        highway_only.enable_for(osmium.osm.WAY)  # nodes pass through to the location index
         fp = (
             osmium.FileProcessor(path)
             .with_locations()
-            .with_filter(osmium.filter.KeyFilter("highway").enable_for(osmium.osm.WAY))
+            .with_filter(highway_only)
             .with_filter(osmium.filter.EntityFilter(osmium.osm.WAY))
         )
+        w: Any
         for w in fp:
             counts["highway_ways"] += 1
             t = w.tags
@@ -169,7 +173,7 @@ def read_osm_ways(path: str) -> WayArrays:
             if len(nodes) < 2:
                 counts["too_few_nodes"] += 1
                 continue
-            highway = tags["highway"]
+            highway = str(tags["highway"])
             for nd in nodes:
                 loc = nd.location
                 out.ref.append(nd.ref)

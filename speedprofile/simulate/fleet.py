@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -113,12 +114,10 @@ def simulate(warehouse: str, out: str, days: int, vehicles: int, interval_s: flo
         lo_trips, hi_trips = _TRIPS[dtype_]
         csv_path = os.path.join(out, "probes", f"probes-{day.isoformat()}.csv")
         path_path = os.path.join(out, "truth_paths", f"truth_paths-{day.isoformat()}.parquet")
-        csv_writer = csv_file = None
-        path_writer = None
         pool_rng = np.random.default_rng([seed, 3, di])
         n_pool = pool_size(net, vehicles * (lo_trips + hi_trips) // 2)
         trees = RouteTrees(net, np.sort(pool_rng.choice(net.core_nodes, size=n_pool, replace=False)))
-        try:
+        with _DayWriter(csv_path, path_path) as writer:
             for v0 in range(0, vehicles, VEHICLE_CHUNK):
                 v1 = min(vehicles, v0 + VEHICLE_CHUNK)
                 rng = np.random.default_rng([seed, 2, di, v0])
@@ -128,28 +127,13 @@ def simulate(warehouse: str, out: str, days: int, vehicles: int, interval_s: flo
                 if chunk is None:
                     continue
                 probes, paths, keys = chunk
-                text = _format_probes(probes, ts_unit)
-                if csv_writer is None:
-                    from pyarrow import csv as pacsv
-
-                    csv_file = open(csv_path, "wb")
-                    csv_file.write((",".join(text.schema.names) + "\n").encode())
-                    csv_writer = pacsv.CSVWriter(csv_file, text.schema, write_options=pacsv.WriteOptions(
-                        include_header=False, quoting_style="none"))
-                    path_writer = pq.ParquetWriter(path_path, paths.schema, compression="zstd")
-                csv_writer.write_table(text)
-                path_writer.write_table(paths)
+                writer.write(_format_probes(probes, ts_unit), paths)
                 totals["fixes"] += probes.num_rows
                 totals["fixes_dropped"] += int(probes.schema.metadata[b"dropped"])
                 totals["trips"] += int(probes.schema.metadata[b"trips"])
                 totals["traversals"] += paths.num_rows
                 k, c = np.unique(keys, return_counts=True)
                 truth_keys, truth_counts = _merge_counts(truth_keys, truth_counts, k, c)
-        finally:
-            if csv_writer is not None:
-                csv_writer.close()
-                csv_file.close()
-                path_writer.close()
 
     seg = truth_keys // N_BUCKETS
     bucket = (truth_keys % N_BUCKETS).astype(np.int16)
@@ -170,6 +154,37 @@ def simulate(warehouse: str, out: str, days: int, vehicles: int, interval_s: flo
     with open(os.path.join(out, "simulation.json"), "w") as fh:
         json.dump(summary, fh, indent=2, sort_keys=True)
     return {**summary, "seconds": seconds, "fixes_per_second": totals["fixes"] / max(seconds, 1e-9)}
+
+
+class _DayWriter:
+    """One day's probe CSV (header without quotes, then appended chunks) and truth-path Parquet file."""
+
+    def __init__(self, csv_path: str, paths_path: str):
+        self.csv_path, self.paths_path = csv_path, paths_path
+        self.csv_file: Any = None
+        self.csv_writer: Any = None
+        self.path_writer: Any = None
+
+    def __enter__(self) -> _DayWriter:
+        return self
+
+    def write(self, probes_text, paths) -> None:
+        import pyarrow.parquet as pq
+        from pyarrow import csv as pacsv
+
+        if self.csv_writer is None:
+            self.csv_file = open(self.csv_path, "wb")
+            self.csv_file.write((",".join(probes_text.schema.names) + "\n").encode())
+            self.csv_writer = pacsv.CSVWriter(self.csv_file, probes_text.schema, write_options=pacsv.WriteOptions(
+                include_header=False, quoting_style="none"))
+            self.path_writer = pq.ParquetWriter(self.paths_path, paths.schema, compression="zstd")
+        self.csv_writer.write_table(probes_text)
+        self.path_writer.write_table(paths)
+
+    def __exit__(self, *exc) -> None:
+        for w in (self.csv_writer, self.csv_file, self.path_writer):
+            if w is not None:
+                w.close()
 
 
 def _zone_names() -> set[str]:
@@ -288,7 +303,7 @@ def iso_utc(epoch_ms: np.ndarray, with_ms: bool = False):
     month = (d.astype("datetime64[M]") - d.astype("datetime64[Y]")).astype(np.int64) + 1
     day = (d - d.astype("datetime64[M]")).astype(np.int64) + 1
     sod = sec - days * 86400
-    fields = [(year, 4), b"-", (month, 2), b"-", (day, 2), b"T", (sod // 3600, 2), b":", (sod % 3600 // 60, 2),
+    fields: list[Any] = [(year, 4), b"-", (month, 2), b"-", (day, 2), b"T", (sod // 3600, 2), b":", (sod % 3600 // 60, 2),
               b":", (sod % 60, 2)]
     if with_ms:
         fields += [b".", (ms - sec * 1000, 3)]

@@ -14,6 +14,7 @@ import numpy as np
 from speedprofile.network.graph import haversine_m
 from speedprofile.simulate.traffic import TrafficModel
 
+SEG_SPAN_M = 1.0e7  # vertex key spacing per segment; segments are far shorter than 10,000 km
 _COLUMNS = ["segment_id", "from_node_id", "to_node_id", "length_m", "road_class", "maxspeed_kph",
             "geom_lon_deg", "geom_lat_deg", "timezone"]
 
@@ -52,6 +53,8 @@ class SimNetwork:
         self.vcum = cum - cum[self.vert_off[:-1]][seg_of_vert]
         self.length_m = self.vcum[self.vert_off[1:] - 1].copy()
         self.length_m = np.maximum(self.length_m, 0.1)
+        # sorted search key of every vertex: segment row x SEG_SPAN_M + distance along the segment
+        self.vkey = seg_of_vert * SEG_SPAN_M + self.vcum
         # bearing of the edge starting at each vertex (last vertex of a segment: copy of the previous edge)
         b = _bearing_deg(lon[:-1], lat[:-1], lon[1:], lat[1:])
         self.vbearing = np.concatenate([b, [0.0]])
@@ -99,6 +102,11 @@ def _bearing_deg(lon1, lat1, lon2, lat2) -> np.ndarray:
     return np.mod(np.degrees(np.arctan2(x, y)), 360.0)
 
 
+def _utcoffset_s(t: datetime, zone) -> float:
+    off = t.astimezone(zone).utcoffset()
+    return off.total_seconds() if off is not None else 0.0
+
+
 class UtcOffsets:
     """UTC offset (s) per time zone and UTC hour over a window: offset(zone_idx, t_utc) vectorised.
 
@@ -117,8 +125,7 @@ class UtcOffsets:
                 zi = ZoneInfo(str(name))
             except Exception:  # unknown name: treat as UTC
                 continue
-            self.table[i] = [int((base + timedelta(hours=h)).astimezone(zi).utcoffset().total_seconds())
-                             for h in range(hours)]
+            self.table[i] = [int(_utcoffset_s(base + timedelta(hours=h), zi)) for h in range(hours)]
 
     def offset_s(self, zone_idx: np.ndarray, t_utc_s: np.ndarray) -> np.ndarray:
         h = ((np.asarray(t_utc_s, dtype=np.float64) - self.t0) // 3600).astype(np.int64)

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from speedprofile.simulate.network import SEG_SPAN_M as _SEG_SPAN_M
 from speedprofile.simulate.network import SimNetwork, UtcOffsets
 from speedprofile.simulate.traffic import tow_bucket_of
 
 M_PER_DEG_LAT = 111_195.08  # metres per degree of latitude on the mean-radius sphere
 _TRIP_SPAN_S = 1.0e6  # trip-local time axis spacing; trips last far less than 11 days
-_SEG_SPAN_M = 1.0e7  # vertex key spacing per segment; segments are far shorter than 10,000 km
 _MAX_DIJKSTRA_CELLS = 5_000_000  # origins x nodes per Dijkstra call (float64 + int32 temporaries)
 _MAX_TREE_CELLS = 40_000_000  # origins x nodes kept per pool (float32 + int32: 320 MB)
 
@@ -206,12 +206,9 @@ def sample_fixes(net: SimNetwork, trav: Traversals, n_trips: int, start_s: np.nd
 
 def locate(net: SimNetwork, seg: np.ndarray, dist_m: np.ndarray):
     """Point at dist_m metres along each segment's geometry (linear in degrees per edge) and the edge bearing."""
-    if not hasattr(net, "_vkey"):
-        seg_of_vert = np.repeat(np.arange(net.n), np.diff(net.vert_off))
-        net._vkey = seg_of_vert * _SEG_SPAN_M + net.vcum
     lo = net.vert_off[seg]
     hi = net.vert_off[seg + 1] - 2  # last edge start
-    v = np.searchsorted(net._vkey, seg * _SEG_SPAN_M + dist_m, side="right") - 1
+    v = np.searchsorted(net.vkey, seg * _SEG_SPAN_M + dist_m, side="right") - 1
     v = np.clip(v, lo, hi)
     edge = net.vcum[v + 1] - net.vcum[v]
     frac = np.clip(np.divide(dist_m - net.vcum[v], edge, out=np.zeros_like(dist_m), where=edge > 0), 0.0, 1.0)
