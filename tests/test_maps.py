@@ -211,3 +211,12 @@ def test_html_slider_changes_colours_in_headless_chromium(serve_warehouse, tmp_p
     assert not [e for e in browser.events if e.get("method") == "Network.requestWillBeSent"
                 and e["params"]["request"]["url"] != html.resolve().as_uri()]
     assert os.path.getsize(html) < 2_000_000
+
+
+def test_html_slider_step_grows_with_network_size():
+    from speedprofile.serve.maps import HTML_CELL_BUDGET, html_step
+
+    assert html_step(8) == 1 and html_step(900) == 1  # 5-minute steps for small networks
+    for n in (1_500, 7_613, 30_000):
+        step = html_step(n)
+        assert step > 1 and n * -(-2016 // step) <= HTML_CELL_BUDGET

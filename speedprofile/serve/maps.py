@@ -106,12 +106,15 @@ def render_png(warehouse: str, out: str | Path, at: Sequence[str] | str | None =
     buckets = parse_many(at, list(DEFAULT_AT))
     segs = _network(warehouse, partitions)
     grid = _grid(warehouse, segs, buckets, ["speed_kph"])["speed_kph"]
-    lines, _ = _projected_lines(segs, 0.0015)
+    lines, _ = _projected_lines(segs, 0.0005)
+    pts = np.concatenate(lines)
+    aspect = float(np.ptp(pts[:, 0]) / max(np.ptp(pts[:, 1]), 1e-9))
     widths = segs["road_class"].map(_WIDTH).fillna(0.8).to_numpy()
     norm = matplotlib.colors.Normalize(0, _vmax(grid))
     cmap = matplotlib.colormaps[CMAP].with_extremes(bad=MISSING_COLOUR)
     n = len(buckets)
-    fig, axes = plt.subplots(1, n, figsize=(7 * n + 1, 7.5), squeeze=False, layout="constrained")
+    panel_w = float(np.clip(7.0 * aspect, 4.5, 11.0))
+    fig, axes = plt.subplots(1, n, figsize=(panel_w * n + 1.5, 8.0), squeeze=False, layout="constrained")
     for ax, b, col in zip(axes[0], buckets, grid.T, strict=True):
         order = np.argsort(np.nan_to_num(-col, nan=1.0))  # slow roads drawn last (on top)
         lc = LineCollection([lines[i] for i in order], linewidths=widths[order], cmap=cmap, norm=norm,
@@ -124,7 +127,7 @@ def render_png(warehouse: str, out: str | Path, at: Sequence[str] | str | None =
         ax.set_yticks([])
         ax.set_facecolor(AXES_COLOUR)
         observed = np.isfinite(col).sum()
-        ax.set_title(f"{format_bucket(b)} local — {observed:,} of {len(col):,} segments with an estimate")
+        ax.set_title(f"{format_bucket(b)} local\n{observed:,} of {len(col):,} segments with an estimate", fontsize=10)
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), shrink=0.8,
                  label="expected speed (km/h)")
     fig.suptitle("speedprofile — expected speed by time of week")
@@ -254,7 +257,7 @@ function draw() {
   for (const i of order) {
     const p = XY[i], q = new Float64Array(p.length);
     for (let k = 0; k < p.length; k += 2) { q[k] = view.ox + view.s * p[k]; q[k + 1] = view.oy - view.s * p[k + 1]; }
-    const w = WIDTH[D.classes[i]] || 1.4, off = w * 0.9 + 0.6, s = new Float64Array(q.length);
+    const w = WIDTH[D.classes[i]] || 1.4, off = w * 0.6 + 0.5, s = new Float64Array(q.length);
     for (let k = 0; k < q.length; k += 2) {   // shift to the right-hand side of the driving direction
       const a = Math.max(0, k - 2), b = Math.min(q.length - 2, k + 2);
       let dx = q[b] - q[a], dy = q[b + 1] - q[a + 1]; const L = Math.hypot(dx, dy) || 1;
