@@ -195,3 +195,22 @@ def test_cli_runs(tmp_path, tiny_network_warehouse, capsys):
     df = _probes(str(tmp_path))
     dt = pd.to_datetime(df.timestamp, utc=True).groupby(df.trace_id).diff().dropna().dt.total_seconds()
     assert (dt % 5 == 0).all()
+
+
+def test_driven_speeds_scatter_around_the_truth(porto_simulation, porto_warehouse):
+    paths = _paths(porto_simulation)
+    truth = pq.read_table(Path(porto_simulation, "truth")).to_pandas()
+    net = load_road_segments(porto_warehouse, columns=["segment_id", "length_m"]).set_index("segment_id")
+    dur = (paths.exit_time_utc - paths.enter_time_utc).dt.total_seconds()
+    driven = net.loc[paths.segment_id, "length_m"].to_numpy() / dur.to_numpy() * 3.6
+    # each traversal's truth row: the segment and the bucket of its local midpoint (Lisbon = UTC in November)
+    mid = paths.enter_time_utc + (paths.exit_time_utc - paths.enter_time_utc) / 2
+    local_s = (mid.dt.tz_localize(None) - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy()
+    key = pd.MultiIndex.from_arrays([paths.segment_id, tow_bucket_of(local_s)])
+    model = truth.set_index(["segment_id", "tow_bucket"]).speed_kph.reindex(key).to_numpy()
+    ratio = driven / model
+    assert np.isfinite(ratio).mean() > 0.99
+    ratio = ratio[np.isfinite(ratio)]
+    # per-vehicle (sigma 0.08) and per-trip (sigma 0.03) factors around the model speed
+    assert 0.95 < np.median(ratio) < 1.05
+    assert 0.03 < np.std(np.log(ratio)) < 0.15
