@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import psycopg2
 import pytest
@@ -116,9 +117,10 @@ def test_wrong_dsn_is_one_line_error(tmp_path, capsys):
 
 def test_missing_postgis_is_one_line_error(tmp_path, postgis_dsn, capsys):
     # a role that may not create the extension sees PostGIS as unavailable in this database
+    role = f"reader_{uuid.uuid4().hex[:8]}"  # roles are cluster-wide: unique per run
     with psycopg2.connect(postgis_dsn) as conn, conn.cursor() as cur:
-        cur.execute("CREATE ROLE reader LOGIN")
-    dsn = postgis_dsn.replace("postgres@", "reader@")
+        cur.execute(f"CREATE ROLE {role} LOGIN")
+    dsn = postgis_dsn.replace("postgres@", f"{role}@")
     warehouse = make_serve_warehouse(tmp_path / "w")
     rc = main(["publish", "--warehouse", str(warehouse), "--dsn", dsn])
     err = capsys.readouterr().err
