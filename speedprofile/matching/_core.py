@@ -192,6 +192,8 @@ def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg,
         dn = dist[seg_from[sb]]
         if dn < np.inf:
             r = rem + dn + ob
+            if sb == seg_rev[sa] and seg_from[sb] == seg_to[sa]:
+                r += uturn_penalty  # turning round at the end node
             if r < best:
                 best = r
                 kind = 1
@@ -270,6 +272,8 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_
                         dn = dist[seg_from[sb]]
                         if dn < np.inf:
                             r = rem + dn + ob
+                            if sb == seg_rev[sa] and seg_from[sb] == seg_to[sa]:
+                                r += uturn_penalty  # turning round at the end node
                             if r < route:
                                 route = r
                     if route > bound:
@@ -378,7 +382,7 @@ def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bo
             gy = py[i] - py[j]
             gc = np.sqrt(gx * gx + gy * gy)
             bound = max(bound_factor * gc + bound_slack, bound_min)
-            route, kind, nt = _route(sa, oa_raw, sb, ob, bound, back_tol, uturn_penalty, out_ptr, out_seg,
+            _route_m, kind, nt = _route(sa, oa_raw, sb, ob, bound, back_tol, uturn_penalty, out_ptr, out_seg,
                                      seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, True)
         if kind == -1:
             for k in range(nt):

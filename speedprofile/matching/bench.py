@@ -37,7 +37,9 @@ def _read_tsv(path: str, ncols: int) -> np.ndarray:
         raw = gzip.decompress(raw)
     if not raw.strip():
         return np.zeros((0, ncols))
-    arr = np.loadtxt(io.BytesIO(raw), dtype=np.float64, ndmin=2)
+    import pandas as pd
+
+    arr = pd.read_csv(io.BytesIO(raw), sep="\t", header=None, dtype=np.float64, engine="c").to_numpy()
     if arr.shape[1] < ncols:
         raise UserError(f"{path}: expected {ncols} tab-separated columns, found {arr.shape[1]}")
     return arr[:, :ncols]
@@ -66,7 +68,7 @@ def list_tracks(root: str, only: list[str] | None) -> list[str]:
     return found
 
 
-def load_track(root: str, tid: str):
+def load_track(root: str, tid: str, cell_m: float = 100.0):
     """(network, lon, lat, t, true route arc ids) of one track; network built from straight arcs."""
     from speedprofile.matching.network import build_network
     from speedprofile.network.graph import haversine_m
@@ -83,7 +85,8 @@ def load_track(root: str, tid: str):
     glon[0::2], glon[1::2] = nodes[src, 0], nodes[dst, 0]
     glat[0::2], glat[1::2] = nodes[src, 1], nodes[dst, 1]
     length = haversine_m(nodes[src, 0], nodes[src, 1], nodes[dst, 0], nodes[dst, 1])
-    net = build_network(np.arange(n, dtype=np.int64), src, dst, length, np.arange(0, 2 * n + 1, 2), glon, glat)
+    net = build_network(np.arange(n, dtype=np.int64), src, dst, length, np.arange(0, 2 * n + 1, 2), glon, glat,
+                        cell_m=cell_m)
     return net, track[:, 0], track[:, 1], track[:, 2], route
 
 

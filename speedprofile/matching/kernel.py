@@ -40,17 +40,17 @@ TRAVERSAL_COLUMNS = [
 class MatchParams:
     """Matching parameters; the defaults suit 1-60 s sampling of consumer GPS (metres, seconds)."""
 
-    sigma_m: float = 4.07        # GPS noise (Newson & Krumm's estimate); emission N(0, sigma)
+    sigma_m: float = 10.0        # GPS noise of consumer receivers in streets (N&K measured 4.07 on open roads)
     beta_m: float = 5.0          # transition scale of |route - great-circle| in metres
     radius_m: float = 50.0       # candidate search radius around each fix
-    max_candidates: int = 8      # nearest segments kept per fix
+    max_candidates: int = 16     # nearest segments kept per fix (interchanges stack many arcs within radius)
     max_gap_s: float = 180.0     # a longer gap between usable fixes starts a new path (trace break)
     bound_factor: float = 2.0    # route search bound = max(bound_factor * gc + bound_slack_m, bound_min_m)
     bound_slack_m: float = 100.0
     bound_min_m: float = 300.0
-    uturn_penalty_m: float = 30.0  # extra metres charged for turning round in the middle of a segment
+    uturn_penalty_m: float = 100.0  # extra metres charged for turning round (mid-segment or at a node)
     back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
-    thin_m: float = 8.14         # skip fixes closer than this to the last kept one (2 sigma); 0 = keep all
+    thin_m: float = 8.0          # skip fixes closer than this to the last kept one; 0 = keep all
     max_hold_s: float = 30.0     # ... but keep at least one fix every max_hold_s
     complete_tol_m: float = 0.5  # a traversal counts as complete when it covers the segment to within this
     min_traversal_m: float = 1.0  # partial legs shorter than this are not traversals (a path starting on a node)

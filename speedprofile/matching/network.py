@@ -14,6 +14,25 @@ EARTH_RADIUS_M = 6_371_008.8
 _DEG = np.pi / 180.0
 
 
+def _unique(a: np.ndarray) -> np.ndarray:
+    """Sorted unique values (sort-based; numpy's hash-based unique is slow on large int arrays)."""
+    a = np.sort(a, kind="stable")
+    if len(a) == 0:
+        return a
+    return a[np.concatenate([[True], a[1:] != a[:-1]])]
+
+
+def _unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(a, kind="stable")
+    sa = a[order]
+    if len(a) == 0:
+        return sa, np.zeros(0, np.int64)
+    new = np.concatenate([[True], sa[1:] != sa[:-1]])
+    inv = np.empty(len(a), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return sa[new], inv
+
+
 @dataclass
 class RoutingNetwork:
     """CSR adjacency, segment arrays and a uniform grid over the segment geometry pieces."""
@@ -82,7 +101,7 @@ def build_network(
     n = len(seg_ids)
     fn = np.asarray(from_node_id, np.int64)
     tn = np.asarray(to_node_id, np.int64)
-    nodes, inv = np.unique(np.concatenate([fn, tn]), return_inverse=True)
+    nodes, inv = _unique_inverse(np.concatenate([fn, tn]))
     seg_from = inv[:n].astype(np.int64)
     seg_to = inv[n:].astype(np.int64)
     n_nodes = len(nodes)
@@ -155,17 +174,18 @@ def build_network(
         sy = pc_y0[pid] + tt * (pc_y1[pid] - pc_y0[pid])
         cx = np.floor((sx - gx0) / cell_m).astype(np.int64)
         cy = np.floor((sy - gy0) / cell_m).astype(np.int64)
-        base = np.unique((cx * ncy + cy) * len(plen) + pid)
+        base = _unique((cx * ncy + cy) * len(plen) + pid)
         bkey, bpid = base // len(plen), base % len(plen)
         bcx, bcy = bkey // ncy, bkey % ncy
         keys = []
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
                 keys.append(((bcx + dx) * ncy + (bcy + dy)) * len(plen) + bpid)
-        comb = np.unique(np.concatenate(keys))
+        comb = _unique(np.concatenate(keys))
         gkey = comb // len(plen)
         items = comb % len(plen)
-        grid_keys, start = np.unique(gkey, return_index=True)
+        first_of_key = np.concatenate([[True], gkey[1:] != gkey[:-1]])
+        grid_keys, start = gkey[first_of_key], np.nonzero(first_of_key)[0]
         grid_ptr = np.concatenate([start, [len(gkey)]]).astype(np.int64)
     else:
         gx0 = gy0 = 0.0

@@ -1,0 +1,62 @@
+"""match_traces: probes (dt, partition) + road_segments -> segment_traversals, one row per trace piece's
+traversal of a segment with interpolated enter/exit times and observed speed.
+
+Row accounting per partition-day in `_metrics/match_traces/dt=D/partition=P.json`: traversals (rows_in =
+rows_out + rejected per reason) and fixes of the pieces homed there (fixes_in = matched + unmatched per reason,
+match_rate). Run: spark-submit spark_apps/match_traces.py --warehouse W --date D [--to-date D2] --partition A,B
+"""
+
+from __future__ import annotations
+
+from schemas.segment_traversals import REJECT_REASONS
+from speedprofile.jobargs import parse_job_args, run_app
+
+STAGE = "match_traces"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from speedprofile.matching import transforms as T
+    from speedprofile.matching.kernel import FIX_STATUSES
+    from speedprofile.spark import get_session, read_table, write_metrics, write_table
+
+    args = parse_job_args(argv, __doc__.splitlines()[0])
+    spark = get_session(STAGE)
+    probes = read_table(spark, args.warehouse, "probes", dates=args.dates, partitions=T.read_cells(args.partitions))
+    result = probes.transform(T.match_traces, warehouse=args.warehouse, partitions=args.partitions).persist()
+    try:
+        write_table(result.transform(T.traversal_rows), args.warehouse, "segment_traversals",
+                    replace=[{"dt": d, "partition": p} for d in args.dates for p in args.partitions])
+        trav = {(str(r["dt"]), r["partition"], r["reject_reason"]): int(r["count"])
+                for r in result.transform(T.traversal_counts).collect()}
+        fixes = {(str(r["dt"]), r["partition"], r["key"]): int(r["n"])
+                 for r in result.transform(T.piece_counts).collect()}
+    finally:
+        result.unpersist()
+    for d in args.dates:
+        for p in args.partitions:
+            reasons = sorted({k[2] for k in trav if k[0] == str(d) and k[1] == p and k[2]} | set(REJECT_REASONS))
+            rejected = {r: trav.get((str(d), p, r), 0) for r in reasons}
+            kept = trav.get((str(d), p, None), 0)
+            f = {k[2]: v for k, v in fixes.items() if k[0] == str(d) and k[1] == p}
+            fixes_in = f.get("fixes_in", 0)
+            unmatched = {s: f.get(f"fixes_{s}", 0) for s in FIX_STATUSES if s != "matched"}
+            if f.get("fixes_kernel_error"):
+                unmatched["kernel_error"] = f["fixes_kernel_error"]
+            write_metrics(spark, args.warehouse, STAGE, d, p, {
+                "rows_in": kept + sum(rejected.values()),
+                "rows_out": kept,
+                "rejected": rejected,
+                "fixes_in": fixes_in,
+                "fixes_matched": f.get("fixes_matched", 0),
+                "fixes_unmatched": unmatched,
+                "context_fixes": f.get("context_fixes", 0),
+                "match_rate": round(f.get("fixes_matched", 0) / fixes_in, 6) if fixes_in else None,
+                "pieces": f.get("pieces", 0),
+                "pieces_broken": f.get("pieces_broken", 0),
+                "breaks": {k.removeprefix("breaks_"): v for k, v in f.items() if k.startswith("breaks_")},
+            })
+    return 0
+
+
+if __name__ == "__main__":
+    run_app(main)

@@ -1,0 +1,166 @@
+"""match_traces: the pure kernel on the hand-made fixture, bad input, the Spark app and its accounting, Kubicka."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.plugins.matching import FIXTURE_CELL, FIXTURE_DT
+
+T0 = pd.Timestamp("2024-05-06T08:00:00Z")
+
+EXPECTED_STATUS = {
+    "straight": {"matched": 13},
+    "parallel_service": {"matched": 13},
+    "oneway_pair": {"matched": 13},
+    "uturn": {"matched": 17},
+    "gps_spike": {"matched": 12, "off_network": 1},
+    "gap_split": {"matched": 10},
+    "single_fix": {"single_fix": 1},
+    "off_network": {"off_network": 5},
+    "duplicate_time": {"matched": 13, "duplicate_time": 1},
+    "time_backwards": {"matched": 13, "time_backwards": 1},
+    "jump_10km": {"matched": 10, "off_network": 1},
+    "prematched": {"matched": 8},
+    "border": {"matched": 13},
+}
+
+
+@pytest.fixture(scope="module")
+def matcher(match_segments):
+    from speedprofile.matching import Matcher
+
+    return Matcher(match_segments)
+
+
+def _kernel_rows(matcher, probes: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (tid, piece), g in probes.groupby(["trace_id", "piece"], sort=False):
+        tr = matcher.match(g).traversals
+        rows.append(tr.assign(trace_id=tid, piece=piece))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _check_against_expected(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    key = ["trace_id", "piece", "seq"]
+    got = got.sort_values(key).reset_index(drop=True)
+    for c in ("enter_time_utc", "exit_time_utc"):
+        if got[c].dt.tz is None:  # Spark hands back naive UTC instants
+            got[c] = got[c].dt.tz_localize("UTC")
+    exp = expected.sort_values(key).reset_index(drop=True)
+    assert got[[*key, "segment_id"]].astype(str).values.tolist() == exp[[*key, "segment_id"]].astype(str).values.tolist()
+    assert got["is_complete"].tolist() == exp["is_complete"].tolist()
+    np.testing.assert_allclose((got["enter_time_utc"] - T0).dt.total_seconds(), exp["enter_s"], atol=0.5)
+    np.testing.assert_allclose((got["exit_time_utc"] - T0).dt.total_seconds(), exp["exit_s"], atol=0.5)
+    np.testing.assert_allclose(got["speed_kph"], exp["speed_kph"], rtol=0.03)
+
+
+def test_kernel_matches_fixture_cases(matcher, match_probes, match_expected):
+    got = _kernel_rows(matcher, match_probes)
+    reason = np.where(got["owned"], got["reject_reason"].fillna(""), "owned_by_other_piece")
+    got = got.assign(reject_reason=reason)
+    _check_against_expected(got, match_expected)
+    exp_reason = match_expected.sort_values(["trace_id", "piece", "seq"])["reject_reason"].fillna("").tolist()
+    assert got.sort_values(["trace_id", "piece", "seq"])["reject_reason"].tolist() == exp_reason
+
+
+def test_kernel_fix_statuses_and_breaks(matcher, match_probes):
+    for tid, g in match_probes.groupby("trace_id", sort=False):
+        res = matcher.match(g)
+        st, n = np.unique(res.points.status, return_counts=True)
+        assert dict(zip(st.tolist(), n.tolist(), strict=True)) == EXPECTED_STATUS[tid], tid
+        assert len(res.points.status) == len(g)
+        want_breaks = {"gap_split": {"time_gap": 1, "no_transition": 0},
+                       "jump_10km": {"time_gap": 0, "no_transition": 1}}
+        assert res.points.breaks == want_breaks.get(tid, {"time_gap": 0, "no_transition": 0}), tid
+
+
+def test_partial_segments_are_never_flagged_complete(matcher, match_probes):
+    got = _kernel_rows(matcher, match_probes)
+    got = got[got["match_source"] == "hmm"]
+    length = matcher.net.seg_len[matcher.net.index_of(got["segment_id"].to_numpy())]
+    complete = got["is_complete"].to_numpy()
+    assert complete.any() and (~complete).any()
+    np.testing.assert_allclose(got["traversed_m"].to_numpy()[complete], length[complete], atol=0.5)
+    assert (got["traversed_m"].to_numpy()[~complete] < length[~complete] - 0.5).all()
+
+
+def test_implausible_speed_is_rejected_with_reason(matcher, match_probes):
+    g = match_probes[match_probes["trace_id"] == "straight"].copy()
+    # the same drive squeezed into 1/10 of the time: 360 km/h
+    g["timestamp_utc"] = T0 + (g["timestamp_utc"] - T0) / 10
+    tr = matcher.match(g).traversals
+    assert len(tr) == 4
+    assert (tr["reject_reason"] == "speed_implausible").all()
+
+
+@pytest.mark.parametrize("case", ["empty", "nan", "all_same_time", "backwards_only", "huge_jumps"])
+def test_bad_input_is_counted_not_raised(matcher, match_probes, case):
+    g = match_probes[match_probes["trace_id"] == "straight"].copy().reset_index(drop=True)
+    if case == "empty":
+        g = g.iloc[:0]
+    elif case == "nan":
+        g.loc[::2, "lon_deg"] = np.nan
+    elif case == "all_same_time":
+        g["timestamp_utc"] = T0
+    elif case == "backwards_only":
+        g["timestamp_utc"] = g["timestamp_utc"].iloc[::-1].to_numpy()
+    elif case == "huge_jumps":
+        g.loc[1::2, "lat_deg"] += 0.09  # 10 km north and back every other fix
+    res = matcher.match(g)
+    assert len(res.points.status) == len(g)
+    assert "" not in set(res.points.status)
+    if case == "all_same_time":
+        assert (res.points.status[1:] == "duplicate_time").all() and res.points.status[0] == "single_fix"
+    if case == "backwards_only":
+        assert (res.points.status[1:] == "time_backwards").all()
+    if case == "nan":
+        assert (res.points.status[::2] == "invalid_coordinate").all()
+    if case == "huge_jumps":
+        assert (res.points.status[1::2] == "off_network").all()
+
+
+def test_spark_app_writes_traversals_and_accounting(spark, match_warehouse, match_probes, match_expected):
+    from spark_apps.match_traces import main
+    from speedprofile.spark import read_metrics, read_table
+
+    argv = ["--warehouse", match_warehouse, "--date", FIXTURE_DT, "--partition", FIXTURE_CELL]
+    assert main(argv) == 0
+    assert main(argv) == 0  # idempotent re-run
+    out = read_table(spark, match_warehouse, "segment_traversals", dates=[FIXTURE_DT], partitions=[FIXTURE_CELL])
+    got = out.toPandas()
+    written = match_expected[match_expected["reject_reason"].isna()]
+    assert len(got) == len(written)
+    _check_against_expected(got, written)
+    assert set(got["match_source"]) == {"hmm", "prematched"}
+    assert (got["partition"] == FIXTURE_CELL).all()
+
+    m = read_metrics(None, match_warehouse, "match_traces", FIXTURE_DT, FIXTURE_CELL)
+    assert m["rows_out"] == len(got)
+    assert m["rows_in"] == m["rows_out"] + sum(m["rejected"].values())
+    assert m["rejected"]["owned_by_other_piece"] == 2
+    owned = int((~match_probes["is_context"]).sum())
+    assert m["fixes_in"] == owned
+    assert m["fixes_in"] == m["fixes_matched"] + sum(m["fixes_unmatched"].values())
+    assert m["fixes_unmatched"]["off_network"] == 7
+    assert m["fixes_unmatched"]["single_fix"] == 1
+    assert m["fixes_unmatched"]["duplicate_time"] == 1
+    assert m["fixes_unmatched"]["time_backwards"] == 1
+    assert m["pieces"] == match_probes.groupby(["trace_id", "piece"]).ngroups
+    assert m["pieces_broken"] == 2 and m["breaks"] == {"time_gap": 1, "no_transition": 1}
+    assert m["match_rate"] == pytest.approx(m["fixes_matched"] / owned)
+    json.dumps(m)
+
+
+def test_kubicka_developer_tracks(data_dir):
+    from speedprofile.matching.bench import list_tracks, run
+
+    root = str(data_dir / "kubicka2015")
+    tracks = list_tracks(root, ["00000000", "00000006", "00000048"])
+    summary = run(root, tracks, out=lambda *_: None)
+    assert summary["tracks"] == 3
+    assert summary["accuracy"] >= 0.95
+    assert all(r["accuracy"] >= 0.9 for r in summary["worst"])
