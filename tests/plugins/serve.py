@@ -23,11 +23,8 @@ WINDOW = "2026-11-01..2026-11-28"
 
 
 def _missing(what: str) -> None:
-    """Missing system dependency: an error in CI (never a skip), a skip on a developer machine."""
-    msg = f"{what} (run `make setup` as root, which installs the Debian packages)"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    """Missing system dependency: always an error, never a skip (`make setup` installs the Debian packages)."""
+    pytest.fail(f"{what} (run `make setup` as root, which installs the Debian packages)")
 
 
 def profile_kph(free_flow_kph: float, buckets: np.ndarray) -> np.ndarray:
