@@ -231,7 +231,7 @@ def test_batch_border_pieces_and_context_in_home_partitions(spark, batch):
     expected = PIECES["border.csv"]["east"]
     assert {str(p): sorted(g["source_row"]) for p, g in owned.groupby("piece")} == {
         p: rows for p, (_, rows) in expected.items()}
-    for piece, g in east.groupby("piece"):
+    for _piece, g in east.groupby("piece"):
         assert g["partition"].nunique() == 1
         first = g[~g["is_context"]].sort_values("timestamp_utc").iloc[0]
         assert g["partition"].iloc[0] == h3.latlng_to_cell(first["lat_deg"], first["lon_deg"], 9)

@@ -69,31 +69,35 @@ def parse_csv_lines(lines: list[str], header: list[str], source_file: str, sourc
     """CSV data lines of one file -> record frame; a line with the wrong field count is `unparsable_line`."""
     index = {name.strip(): i for i, name in enumerate(header)}
     width = len(header)
-    want = [(f, index.get(f)) for f in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)]
-    rows = []
-    for row_no, line, fields in zip(source_rows, lines, _csv_fields(lines), strict=True):
-        rec = {"source_file": source_file, "source_row": row_no, "raw": line}
-        if not line.strip():
-            rec.update(reason="unparsable_line", detail="blank line")
-        elif fields is None or len(fields) != width:
-            n = "?" if fields is None else len(fields)
-            rec.update(reason="unparsable_line", detail=f"{n} fields, header has {width}")
-        else:
-            for name, i in want:
-                rec[name] = fields[i] if i is not None else None
-        rows.append(rec)
-    return records_frame(rows)
+    fields = [ln.split(",") if '"' not in ln else _csv_one(ln) for ln in lines]
+    reason: list[str | None] = [None] * len(lines)
+    detail: list[str | None] = [None] * len(lines)
+    for i, (ln, f) in enumerate(zip(lines, fields, strict=True)):
+        if f is not None and len(f) == width and ln.strip():
+            continue
+        reason[i] = "unparsable_line"
+        detail[i] = "blank line" if not ln.strip() else f"{'?' if f is None else len(f)} fields, header has {width}"
+        fields[i] = None
+    if not lines:
+        return empty_records()
+    cols: dict[str, list] = {
+        "source_file": [source_file] * len(lines), "source_row": list(source_rows), "raw": list(lines),
+    }
+    for name in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS):
+        i = index.get(name)
+        cols[name] = [None] * len(lines) if i is None else [f[i] if f is not None else None for f in fields]
+    cols["prematched_segment_id"] = [None] * len(lines)
+    cols["reason"] = reason
+    cols["detail"] = detail
+    return pd.DataFrame(cols, columns=list(RECORD_COLUMNS), dtype="object")
 
 
-def _csv_fields(lines: list[str]) -> list[list[str] | None]:
-    out: list[list[str] | None] = []
-    for line in lines:
-        try:
-            parsed = list(csv.reader([line]))
-            out.append(parsed[0] if parsed else [])
-        except csv.Error:
-            out.append(None)
-    return out
+def _csv_one(line: str) -> list[str] | None:
+    try:
+        parsed = list(csv.reader([line], strict=True))
+    except csv.Error:
+        return None
+    return parsed[0] if parsed else []
 
 
 def parse_jsonl_lines(lines: list[str], source_file: str, source_rows: list[int]) -> pd.DataFrame:
@@ -137,13 +141,19 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series
         out[:] = ts.astype("datetime64[us, UTC]")
     else:
         obj = values.astype("object")
-        is_dt = obj.map(lambda v: isinstance(v, pd.Timestamp | np.datetime64) or hasattr(v, "isoformat"))
+        kind = pd.api.types.infer_dtype(obj, skipna=True)
+        plain = kind in ("string", "integer", "floating", "mixed-integer-float", "empty", "decimal")
+        if plain:
+            is_dt = pd.Series(False, index=obj.index)
+        else:
+            is_dt = obj.map(lambda v: isinstance(v, pd.Timestamp | np.datetime64) or hasattr(v, "isoformat"))
         if is_dt.any():
             conv = pd.to_datetime(obj[is_dt], utc=True, errors="coerce")
             out[is_dt] = conv.astype("datetime64[us, UTC]")
         rest = obj[~is_dt]
-        is_bool = rest.map(lambda v: isinstance(v, bool | np.bool_))
-        num = pd.to_numeric(rest.where(~is_bool, None), errors="coerce")
+        if not plain:
+            rest = rest.where([not isinstance(v, bool | np.bool_) for v in rest], None)
+        num = pd.to_numeric(rest, errors="coerce")
         numeric = num.notna() & np.isfinite(num.astype("float64"))
         if numeric.any():
             nv = num[numeric].astype("float64")
@@ -156,12 +166,16 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series
             detail[bad] = [f"epoch {v!r} is outside [2000, 2100)" for v in nv[bad]]
         strs = rest[~numeric]
         if len(strs):
-            text = strs.map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
+            if kind == "string":
+                text = strs.str.strip()
+            else:
+                text = strs.map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+                                else str(v).strip())
             missing = text.isna() | (text == "")
             reason[missing[missing].index] = "missing_field"
             detail[missing[missing].index] = "timestamp is empty"
             text = text[~missing]
-            has_off = text.map(lambda s: bool(_OFFSET_RE.search(s)))
+            has_off = text.str.contains(_OFFSET_RE).fillna(False).astype(bool)
             conv = pd.to_datetime(text.where(has_off), format="ISO8601", utc=True, errors="coerce")
             good = conv.notna()
             out[good[good].index] = conv[good].astype("datetime64[us, UTC]")
@@ -189,13 +203,33 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series
 
 def _is_missing(values: pd.Series) -> pd.Series:
     """None / NA / blank string = missing; a float NaN is a value (reported as not finite, not as missing)."""
-    return values.map(lambda v: v is None or v is pd.NA or v is pd.NaT or (isinstance(v, str) and not v.strip()))
+    na = values.isna()
+    if na.any():
+        na[na] = [not isinstance(v, float) for v in values[na]]
+    blank = _strings(values).str.strip().eq("").fillna(False).astype(bool)
+    return na | blank
+
+
+def _strings(values: pd.Series) -> pd.Series:
+    """The string entries of values (others NaN), without per-element Python calls when all are strings."""
+    if values.dtype != object:
+        return pd.Series(np.nan, index=values.index, dtype="object")
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in ("string", "empty"):
+        return values
+    return values.where([isinstance(v, str) for v in values], np.nan)
 
 
 def _to_float(values: pd.Series) -> pd.Series:
-    obj = values.astype("object").map(lambda v: v.strip() if isinstance(v, str) else v)
-    obj = obj.map(lambda v: None if isinstance(v, bool | np.bool_) else v)
-    return pd.to_numeric(obj, errors="coerce").astype("float64")
+    obj = values.astype("object")
+    kind = pd.api.types.infer_dtype(obj, skipna=True)
+    if kind == "boolean" or kind == "mixed":
+        obj = obj.where([not isinstance(v, bool | np.bool_) for v in obj], None)
+    out = pd.to_numeric(obj, errors="coerce").astype("float64")
+    retry = out.isna() & _strings(obj).notna()
+    if retry.any():  # e.g. " 41.15 " with blanks around the number
+        out[retry] = pd.to_numeric(obj[retry].str.strip(), errors="coerce").astype("float64")
+    return out
 
 
 def validate_records(rec: pd.DataFrame) -> pd.DataFrame:
@@ -223,7 +257,7 @@ def validate_records(rec: pd.DataFrame) -> pd.DataFrame:
     prematched = pd.to_numeric(rec["prematched_segment_id"], errors="coerce")
     has_link = prematched.notna()
     tid = rec["trace_id"].astype("object")
-    tid_missing = tid.map(lambda v: v is None or (isinstance(v, float) and math.isnan(v)))
+    tid_missing = tid.isna()
     lon_missing = _is_missing(rec["lon"].astype("object"))
     lat_missing = _is_missing(rec["lat"].astype("object"))
     ts_missing = _is_missing(rec["timestamp"].astype("object"))
@@ -232,7 +266,7 @@ def validate_records(rec: pd.DataFrame) -> pd.DataFrame:
         ("lon", lon_missing, True), ("lat", lat_missing, True),
     ):
         flag(m & ~(has_link & allow_link), "missing_field", f"{name} is missing")
-    trace_str = tid.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
+    trace_str = tid.where(tid_missing, tid.astype(str)).str.strip().where(~tid_missing, None)
     flag(trace_str.fillna("x").eq(""), "empty_trace_id", "trace_id is blank")
 
     lon = _to_float(rec["lon"])
@@ -358,13 +392,6 @@ def cut_pieces(
     return piece, spatial_start
 
 
-def _reject_rows(df: pd.DataFrame, reason: str, details: Iterable[str]) -> pd.DataFrame:
-    out = df.copy()
-    out["reason"] = reason
-    out["detail"] = list(details)
-    return out
-
-
 def process_trace(
     fixes: pd.DataFrame,
     h3_res: int,
@@ -382,93 +409,127 @@ def process_trace(
     """
     import h3
 
-    df = fixes.sort_values(["timestamp_utc", "source_file", "source_row"], kind="mergesort").reset_index(drop=True)
-    df["raw"] = df["raw"].astype("object")
-    rejects = []
-    first_of = df.groupby(["timestamp_utc"], sort=False).cumcount() == 0
-    key_dup = df.duplicated(subset=["timestamp_utc", "lon_deg", "lat_deg"], keep="first")
-    same_time = ~first_of & ~key_dup
-    firsts = df[first_of].set_index("timestamp_utc")[["source_file", "source_row"]]
-    for mask, why in ((key_dup, "duplicate_fix"), (same_time, "conflicting_fix")):
-        if mask.any():
-            ref = firsts.loc[df.loc[mask, "timestamp_utc"]]
-            text = (f"{'same fix' if why == 'duplicate_fix' else 'same time, other position'} as {f}:{r}"
-                    for f, r in zip(ref["source_file"], ref["source_row"], strict=True))
-            rejects.append(_reject_rows(df[mask], why, text))
-    df = df[first_of].reset_index(drop=True)
+    ts_all = pd.to_datetime(fixes["timestamp_utc"], utc=True).astype("datetime64[us, UTC]")
+    t_us = np.asarray(ts_all.array.asi8, dtype="int64")  # microseconds since the epoch (unit fixed above)
+    files = fixes["source_file"].astype(str).to_numpy()
+    rows_no = fixes["source_row"].to_numpy().astype("int64")
+    order = np.lexsort((rows_no, files, t_us))
+    t_us = t_us[order]
+    lon = fixes["lon_deg"].to_numpy("float64")[order]
+    lat = fixes["lat_deg"].to_numpy("float64")[order]
 
-    t_s = epoch_seconds(df["timestamp_utc"])
-    spikes = spike_mask(t_s, df["lon_deg"].to_numpy(), df["lat_deg"].to_numpy(), spike_kph)
+    # Same time as the previous fix: exact duplicate of an earlier fix of that instant, or a conflicting one.
+    reject_pos: list[int] = []
+    reject_reason: list[str] = []
+    reject_detail: list[str] = []
+    keep = np.ones(len(order), dtype=bool)
+    same = np.flatnonzero(np.diff(t_us) == 0) + 1
+    for i in same:
+        group_first = i - 1
+        while group_first > 0 and t_us[group_first - 1] == t_us[i]:
+            group_first -= 1
+        earlier = range(group_first, i)
+        exact = any(lon[j] == lon[i] and lat[j] == lat[i] for j in earlier)
+        ref = order[group_first]
+        keep[i] = False
+        reject_pos.append(i)
+        reject_reason.append("duplicate_fix" if exact else "conflicting_fix")
+        reject_detail.append(f"{'same fix' if exact else 'same time, other position'} as "
+                             f"{files[ref]}:{rows_no[ref]}")
+    kept = np.flatnonzero(keep)
+    t_s = t_us[kept] / 1e6
+    spikes = spike_mask(t_s, lon[kept], lat[kept], spike_kph)
     if spikes.any():
-        idx = np.flatnonzero(spikes)
-        d_in = haversine_m(df["lon_deg"].to_numpy()[idx - 1], df["lat_deg"].to_numpy()[idx - 1],
-                           df["lon_deg"].to_numpy()[idx], df["lat_deg"].to_numpy()[idx])
-        v_in = d_in / (t_s[idx] - t_s[idx - 1]) * 3.6
-        rejects.append(_reject_rows(df[spikes], "speed_spike", (f"{v:.0f} km/h from previous fix" for v in v_in)))
-        df = df[~spikes].reset_index(drop=True)
+        for k in np.flatnonzero(spikes):
+            prev = kept[:k][~spikes[:k]][-1]
+            v = haversine_m(lon[prev], lat[prev], lon[kept[k]], lat[kept[k]]) / max(t_s[k] - t_us[prev] / 1e6, 1e-9) * 3.6
+            reject_pos.append(int(kept[k]))
+            reject_reason.append("speed_spike")
+            reject_detail.append(f"{float(v):.0f} km/h from previous fix")
+        kept = kept[~spikes]
         t_s = t_s[~spikes]
 
-    cells = [h3.latlng_to_cell(a, o, h3_res) for a, o in zip(df["lat_deg"].to_numpy(), df["lon_deg"].to_numpy(), strict=True)]
+    cells = [h3.latlng_to_cell(a, o, h3_res) for a, o in zip(lat[kept], lon[kept], strict=True)]
     piece, spatial_start = cut_pieces(t_s, cells, max_gap_s)
-    df["piece"] = piece
-    df["is_context"] = False
     n_pieces = int(piece[-1]) + 1 if len(piece) else 0
     starts = np.searchsorted(piece, np.arange(n_pieces), side="left")
     ends = np.searchsorted(piece, np.arange(n_pieces), side="right")
-    home = [cells[s] for s in starts]
-    dts = [df["timestamp_utc"].iloc[s].date() for s in starts]
-    df["partition"] = [home[p] for p in piece]
-    df["dt"] = [dts[p] for p in piece]
-    parts = [df]
+    home = np.array([cells[i] for i in starts], dtype="object")
+    day_us = 86_400_000_000
+    piece_day = (t_us[kept[starts]] // day_us) if n_pieces else np.zeros(0, dtype="int64")
+
+    # Owned rows, then context copies (positions into `kept`), then rejects (positions into the sorted trace).
+    take = [np.arange(len(kept))]
+    take_piece = [piece]
+    is_ctx = [np.zeros(len(kept), dtype=bool)]
     if context_fixes > 0:
         for k in range(n_pieces):
-            ctx = []
             if k > 0 and spatial_start[starts[k]]:
-                ctx.append(df.iloc[max(starts[k - 1], starts[k] - context_fixes): starts[k]])
+                r = np.arange(max(starts[k - 1], starts[k] - context_fixes), starts[k])
+                take.append(r)
+                take_piece.append(np.full(len(r), k, dtype="int32"))
+                is_ctx.append(np.ones(len(r), dtype=bool))
             if k + 1 < n_pieces and spatial_start[starts[k + 1]]:
-                ctx.append(df.iloc[starts[k + 1]: min(ends[k + 1], starts[k + 1] + context_fixes)])
-            for c in ctx:
-                c = c.copy()
-                c["piece"] = k
-                c["is_context"] = True
-                c["partition"] = home[k]
-                c["dt"] = dts[k]
-                parts.append(c)
-    out = pd.concat(parts, ignore_index=True)
-    out["reason"] = None
-    out["detail"] = None
-    out["raw"] = None
-    if rejects:
-        rej = pd.concat(rejects, ignore_index=True)
-        rej["piece"] = None
-        rej["is_context"] = None
-        rej["partition"] = None
-        rej["dt"] = [t.date() for t in rej["timestamp_utc"]]
-        out = pd.concat([out, rej], ignore_index=True)
-    return conform_trace_out(out)
+                r = np.arange(starts[k + 1], min(ends[k + 1], starts[k + 1] + context_fixes))
+                take.append(r)
+                take_piece.append(np.full(len(r), k, dtype="int32"))
+                is_ctx.append(np.ones(len(r), dtype=bool))
+    pos_kept = np.concatenate(take)
+    out_piece = np.concatenate(take_piece).astype("int32")
+    sorted_pos = np.concatenate([kept[pos_kept], np.asarray(reject_pos, dtype="int64")])
+    src_idx = order[sorted_pos]  # row positions in `fixes`
+    n_ok = len(pos_kept)
+    n_rej = len(reject_pos)
+    t_out = t_us[sorted_pos]
+    day = np.concatenate([piece_day[out_piece], t_out[n_ok:] // day_us]) if n_ok + n_rej else np.zeros(0, "int64")
+    cols: dict[str, object] = {
+        "trace_id": fixes["trace_id"].to_numpy(dtype="object")[src_idx],
+        "piece": pd.array(np.concatenate([out_piece, np.zeros(n_rej, "int32")]), dtype="Int32"),
+        "timestamp_utc": pd.to_datetime(t_out, unit="us", utc=True),
+        "lon_deg": lon[sorted_pos],
+        "lat_deg": lat[sorted_pos],
+    }
+    for c in OPTIONAL_FIELDS:
+        cols[c] = pd.to_numeric(fixes[c], errors="coerce").to_numpy("float64", na_value=np.nan)[src_idx]
+    cols["prematched_segment_id"] = pd.array(fixes["prematched_segment_id"], dtype="Int64")[src_idx]
+    cols["is_context"] = pd.array(np.concatenate([np.concatenate(is_ctx), np.zeros(n_rej, bool)]), dtype="boolean")
+    cols["source_file"] = files[src_idx].astype("object")
+    cols["source_row"] = rows_no[src_idx]
+    cols["dt"] = (np.datetime64("1970-01-01") + day.astype("timedelta64[D]")).astype(object)
+    cols["partition"] = np.concatenate([home[out_piece], np.full(n_rej, None, dtype="object")])
+    cols["raw"] = np.concatenate([np.full(n_ok, None, dtype="object"),
+                                  fixes["raw"].to_numpy(dtype="object")[src_idx[n_ok:]]])
+    cols["reason"] = np.array([None] * n_ok + reject_reason, dtype="object")
+    cols["detail"] = np.array([None] * n_ok + reject_detail, dtype="object")
+    out = pd.DataFrame(cols)
+    if n_rej:
+        out.loc[n_ok:, "piece"] = pd.NA
+        out.loc[n_ok:, "is_context"] = pd.NA
+    return out
 
 
 def conform_trace_out(df: pd.DataFrame) -> pd.DataFrame:
     """Column order and dtypes of TRACE_OUT (for Arrow / applyInPandas)."""
-    out = pd.DataFrame(index=df.index)
+    cols: dict[str, object] = {}
     for c in TRACE_OUT_COLUMNS:
         v = df[c] if c in df.columns else pd.Series([None] * len(df), index=df.index, dtype="object")
         if c in _FLOAT_COLS:
             v = pd.to_numeric(v, errors="coerce").astype("float64")
-        elif c in ("source_row",):
+        elif c == "source_row":
             v = pd.to_numeric(v).astype("int64")
-        elif c in ("piece",):
+        elif c == "piece":
             v = pd.to_numeric(v, errors="coerce").astype("Int32")
         elif c == "prematched_segment_id":
             v = pd.to_numeric(v, errors="coerce").astype("Int64")
         elif c == "is_context":
             v = v.astype("boolean")
         elif c == "timestamp_utc":
-            v = pd.to_datetime(v, utc=True).astype("datetime64[us, UTC]")
+            if str(v.dtype) != "datetime64[us, UTC]":
+                v = pd.to_datetime(v, utc=True).astype("datetime64[us, UTC]")
         else:
             v = v.astype("object")
-        out[c] = v
-    return out.reset_index(drop=True)
+        cols[c] = v.to_numpy() if c in ("source_row",) else v.reset_index(drop=True)
+    return pd.DataFrame(cols)
 
 
 def rejects_from_parsed(parsed: pd.DataFrame) -> pd.DataFrame:
