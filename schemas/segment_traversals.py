@@ -3,7 +3,13 @@
 from schemas._base import Column, Table
 
 # Reasons a matched traversal is not emitted (counted in the stage metrics).
-REJECT_REASONS = ("speed_implausible", "duration_nonpositive", "owned_by_other_piece")
+REJECT_REASONS = (
+    "speed_implausible",      # speed outside [MIN_PLAUSIBLE_KPH, MAX_PLAUSIBLE_KPH]
+    "duration_nonpositive",   # enter time not before exit time
+    "owned_by_other_piece",   # entered outside this piece's owned time span (the neighbouring piece writes it)
+    "speed_unknown",          # pre-matched partial run without reported speeds: no length to divide
+    "unknown_segment",        # pre-matched link id not in the road network
+)
 MAX_PLAUSIBLE_KPH = 200.0
 MIN_PLAUSIBLE_KPH = 0.5
 
@@ -25,6 +31,6 @@ SEGMENT_TRAVERSALS = Table(
         Column("n_fixes", "int32", "fixes matched onto the segment"),
         Column("match_source", "string", "'hmm' (map matched) or 'prematched' (link ids from the source)"),
         Column("dt", "date", "probes dt of the trace piece"),
-        Column("partition", "string", "partition of the segment (= the piece's home partition)"),
+        Column("partition", "string", "partition of the segment (the piece may be homed in a neighbouring cell)"),
     ),
 )

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fixes_matched": f.get("fixes_matched", 0),
                 "fixes_unmatched": unmatched,
                 "context_fixes": f.get("context_fixes", 0),
-                "match_rate": round(f.get("fixes_matched", 0) / fixes_in, 6) if fixes_in else None,
+                "match_rate": round(f.get("fixes_matched", 0) / fixes_in, 6) if fixes_in else 0.0,
                 "pieces": f.get("pieces", 0),
                 "pieces_broken": f.get("pieces_broken", 0),
                 "breaks": {k.removeprefix("breaks_"): v for k, v in f.items() if k.startswith("breaks_")},

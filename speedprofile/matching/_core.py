@@ -201,7 +201,7 @@ def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg,
 
 
 @njit(cache=True, nogil=True)
-def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_slack, bound_min, max_gap_s,
+def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_slack, bound_min, max_speed, max_gap_s,
             uturn_penalty, back_tol, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
     """Newson & Krumm HMM over the points with candidates.
 
@@ -246,7 +246,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_
             gx = px[i] - px[src]
             gy = py[i] - py[src]
             gc = np.sqrt(gx * gx + gy * gy)
-            bound = max(bound_factor * gc + bound_slack, bound_min)
+            bound = min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[src]) + bound_slack)
             for a in range(cnt[src]):
                 sa_score = score[src, a]
                 if sa_score == NEG_INF:
@@ -334,8 +334,8 @@ def _grow_f(a, n):
 
 
 @njit(cache=True, nogil=True)
-def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bound_min, back_tol, uturn_penalty,
-               px, py, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
+def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bound_min, max_speed, back_tol,
+               uturn_penalty, px, py, t, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
     """Legs (segment, from offset, to offset, chain, path position at start) along the matched chains.
 
     `order` lists matched points in time order. Returns legs and, per matched point, its position (metres along
@@ -381,7 +381,7 @@ def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bo
             gx = px[i] - px[j]
             gy = py[i] - py[j]
             gc = np.sqrt(gx * gx + gy * gy)
-            bound = max(bound_factor * gc + bound_slack, bound_min)
+            bound = min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[j]) + bound_slack)
             _route_m, kind, nt = _route(sa, oa_raw, sb, ob, bound, back_tol, uturn_penalty, out_ptr, out_seg,
                                      seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, True)
         if kind == -1:

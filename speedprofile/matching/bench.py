@@ -19,27 +19,30 @@ import numpy as np
 
 from speedprofile.errors import UserError
 
-RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results", "match_kubicka.json")
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results", "bench_match.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubicka", required=True, metavar="DIR",
                         help="folder of track folders NNNNNNNN/NNNNNNNN.{nodes,arcs,track,route}[.gz]")
     parser.add_argument("--tracks", default=None, help="comma-separated track ids (default: all in DIR)")
-    parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/results/match_kubicka.json)")
+    parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/results/bench_match.json)")
 
 
 def _read_tsv(path: str, ncols: int) -> np.ndarray:
     """Tab-separated numbers, gzip or plain (detected by magic bytes) -> float64 array (rows, ncols)."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if not raw.strip():
-        return np.zeros((0, ncols))
     import pandas as pd
 
-    arr = pd.read_csv(io.BytesIO(raw), sep="\t", header=None, dtype=np.float64, engine="c").to_numpy()
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        if not raw.strip():
+            return np.zeros((0, ncols))
+        arr = pd.read_csv(io.BytesIO(raw), sep="\t", header=None, dtype=np.float64, engine="c").to_numpy()
+    except (OSError, EOFError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if arr.shape[1] < ncols:
         raise UserError(f"{path}: expected {ncols} tab-separated columns, found {arr.shape[1]}")
     return arr[:, :ncols]
@@ -80,6 +83,11 @@ def load_track(root: str, tid: str, cell_m: float = 100.0):
     route = _read_tsv(_find(folder, tid, "route"), 1).astype(np.int64)[:, 0]
     src, dst = arcs[:, 0], arcs[:, 1]
     n = len(arcs)
+    if n and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= len(nodes)):
+        raise UserError(f"track {tid}: arcs refer to node ids outside 0..{len(nodes) - 1}")
+    bad = (route < 0) | (route >= n)
+    if bad.any():
+        raise UserError(f"track {tid}: route refers to arc ids outside 0..{n - 1}")
     glon = np.empty(2 * n)
     glat = np.empty(2 * n)
     glon[0::2], glon[1::2] = nodes[src, 0], nodes[dst, 0]

@@ -48,6 +48,7 @@ class MatchParams:
     bound_factor: float = 2.0    # route search bound = max(bound_factor * gc + bound_slack_m, bound_min_m)
     bound_slack_m: float = 100.0
     bound_min_m: float = 300.0
+    max_route_kph: float = 250.0  # ... and at most this speed x the time between the fixes + bound_slack_m
     uturn_penalty_m: float = 100.0  # extra metres charged for turning round (mid-segment or at a node)
     back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
     thin_m: float = 8.0          # skip fixes closer than this to the last kept one; 0 = keep all
@@ -112,12 +113,12 @@ class Matcher:
             net.seg_scale, net.seg_len)
         chosen, pred_pt, brk = _core.viterbi(
             kx, ky, kt, cnt, cseg, coff, cdist, p.sigma_m, p.beta_m, p.bound_factor, p.bound_slack_m,
-            p.bound_min_m, p.max_gap_s, p.uturn_penalty_m, p.back_tol_m, net.out_ptr, net.out_seg, net.seg_from,
+            p.bound_min_m, p.max_route_kph / 3.6, p.max_gap_s, p.uturn_penalty_m, p.back_tol_m, net.out_ptr, net.out_seg, net.seg_from,
             net.seg_to, net.seg_len, net.seg_rev, net.n_nodes)
         order = np.nonzero(chosen >= 0)[0]
         lseg, lo0, lo1, lchain, ls0, pos, pchain = _core.build_path(
-            order, pred_pt, cseg, coff, chosen, p.bound_factor, p.bound_slack_m, p.bound_min_m, p.back_tol_m,
-            p.uturn_penalty_m, kx, ky, net.out_ptr, net.out_seg, net.seg_from, net.seg_to, net.seg_len,
+            order, pred_pt, cseg, coff, chosen, p.bound_factor, p.bound_slack_m, p.bound_min_m, p.max_route_kph / 3.6,
+            p.back_tol_m, p.uturn_penalty_m, kx, ky, kt, net.out_ptr, net.out_seg, net.seg_from, net.seg_to, net.seg_len,
             net.seg_rev, net.n_nodes)
         # per kept point outcome
         k_status = np.where(cnt == 0, "off_network", "outlier").astype(object)
@@ -142,8 +143,8 @@ class Matcher:
         breaks = {"time_gap": int(np.sum(brk == 1)), "no_transition": int(np.sum(brk == 2))}
         legs = self._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s)
         legs["segment_id"] = net.segment_id[lseg] if len(lseg) else np.zeros(0, np.int64)
-        return PointMatch(status, np.where(seg >= 0, net.segment_id[np.maximum(seg, 0)] if len(seg) else seg, -1),
-                          off, chain, breaks, legs)
+        seg_ids = net.segment_id[np.maximum(seg, 0)] if net.n_segments else np.zeros(len(seg), np.int64)
+        return PointMatch(status, np.where(seg >= 0, seg_ids, -1), off, chain, breaks, legs)
 
     def _leg_times(self, lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s) -> pd.DataFrame:
         """Enter/exit seconds per leg, interpolated along the path from the fixes' (position, time) anchors."""
@@ -212,12 +213,13 @@ class Matcher:
         t0 = t_us[uidx[0]] if len(uidx) else 0
         owned_lo, owned_hi = _owned_span(t_us, ctx, usable)
         if is_pre:
-            ids = pm_col.to_numpy(dtype=np.float64, na_value=np.nan)
+            has = pm_col.notna().to_numpy(bool)
+            ids = np.asarray(pm_col.where(pm_col.notna(), 0).astype("int64").to_numpy(), np.int64)
             speeds = (df["speed_kph"].to_numpy(np.float64, na_value=np.nan) if "speed_kph" in df.columns
                       else np.full(n, np.nan))
-            trav, st = self._prematched(uidx, ids, t_us, speeds)
+            trav, st = self._prematched(uidx, ids, has, t_us, speeds)
             status[uidx] = st
-            seg_id[uidx] = np.where(np.isfinite(ids[uidx]), np.nan_to_num(ids[uidx], nan=-1), -1).astype(np.int64)
+            seg_id[uidx] = np.where(has[uidx], ids[uidx], -1)
         else:
             pm = self.match_points(lon[uidx], lat[uidx], (t_us[uidx] - t0) / 1e6)
             status[uidx] = pm.status
@@ -269,13 +271,13 @@ class Matcher:
             "_enter_us": enter_us,
         })
 
-    def _prematched(self, uidx, ids, t_us, speeds):
+    def _prematched(self, uidx, ids, has, t_us, speeds):
         """Consecutive fixes on one link -> one traversal; boundaries at the midpoint between runs."""
-        st = np.where(np.isfinite(ids[uidx]), "matched", "prematched_no_link").astype(object)
-        good = uidx[np.isfinite(ids[uidx])]
+        st = np.where(has[uidx], "matched", "prematched_no_link").astype(object)
+        good = uidx[has[uidx]]
         if len(good) == 0:
             return _empty_traversals(extra=True), st
-        gid = ids[good].astype(np.int64)
+        gid = ids[good]
         starts = np.concatenate([[0], np.nonzero(np.diff(gid) != 0)[0] + 1])
         ends = np.concatenate([starts[1:], [len(good)]])
         nrun = len(starts)

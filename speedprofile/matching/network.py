@@ -94,9 +94,13 @@ class RoutingNetwork:
 
 def build_network(
     segment_id, from_node_id, to_node_id, length_m, geom_offsets, geom_lon, geom_lat,
-    reverse_segment_id=None, partition=None, cell_m: float = 100.0,
+    reverse_segment_id=None, partition=None, cell_m: float = 100.0, reverse_valid=None,
 ) -> RoutingNetwork:
-    """Routing structures from flat columns; geometry as vertex arrays with offsets (segment k = [off[k], off[k+1]))."""
+    """Routing structures from flat columns; geometry as vertex arrays with offsets (segment k = [off[k], off[k+1])).
+
+    Reverse twins come from `reverse_segment_id` (int64; `reverse_valid` masks nulls, else negative = none) or,
+    when it is None, from the (to, from) node pairs.
+    """
     seg_ids = np.asarray(segment_id, np.int64)
     n = len(seg_ids)
     fn = np.asarray(from_node_id, np.int64)
@@ -110,13 +114,17 @@ def build_network(
     seg_len = np.maximum(seg_len, 0.0)
     # reverse twin: given ids, else derived from (to, from) node pairs
     if reverse_segment_id is not None:
-        rev_ids = np.asarray(reverse_segment_id, dtype=np.float64)
-        rev_ids = np.where(np.isfinite(rev_ids), rev_ids, -1).astype(np.int64)
+        if reverse_valid is None:
+            rev_ids = np.asarray(reverse_segment_id, dtype=np.int64)
+            reverse_valid = rev_ids >= 0
+        else:
+            rev_ids = np.asarray(reverse_segment_id, dtype=np.int64)
+        reverse_valid = np.asarray(reverse_valid, bool)
         seg_rev = np.full(n, -1, np.int64)
         if n:
             order = np.argsort(seg_ids, kind="stable")
             pos = np.minimum(np.searchsorted(seg_ids[order], rev_ids), n - 1)
-            hit = (rev_ids >= 0) & (seg_ids[order][pos] == rev_ids)
+            hit = reverse_valid & (seg_ids[order][pos] == rev_ids)
             seg_rev[hit] = order[pos][hit]
     else:
         key = seg_from * n_nodes + seg_to
@@ -223,9 +231,10 @@ def network_from_table(table, cell_m: float = 100.0) -> RoutingNetwork:
     if not np.array_equal(np.asarray(glat.offsets, np.int64), offs):
         raise ValueError("geom_lon_deg and geom_lat_deg differ in vertex counts")
     rev = col("reverse_segment_id") if "reverse_segment_id" in table.column_names else None
-    rev_np = None
+    rev_np = rev_ok = None
     if rev is not None:
-        rev_np = np.asarray(rev.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
+        rev_ok = ~np.asarray(rev.is_null().to_numpy(zero_copy_only=False), bool)
+        rev_np = np.asarray(rev.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), np.int64)
     part = (np.asarray(col("partition").to_pylist(), dtype=object)
             if "partition" in table.column_names else None)
     return build_network(
@@ -233,6 +242,7 @@ def network_from_table(table, cell_m: float = 100.0) -> RoutingNetwork:
         col("to_node_id").to_numpy(zero_copy_only=False), col("length_m").to_numpy(zero_copy_only=False),
         offs - offs[0] if len(offs) else offs, lon[offs[0]:] if len(offs) else lon,
         lat[offs[0]:] if len(offs) else lat, reverse_segment_id=rev_np, partition=part, cell_m=cell_m,
+        reverse_valid=rev_ok,
     )
 
 
@@ -245,8 +255,9 @@ def _arrow_from_pandas(df):
     cols["length_m"] = pa.array(np.asarray(df["length_m"], np.float64))
     if "reverse_segment_id" in df.columns:
         r = df["reverse_segment_id"]
-        cols["reverse_segment_id"] = pa.array(r.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan),
-                                              from_pandas=True).cast(pa.int64())
+        mask = r.isna().to_numpy(bool)
+        vals = np.asarray(r.where(~r.isna(), 0).astype("int64").to_numpy(), np.int64)
+        cols["reverse_segment_id"] = pa.array(vals, mask=mask, type=pa.int64())
     for c in ("geom_lon_deg", "geom_lat_deg"):
         cols[c] = pa.array([np.asarray(v, np.float64) for v in df[c]], type=pa.list_(pa.float64()))
     if "partition" in df.columns:
