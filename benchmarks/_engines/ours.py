@@ -26,31 +26,19 @@ class OursEngine:
         self.matcher = None
 
     def _network(self, cell_m: float):
-        from speedprofile.matching.network import build_network, network_from_table
+        from speedprofile.matching.network import network_from_table
 
         if cell_m not in self._nets:
-            try:
-                self._nets[cell_m] = network_from_table(self.segments, cell_m=cell_m)
-            except (ValueError, OverflowError):
-                # reverse ids beyond 2**53 do not survive a float cast: let the network pair twins by nodes
-                segs = self.segments
-                nv = np.array([len(g) for g in segs["geom_lon_deg"]], np.int64)
-                self._nets[cell_m] = build_network(
-                    segs["segment_id"].to_numpy(np.int64), segs["from_node_id"].to_numpy(np.int64),
-                    segs["to_node_id"].to_numpy(np.int64), segs["length_m"].to_numpy(np.float64),
-                    np.concatenate([[0], np.cumsum(nv)]), np.concatenate(segs["geom_lon_deg"].to_list()),
-                    np.concatenate(segs["geom_lat_deg"].to_list()), cell_m=cell_m)
+            self._nets[cell_m] = network_from_table(self.segments, cell_m=cell_m)
         return self._nets[cell_m]
 
     def prepare(self) -> None:
-        """Build the routing network (and compile the matcher's inner loops on a two-fix warm-up trace)."""
-        from speedprofile.matching import Matcher, MatchParams
+        """Compile (or load) the matcher's numba kernels and build the routing network."""
+        from speedprofile.matching import MatchParams
+        from speedprofile.matching.kernel import warm_up
 
-        params = MatchParams()
-        m = Matcher(self._network(max(2 * params.radius_m, 20.0)), params)
-        lon = np.asarray(self.segments["geom_lon_deg"].iloc[0], np.float64)[:2]
-        lat = np.asarray(self.segments["geom_lat_deg"].iloc[0], np.float64)[:2]
-        m.match_points(lon, lat, np.array([0.0, 10.0]))
+        warm_up()
+        self._network(max(2 * MatchParams().radius_m, 20.0))
 
     def configure(self, noise_m: float, interval_s: float) -> None:
         """Tell the matcher the GPS noise of the cell (the same figure every engine gets)."""
