@@ -6,7 +6,6 @@ Units: metres, seconds, WGS84 degrees.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from benchmarks._engines.common import PathMatch, Trace, dedupe_consecutive
