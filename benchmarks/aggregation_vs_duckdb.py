@@ -15,11 +15,13 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PART = "8739220f0ffffff"

@@ -14,12 +14,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -134,7 +136,7 @@ def main() -> None:
             t0 = time.perf_counter()
             hot = None
             if variant == "salted":
-                hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket")).cache()
+                hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket"), total_rows=data.count()).cache()
                 n_hot = hot.count()
             out = fn(data, hot)
             rows = out.agg(F.sum("n_obs"), F.sum("n_traces"), F.count(F.lit(1))).first()

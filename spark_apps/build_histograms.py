@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     n_hot = 0
     if salt is not False:
         shuffle = int(spark.conf.get("spark.sql.shuffle.partitions"))
-        hot_df = T.hot_keys(good, args.hot_key_share, salt, shuffle).cache()
+        total = sum(n for (_, _, ok), n in rows_in.items() if ok)
+        hot_df = T.hot_keys(good, args.hot_key_share, salt, shuffle, total_rows=total).cache()
         n_hot = hot_df.count()
         hot = hot_df if n_hot else None
     partials = (T.histogram_partials(good, hot)

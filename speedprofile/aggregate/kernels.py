@@ -157,31 +157,37 @@ def merge_histograms(*frames: pd.DataFrame, keys: tuple[str, ...] = ("segment_id
 
 # ---------------------------------------------------------------- statistics on one histogram
 
-def quantile_from_bins(counts: np.ndarray, q: float) -> float:
-    """q-quantile of a binned sample, interpolating linearly inside the bin (NaN for an empty histogram)."""
-    counts = np.asarray(counts, dtype=float)
-    n = counts.sum()
-    if n <= 0:
-        return math.nan
+def quantiles_rows(counts: np.ndarray, q: float) -> np.ndarray:
+    """q-quantile of each row of binned counts (rows x bins), linear inside the bin; NaN for empty rows."""
+    c = np.atleast_2d(np.asarray(counts, dtype=float))
+    n = c.sum(axis=1)
     target = q * n
-    cum = np.cumsum(counts)
-    i = int(np.searchsorted(cum, target, side="left"))
-    i = min(i, len(counts) - 1)
-    while counts[i] == 0 and i < len(counts) - 1:  # target exactly at a cumulative boundary
-        i += 1
-    before = cum[i] - counts[i]
-    frac = 0.0 if counts[i] == 0 else (target - before) / counts[i]
-    return float(EDGES[i] + min(max(frac, 0.0), 1.0) * BIN_WIDTH)
+    cum = np.cumsum(c, axis=1)
+    i = np.argmax(cum >= target[:, None] - 1e-9, axis=1)  # first bin whose cumulative count reaches the rank
+    ci = c[np.arange(len(c)), i]
+    before = cum[np.arange(len(c)), i] - ci
+    frac = np.divide(target - before, ci, out=np.zeros_like(target), where=ci > 0)
+    out = EDGES[i] + np.clip(frac, 0.0, 1.0) * BIN_WIDTH
+    return np.where(n > 0, out, np.nan)
+
+
+def quantile_from_bins(counts: np.ndarray, q: float) -> float:
+    """q-quantile of one binned sample, interpolating linearly inside the bin (NaN for an empty histogram)."""
+    return float(quantiles_rows(np.asarray(counts)[None, :], q)[0])
+
+
+def trim_rows(counts: np.ndarray) -> np.ndarray:
+    """Per row, drop bins lying entirely below median/OUTLIER_FACTOR or entirely above median*OUTLIER_FACTOR."""
+    c = np.atleast_2d(np.asarray(counts, dtype=np.int64))
+    med = quantiles_rows(c, 0.5)[:, None]
+    keep = ((EDGES + BIN_WIDTH)[None, :] > med / OUTLIER_FACTOR) & (EDGES[None, :] < med * OUTLIER_FACTOR)
+    keep |= np.isnan(med)
+    return np.where(keep, c, 0)
 
 
 def trim_outliers(counts: np.ndarray) -> np.ndarray:
-    """Drop bins lying entirely below median/OUTLIER_FACTOR or entirely above median*OUTLIER_FACTOR."""
-    counts = np.asarray(counts, dtype=np.int64)
-    med = quantile_from_bins(counts, 0.5)
-    if not med > 0:
-        return counts
-    keep = ((EDGES + BIN_WIDTH) > med / OUTLIER_FACTOR) & (EDGES < med * OUTLIER_FACTOR)
-    return np.where(keep, counts, 0)
+    """trim_rows for one histogram."""
+    return trim_rows(np.asarray(counts)[None, :])[0]
 
 
 @dataclass
@@ -197,34 +203,49 @@ class Stats:
     n_traces: int
 
 
-def histogram_stats(counts, n_obs, n_traces, sum_speed, sum_duration, sum_m) -> Stats:
-    """Median/p15/p85 from the outlier-trimmed bins; mean and space-mean speed from the exact sums (from the kept
-    bins' midpoints when outliers were trimmed). n_obs/n_traces are reported untrimmed."""
-    counts = np.asarray(counts, dtype=np.int64)
-    kept = trim_outliers(counts)
-    dropped = counts - kept
-    n_kept = int(kept.sum())
+def stats_rows(counts, n_obs, n_traces, sum_speed, sum_duration, sum_m) -> dict[str, np.ndarray]:
+    """Row-wise statistics: median/p15/p85 from the outlier-trimmed bins; mean and space-mean speed from the exact
+    sums, or from the kept bins' midpoints when outliers were trimmed (the sums include them; error < BIN_WIDTH/2).
+    n_obs/n_traces are reported untrimmed."""
+    c = np.atleast_2d(np.asarray(counts, dtype=np.int64))
+    n_obs, sum_speed, sum_duration, sum_m = (np.atleast_1d(np.asarray(x, dtype=float))
+                                              for x in (n_obs, sum_speed, sum_duration, sum_m))
+    kept = trim_rows(c)
+    dropped = (c - kept).sum(axis=1) > 0
+    n_kept = kept.sum(axis=1).astype(float)
     mids = EDGES + BIN_WIDTH / 2
-    if dropped.any() and n_kept > 0:
-        # the exact sums include the outliers: use the kept bins' midpoints instead (error < BIN_WIDTH / 2)
-        mean = float((kept * mids).sum()) / n_kept
-        hm = n_kept / float((kept / mids).sum())
-    else:
-        mean = sum_speed / n_obs if n_obs else math.nan
-        hm = sum_m / sum_duration * 3.6 if sum_duration > 0 else math.nan
-    return Stats(
-        median=quantile_from_bins(kept, 0.5), p15=quantile_from_bins(kept, 0.15), p85=quantile_from_bins(kept, 0.85),
-        mean=float(mean), harmonic_mean=float(hm), n_obs=int(n_obs), n_traces=int(n_traces),
-    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(dropped, (kept * mids).sum(axis=1) / n_kept, sum_speed / n_obs)
+        hm = np.where(dropped, n_kept / (kept / mids).sum(axis=1), sum_m / sum_duration * 3.6)
+    hm = np.where(np.isfinite(hm) & (hm > 0), hm, np.nan)
+    mean = np.where(np.isfinite(mean), mean, np.nan)
+    return {"median": quantiles_rows(kept, 0.5), "p15": quantiles_rows(kept, 0.15), "p85": quantiles_rows(kept, 0.85),
+            "mean": mean, "harmonic_mean": hm, "n_obs": n_obs.astype(np.int64),
+            "n_traces": np.atleast_1d(np.asarray(n_traces)).astype(np.int64)}
+
+
+def histogram_stats(counts, n_obs, n_traces, sum_speed, sum_duration, sum_m) -> Stats:
+    """stats_rows for one histogram."""
+    r = stats_rows(np.asarray(counts)[None, :], n_obs, n_traces, sum_speed, sum_duration, sum_m)
+    return Stats(**{k: (int(v[0]) if k.startswith("n_") else float(v[0])) for k, v in r.items()})
+
+
+def confidence_rows(source_weight: np.ndarray, n_traces, p15, median, p85) -> np.ndarray:
+    """0..1: SOURCE_WEIGHT[source] * (1 - exp(-n_traces/5)) / (1 + (p85 - p15) / median)."""
+    n = np.asarray(n_traces, dtype=float)
+    med = np.asarray(median, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.maximum(np.asarray(p85, dtype=float) - np.asarray(p15, dtype=float), 0.0) / med
+    spread = np.where(np.isfinite(spread), spread, 1.0)
+    c = np.asarray(source_weight, dtype=float) * (1.0 - np.exp(-n / CONFIDENCE_TRACE_SCALE)) / (1.0 + spread)
+    return np.clip(np.where((n > 0) & np.isfinite(med) & (med > 0), c, 0.0), 0.0, 1.0)
 
 
 def confidence(source: str, n_traces: int, p15: float, median: float, p85: float) -> float:
-    """0..1: SOURCE_WEIGHT[source] * (1 - exp(-n_traces/5)) / (1 + (p85 - p15) / median)."""
-    if not n_traces or not median or math.isnan(median):
-        return DEFAULT_PRIOR_CONFIDENCE if source == "road_class_prior" else 0.0
-    spread = max(p85 - p15, 0.0) / median if not (math.isnan(p15) or math.isnan(p85)) else 1.0
-    c = SOURCE_WEIGHT[source] * (1.0 - math.exp(-n_traces / CONFIDENCE_TRACE_SCALE)) / (1.0 + spread)
-    return float(min(max(c, 0.0), 1.0))
+    """Confidence of one estimate (confidence_rows); DEFAULT_PRIOR_CONFIDENCE for the data-less default prior."""
+    if source == "road_class_prior" and not n_traces:
+        return DEFAULT_PRIOR_CONFIDENCE
+    return float(confidence_rows(np.array([SOURCE_WEIGHT[source]]), [n_traces], [p15], [median], [p85])[0])
 
 
 # ---------------------------------------------------------------- per-segment estimation with back-off
@@ -314,26 +335,31 @@ def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRA
     else:
         free_flow = prior.free_flow
 
-    rows: list[tuple] = []
-    cache: dict[tuple[str, int], tuple] = {}
-    for b in range(N_BUCKETS):
-        for name, lv in levels:
-            if lv["n_traces"][b] >= min_traces:
-                # pooled levels repeat the same histogram over many buckets: compute each distinct pool once
-                key: tuple = (name, 0 if name == "segment_week" else b)
-                if name == "hour_daytype":
-                    key = (name, day_type_of_bucket(b), (b % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR)
-                if key not in cache:
-                    st = histogram_stats(lv["counts"][b], *(lv[c][b] for c in HIST_SUMS))
-                    cache[key] = (st.median, st.p15, st.p85, st.mean, st.harmonic_mean, st.n_obs, st.n_traces,
-                                  confidence(name, st.n_traces, st.p15, st.median, st.p85), name)
-                rows.append((b, *cache[key]))
-                break
-        else:
-            rows.append((b, prior.speed, prior.p15, prior.p85, prior.mean, prior.harmonic_mean, prior.n_obs,
-                         prior.n_traces, confidence("road_class_prior", prior.n_traces, prior.p15, prior.speed, prior.p85),
-                         "road_class_prior"))
-    out = pd.DataFrame(rows, columns=["tow_bucket", "speed_kph", "p15_kph", "p85_kph", "mean_kph",
-                                      "harmonic_mean_kph", "n_obs", "n_traces", "confidence", "source"])
-    out["free_flow_kph"] = float(free_flow)
-    return out
+    cols = ("median", "p15", "p85", "mean", "harmonic_mean", "n_obs", "n_traces", "confidence")
+    out = {c: np.full(N_BUCKETS, np.nan) for c in cols}
+    source = np.full(N_BUCKETS, "road_class_prior", dtype=object)
+    todo = np.ones(N_BUCKETS, dtype=bool)
+    for name, lv in levels:
+        use = todo & (lv["n_traces"] >= min_traces)
+        if not use.any():
+            continue
+        idx = np.flatnonzero(use)
+        st = stats_rows(lv["counts"][idx], *(lv[c][idx] for c in HIST_SUMS))
+        st["confidence"] = confidence_rows(np.full(len(idx), SOURCE_WEIGHT[name]), st["n_traces"], st["p15"],
+                                           st["median"], st["p85"])
+        for c in cols:
+            out[c][idx] = st[c]
+        source[idx] = name
+        todo &= ~use
+    prior_conf = confidence("road_class_prior", prior.n_traces, prior.p15, prior.speed, prior.p85)
+    for c, v in zip(cols, (prior.speed, prior.p15, prior.p85, prior.mean, prior.harmonic_mean, prior.n_obs,
+                           prior.n_traces, prior_conf), strict=True):
+        out[c][todo] = v
+    res = pd.DataFrame({
+        "tow_bucket": np.arange(N_BUCKETS, dtype=np.int16), "speed_kph": out["median"], "p15_kph": out["p15"],
+        "p85_kph": out["p85"], "mean_kph": out["mean"], "harmonic_mean_kph": out["harmonic_mean"],
+        "n_obs": out["n_obs"].astype(np.int64), "n_traces": out["n_traces"].astype(np.int64),
+        "confidence": out["confidence"], "source": source.astype(str),
+    })
+    res["free_flow_kph"] = float(free_flow)
+    return res

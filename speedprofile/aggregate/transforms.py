@@ -88,14 +88,21 @@ def with_speed_bin(df: DataFrame) -> DataFrame:
     return df.withColumn("bin", F.least(F.greatest(idx, F.lit(0)), F.lit(N_SPEED_BINS - 1)))
 
 
-def hot_keys(df: DataFrame, share: float, salt_buckets: int | None, shuffle_partitions: int,
-             keys: Sequence[str] = ("dt", *HIST_KEYS)) -> DataFrame:
-    """Keys holding >= share of the rows (from a cheap count pass), with the number of salts to split each into.
+HOT_KEY_SAMPLE_ROWS = 200_000  # hot-key detection counts a sample of about this many rows
 
+
+def hot_keys(df: DataFrame, share: float, salt_buckets: int | None, shuffle_partitions: int,
+             keys: Sequence[str] = ("dt", *HIST_KEYS), total_rows: int | None = None) -> DataFrame:
+    """Keys holding >= share of the rows, with the number of salts to split each into.
+
+    Detection is a cheap count pass over a Bernoulli sample of ~HOT_KEY_SAMPLE_ROWS rows when total_rows is given
+    (all rows otherwise); a key at 1 % of the rows then has ~2000 sampled rows, so detection is reliable.
     With salt_buckets None ('auto') a hot key gets ceil(rows / (total / shuffle_partitions)) salts (>= 2, <= 512):
     enough pieces for none to exceed an average task.
     """
-    counts = df.groupBy(*keys).agg(F.count(F.lit(1)).alias("_rows"))
+    fraction = 1.0 if not total_rows else min(1.0, HOT_KEY_SAMPLE_ROWS / total_rows)
+    sample = df if fraction >= 1.0 else df.sample(fraction=fraction, seed=17)
+    counts = sample.groupBy(*keys).agg((F.count(F.lit(1)) / F.lit(fraction)).alias("_rows"))
     total = counts.agg(F.sum("_rows")).first()[0] or 0
     hot = counts.where(F.col("_rows") >= F.lit(max(share * total, 2.0)))
     if salt_buckets is not None:
