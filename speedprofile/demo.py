@@ -98,8 +98,8 @@ def cli(args: argparse.Namespace) -> int:
 
     print(f"  partitions           {len(read_partitions(warehouse)['partitions']):>10}")
     m = metrics_totals(warehouse, "match_traces")
-    if m.get("fixes_owned"):
-        print(f"  match rate           {m.get('fixes_matched', 0) / m['fixes_owned']:>10.1%}")
+    if m.get("fixes_in"):
+        print(f"  match rate           {m.get('fixes_matched', 0) / m['fixes_in']:>10.1%} of owned fixes matched")
     est = published_share(warehouse)
     if est:
         print(f"  estimates            {est['rows']:>10,} rows; {est['observed_share']:.1%} of buckets with data "
