@@ -299,36 +299,48 @@ def _dense(hist: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def _pool_neighbours(a: np.ndarray) -> np.ndarray:
-    return sum(np.roll(a, s, axis=0) for s in range(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1))
-
-
 _DAY_GROUPS = {"sunday": [0], "weekday": [1, 2, 3, 4, 5], "saturday": [6]}
 
 
-def _pool_hour_daytype(a: np.ndarray) -> np.ndarray:
-    """Sum over all buckets with the same local hour and day type, broadcast back to every bucket."""
-    shape = a.shape[1:]
-    by_hour = a.reshape(7, 24, BUCKETS_PER_HOUR, *shape).sum(axis=2)  # (day, hour, ...)
-    out = np.empty_like(by_hour)
+def _pool_members() -> dict[str, np.ndarray]:
+    """Per level, the buckets pooled for each bucket (rows padded with N_BUCKETS, an all-zero row)."""
+    b = np.arange(N_BUCKETS)
+    offsets = np.arange(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1)
+    day, hour = b // BUCKETS_PER_DAY, (b % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR
+    hd = np.full((N_BUCKETS, 5 * BUCKETS_PER_HOUR), N_BUCKETS, dtype=np.int64)
     for days in _DAY_GROUPS.values():
-        out[days] = by_hour[days].sum(axis=0)
-    return np.repeat(out, BUCKETS_PER_HOUR, axis=1).reshape(a.shape)
+        for h in range(24):
+            members = np.array([d * BUCKETS_PER_DAY + h * BUCKETS_PER_HOUR + i
+                                for d in days for i in range(BUCKETS_PER_HOUR)])
+            rows = np.isin(day, days) & (hour == h)
+            hd[np.ix_(rows, np.arange(len(members)))] = members
+    return {"observed": b[:, None], "neighbour_buckets": (b[:, None] + offsets[None, :]) % N_BUCKETS,
+            "hour_daytype": hd, "segment_week": np.broadcast_to(b, (N_BUCKETS, N_BUCKETS))}
+
+
+def _representatives() -> dict[str, np.ndarray]:
+    b = np.arange(N_BUCKETS)
+    day, hour = b // BUCKETS_PER_DAY, (b % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR
+    first_day = np.select([day == 0, day == 6], [0, 6], 1)  # sunday, saturday, weekday pools
+    return {"observed": b, "neighbour_buckets": b,
+            "hour_daytype": first_day * BUCKETS_PER_DAY + hour * BUCKETS_PER_HOUR,
+            "segment_week": np.zeros(N_BUCKETS, dtype=np.int64)}
+
+
+LEVELS = SOURCES[:-1]  # the data levels; the prior closes the chain
+_MEMBERS = _pool_members()
+_REPRESENTATIVE = _representatives()
 
 
 def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRACES) -> pd.DataFrame:
     """All 2016 bucket estimates of one segment from its window histograms (rows: tow_bucket + HIST columns).
 
     A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; otherwise the first
-    level of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram has >= min_traces
-    traces is used, else the road-class prior.
+    level of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram (sum of the member
+    buckets' histograms) has >= min_traces traces is used, else the road-class prior.
     """
     d = _dense(hist)
-    levels = [("observed", d)]
-    levels.append(("neighbour_buckets", {k: _pool_neighbours(v) for k, v in d.items()}))
-    levels.append(("hour_daytype", {k: _pool_hour_daytype(v) for k, v in d.items()}))
-    levels.append(("segment_week", {k: np.broadcast_to(v.sum(axis=0), v.shape) for k, v in d.items()}))
-
+    ext = {k: np.concatenate([v, np.zeros((1, *v.shape[1:]), dtype=v.dtype)]) for k, v in d.items()}
     night_mask = np.isin((np.arange(N_BUCKETS) % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR, NIGHT_HOURS)
     if d["n_traces"][night_mask].sum() >= min_traces:
         free_flow = quantile_from_bins(trim_outliers(d["counts"][night_mask].sum(0)), FREE_FLOW_QUANTILE)
@@ -339,16 +351,21 @@ def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRA
     out = {c: np.full(N_BUCKETS, np.nan) for c in cols}
     source = np.full(N_BUCKETS, "road_class_prior", dtype=object)
     todo = np.ones(N_BUCKETS, dtype=bool)
-    for name, lv in levels:
-        use = todo & (lv["n_traces"] >= min_traces)
+    for name in LEVELS:
+        members = _MEMBERS[name]
+        n_traces = d["n_traces"].sum() if name == "segment_week" else ext["n_traces"][members].sum(axis=1)
+        use = todo & (np.broadcast_to(n_traces, (N_BUCKETS,)) >= min_traces)
         if not use.any():
             continue
         idx = np.flatnonzero(use)
-        st = stats_rows(lv["counts"][idx], *(lv[c][idx] for c in HIST_SUMS))
-        st["confidence"] = confidence_rows(np.full(len(idx), SOURCE_WEIGHT[name]), st["n_traces"], st["p15"],
+        # pooled levels repeat one histogram over many buckets: compute each distinct pool once
+        reps, inverse = np.unique(_REPRESENTATIVE[name][idx], return_inverse=True)
+        pooled = {k: v[members[reps]].sum(axis=1) for k, v in ext.items()}
+        st = stats_rows(pooled["counts"], *(pooled[c] for c in HIST_SUMS))
+        st["confidence"] = confidence_rows(np.full(len(reps), SOURCE_WEIGHT[name]), st["n_traces"], st["p15"],
                                            st["median"], st["p85"])
         for c in cols:
-            out[c][idx] = st[c]
+            out[c][idx] = st[c][inverse]
         source[idx] = name
         todo &= ~use
     prior_conf = confidence("road_class_prior", prior.n_traces, prior.p15, prior.speed, prior.p85)
