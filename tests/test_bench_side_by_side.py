@@ -89,6 +89,44 @@ def test_wrong_reverse_twins_are_accounted_as_uturn_artefacts():
     assert s["precision_no_uturn"] == pytest.approx(150 / 180, abs=1e-4)
 
 
+def test_recall_observable_counts_only_the_path_driven_between_first_and_last_fix():
+    length = {1: 100.0, 2: 50.0, 3: 30.0}
+    row = score_trace([1, 2, 3], PathMatch([2]), length, observable_ids=[2])
+    s = summarize([row])
+    assert s["recall"] == pytest.approx(50 / 180, abs=1e-4)
+    assert s["recall_observable"] == 1.0
+
+
+def test_load_cell_reads_simulator_output(tmp_path):
+    from benchmarks.match_side_by_side import load_cell
+
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "truth_paths").mkdir()
+    (tmp_path / "probes" / "probes-2026-11-02.csv").write_text(
+        "trace_id,timestamp,lon,lat\n"
+        "b,2026-11-02T08:00:10Z,9.5,47.1\n"
+        "a,2026-11-02T08:00:10Z,9.5,47.1\n"
+        "a,2026-11-02T08:00:00Z,9.4,47.0\n"
+        "b,2026-11-02T08:00:20Z,9.6,47.2\n"
+        "c,2026-11-02T08:00:00Z,9.6,47.2\n")
+    t = pd.Timestamp("2026-11-02T08:00:00Z")
+    s = pd.Timedelta(seconds=1)
+    pd.DataFrame({
+        "trace_id": ["a", "a", "a", "b", "b", "c"],
+        "seq": [2, 0, 1, 0, 1, 0],
+        "segment_id": [30, 10, 20, 40, 50, 60],
+        "enter_time_utc": [t + 12 * s, t - 9 * s, t + 5 * s, t + 5 * s, t + 15 * s, t],
+        "exit_time_utc": [t + 20 * s, t + 5 * s, t + 12 * s, t + 15 * s, t + 30 * s, t + s],
+    }).to_parquet(tmp_path / "truth_paths" / "truth_paths-2026-11-02.parquet")
+    traces, true_paths, observable = load_cell(tmp_path, max_points=4)
+    assert [tr.trace_id for tr in traces] == ["a", "b"]  # c has a single fix: nothing to match
+    assert traces[0].t_s.tolist() == [t.timestamp(), t.timestamp() + 10]
+    assert traces[0].lon.tolist() == [9.4, 9.5]
+    assert true_paths["a"] == [10, 20, 30]
+    assert observable["a"] == [10, 20]  # segment 30 is entered after the last fix
+    assert observable["b"] == [40, 50]
+
+
 def test_failed_match_misses_all_true_length_and_adds_nothing_matched():
     length = {1: 100.0, 2: 50.0}
     failed = score_trace([1, 2], PathMatch([1], unmapped_m=40.0, failed=True), length)

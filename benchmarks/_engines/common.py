@@ -111,9 +111,10 @@ def covered_fraction(sx, sy, tx, ty, px: np.ndarray, py: np.ndarray, tol_m: floa
 
 
 def score_trace(true_ids: Iterable[int], match: PathMatch, length_m: Mapping[int, float],
-                reverse_of: Mapping[int, int] | None = None) -> dict:
+                reverse_of: Mapping[int, int] | None = None, observable_ids: Iterable[int] | None = None) -> dict:
     """Length-weighted overlap of one trace: true_m, matched_m (incl. unmapped), correct_m (matched ∩ true),
-    and reverse_m: wrongly matched length on the reverse twin of a true segment (U-turn artefacts).
+    reverse_m: wrongly matched length on the reverse twin of a true segment (U-turn artefacts), and the same
+    overlap restricted to the observable part of the true path (driven between the first and last fix).
 
     Paths are compared as sets of directed segment ids (a segment driven twice counts once).
     """
@@ -128,7 +129,11 @@ def score_trace(true_ids: Iterable[int], match: PathMatch, length_m: Mapping[int
     reverse_m = 0.0
     if reverse_of is not None:
         reverse_m = sum(length_m[s] for s in matched_set - true_set if reverse_of.get(s) in true_set)
+    obs_set = true_set if observable_ids is None else {int(s) for s in observable_ids} & true_set
+    observable_m = sum(length_m[s] for s in obs_set)
+    correct_observable_m = sum(length_m[s] for s in obs_set & matched_set)
     return {"true_m": true_m, "matched_m": matched_m, "correct_m": correct_m, "reverse_m": reverse_m,
+            "observable_m": observable_m, "correct_observable_m": correct_observable_m,
             "unmapped_m": 0.0 if match.failed else float(match.unmapped_m), "failed": bool(match.failed)}
 
 
@@ -138,6 +143,7 @@ def summarize(rows: Sequence[dict]) -> dict:
     matched_m = sum(r["matched_m"] for r in rows)
     correct_m = sum(r["correct_m"] for r in rows)
     reverse_m = sum(r.get("reverse_m", 0.0) for r in rows)
+    obs_m = sum(r.get("observable_m", r["true_m"]) for r in rows)
     return {
         "traces": len(rows),
         "failed_traces": sum(1 for r in rows if r["failed"]),
@@ -146,6 +152,9 @@ def summarize(rows: Sequence[dict]) -> dict:
         "unmapped_km": round(sum(r.get("unmapped_m", 0.0) for r in rows) / 1000.0, 3),
         "recall": round(correct_m / true_m, 4) if true_m > 0 else None,
         "precision": round(correct_m / matched_m, 4) if matched_m > 0 else None,
+        # recall against the part of the true path driven between a trace's first and last fix
+        "recall_observable": round(sum(r.get("correct_observable_m", r["correct_m"]) for r in rows) / obs_m, 4)
+        if obs_m > 0 else None,
         # precision when wrong segments that are the reverse twin of a true one (U-turn artefacts) are ignored
         "precision_no_uturn": round(correct_m / (matched_m - reverse_m), 4) if matched_m - reverse_m > 0 else None,
     }
