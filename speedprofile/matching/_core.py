@@ -51,11 +51,13 @@ def _heap_pop(hk, hv, size):
 
 
 @njit(cache=True, nogil=True)
-def dijkstra(src, limit, out_ptr, out_seg, seg_to, seg_len, dist, pred, touched, hk, hv):
+def dijkstra(src, limit, out_ptr, out_seg, seg_to, seg_len, dist, pred, touched, hk, hv, mark, stamp, n_targets):
     """Shortest distances from node src up to `limit` metres into dist (pred = arriving segment); returns #touched.
 
-    dist must be +inf everywhere on entry; the caller resets the touched nodes afterwards.
+    Stops early once the n_targets nodes with mark == stamp are settled. dist must be +inf everywhere on entry;
+    the caller resets the touched nodes afterwards.
     """
+    found = 0
     nt = 0
     dist[src] = 0.0
     pred[src] = -1
@@ -66,6 +68,10 @@ def dijkstra(src, limit, out_ptr, out_seg, seg_to, seg_len, dist, pred, touched,
         d, u, size = _heap_pop(hk, hv, size)
         if d > dist[u]:
             continue
+        if mark[u] == stamp:
+            found += 1
+            if found >= n_targets:
+                break
         for k in range(out_ptr[u], out_ptr[u + 1]):
             s = out_seg[k]
             nd = d + seg_len[s]
@@ -173,7 +179,7 @@ def thin_points(px, py, t, min_move, max_hold_s):
 
 @njit(cache=True, nogil=True)
 def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg, seg_from, seg_to, seg_len,
-           seg_rev, dist, pred, touched, hk, hv, with_dijkstra):
+           seg_rev, dist, pred, touched, hk, hv, with_dijkstra, mark, stamp):
     """Route metres from (sa, oa) to (sb, ob) and how: 0 same segment, 1 via nodes, 2 mid-segment U-turn."""
     best = np.inf
     kind = -1
@@ -188,7 +194,9 @@ def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg,
     nt = 0
     rem = seg_len[sa] - oa
     if with_dijkstra and lim_total - rem >= 0.0:
-        nt = dijkstra(seg_to[sa], lim_total - rem, out_ptr, out_seg, seg_to, seg_len, dist, pred, touched, hk, hv)
+        mark[seg_from[sb]] = stamp
+        nt = dijkstra(seg_to[sa], lim_total - rem, out_ptr, out_seg, seg_to, seg_len, dist, pred, touched, hk, hv,
+                      mark, stamp, 1)
         dn = dist[seg_from[sb]]
         if dn < np.inf:
             r = rem + dn + ob
@@ -201,7 +209,7 @@ def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg,
 
 
 @njit(cache=True, nogil=True)
-def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_slack, bound_min, max_speed, max_gap_s,
+def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_s, bound_factor, bound_slack, bound_min, max_speed, max_gap_s,
             uturn_penalty, back_tol, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
     """Newson & Krumm HMM over the points with candidates.
 
@@ -221,6 +229,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_
     hk = np.empty(nseg + 2, np.float64)
     hv = np.empty(nseg + 2, np.int64)
     inv2s2 = 0.5 / (sigma * sigma)
+    mark = np.full(n_nodes, -1, np.int64)
     prev = -1
     prevprev = -1
     for i in range(n):
@@ -237,6 +246,12 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_
             continue
         ok = False
         src = prev
+        n_targets = 0
+        for b in range(c):
+            v = seg_from[cseg[i, b]]
+            if mark[v] != i:
+                mark[v] = i
+                n_targets += 1
         for attempt in range(2):
             if attempt == 1:
                 # the previous point may be an outlier: try to connect from the one before it
@@ -247,6 +262,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_
             gy = py[i] - py[src]
             gc = np.sqrt(gx * gx + gy * gy)
             bound = min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[src]) + bound_slack)
+            inv_beta = 1.0 / max(beta, beta_per_s * (t[i] - t[src]))
             for a in range(cnt[src]):
                 sa_score = score[src, a]
                 if sa_score == NEG_INF:
@@ -257,7 +273,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_
                 nt = 0
                 if bound - rem >= 0.0:
                     nt = dijkstra(seg_to[sa], bound - rem, out_ptr, out_seg, seg_to, seg_len, dist, pred,
-                                  touched, hk, hv)
+                                  touched, hk, hv, mark, i, n_targets)
                 for b in range(c):
                     sb = cseg[i, b]
                     ob = coff[i, b]
@@ -278,7 +294,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, bound_factor, bound_
                                 route = r
                     if route > bound:
                         continue
-                    v = sa_score - abs(route - gc) / beta - cdist[i, b] * cdist[i, b] * inv2s2
+                    v = sa_score - abs(route - gc) * inv_beta - cdist[i, b] * cdist[i, b] * inv2s2
                     if v > score[i, b]:
                         score[i, b] = v
                         back[i, b] = a
@@ -357,6 +373,7 @@ def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bo
     hk = np.empty(nseg + 2, np.float64)
     hv = np.empty(nseg + 2, np.int64)
     path_buf = np.empty(64, np.int64)
+    mark = np.full(n_nodes, -1, np.int64)
     nl = 0
     chain = -1
     cur_off = 0.0
@@ -383,7 +400,8 @@ def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bo
             gc = np.sqrt(gx * gx + gy * gy)
             bound = min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[j]) + bound_slack)
             _route_m, kind, nt = _route(sa, oa_raw, sb, ob, bound, back_tol, uturn_penalty, out_ptr, out_seg,
-                                     seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, True)
+                                     seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, True,
+                                     mark, q)
         if kind == -1:
             for k in range(nt):
                 dist[touched[k]] = np.inf

@@ -41,7 +41,8 @@ class MatchParams:
     """Matching parameters; the defaults suit 1-60 s sampling of consumer GPS (metres, seconds)."""
 
     sigma_m: float = 10.0        # GPS noise of consumer receivers in streets (N&K measured 4.07 on open roads)
-    beta_m: float = 5.0          # transition scale of |route - great-circle| in metres
+    beta_m: float = 5.0          # transition scale of |route - great-circle| in metres, at least ...
+    beta_per_s: float = 0.5      # ... this many metres per second between the fixes (sparse data detours more)
     radius_m: float = 50.0       # candidate search radius around each fix
     max_candidates: int = 16     # nearest segments kept per fix (interchanges stack many arcs within radius)
     max_gap_s: float = 180.0     # a longer gap between usable fixes starts a new path (trace break)
@@ -64,14 +65,25 @@ class MatchParams:
 
 @dataclass
 class PointMatch:
-    """Per-fix outcome of matching one trace (arrays aligned with the input fixes)."""
+    """Per-fix outcome of matching one trace (arrays aligned with the input fixes) and the matched path's legs."""
 
     status: np.ndarray       # object: one of FIX_STATUSES
     segment_id: np.ndarray   # int64, -1 when not matched
     offset_m: np.ndarray     # metres from the segment start, NaN when not matched
     chain: np.ndarray        # int64 path number within the trace, -1 when not matched
     breaks: dict             # BREAK_REASONS -> count
-    legs: pd.DataFrame       # segment_id, off0_m, off1_m, chain, s0_m (path position), enter_s, exit_s, n_fixes
+    leg_arrays: dict         # LEG_COLUMNS -> numpy array, one element per leg (segment piece of the path)
+
+    @property
+    def legs(self) -> pd.DataFrame:
+        """Path legs: seg_index, off0_m, off1_m, chain, s0_m (path position), enter_s, exit_s, n_fixes, segment_id."""
+        if not hasattr(self, "_legs_df"):
+            self._legs_df = pd.DataFrame(self.leg_arrays, columns=LEG_COLUMNS)
+        return self._legs_df
+
+
+LEG_COLUMNS = ["seg_index", "off0_m", "off1_m", "chain", "s0_m", "enter_s", "exit_s", "n_fixes", "segment_id"]
+_BIG_M = 1e9  # chain separation in the combined path position (no path is 1 000 000 km long)
 
 
 @dataclass
@@ -112,7 +124,7 @@ class Matcher:
             net.grid_ptr, net.grid_items, net.pc_seg, net.pc_x0, net.pc_y0, net.pc_x1, net.pc_y1, net.pc_off0,
             net.seg_scale, net.seg_len)
         chosen, pred_pt, brk = _core.viterbi(
-            kx, ky, kt, cnt, cseg, coff, cdist, p.sigma_m, p.beta_m, p.bound_factor, p.bound_slack_m,
+            kx, ky, kt, cnt, cseg, coff, cdist, p.sigma_m, p.beta_m, p.beta_per_s, p.bound_factor, p.bound_slack_m,
             p.bound_min_m, p.max_route_kph / 3.6, p.max_gap_s, p.uturn_penalty_m, p.back_tol_m, net.out_ptr, net.out_seg, net.seg_from,
             net.seg_to, net.seg_len, net.seg_rev, net.n_nodes)
         order = np.nonzero(chosen >= 0)[0]
@@ -146,137 +158,135 @@ class Matcher:
         seg_ids = net.segment_id[np.maximum(seg, 0)] if net.n_segments else np.zeros(len(seg), np.int64)
         return PointMatch(status, np.where(seg >= 0, seg_ids, -1), off, chain, breaks, legs)
 
-    def _leg_times(self, lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s) -> pd.DataFrame:
+    @staticmethod
+    def _leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s) -> dict:
         """Enter/exit seconds per leg, interpolated along the path from the fixes' (position, time) anchors."""
         nl = len(lseg)
         enter = np.full(nl, np.nan)
         exit_ = np.full(nl, np.nan)
         nfix = np.zeros(nl, np.int64)
-        s1 = ls0 + (lo1 - lo0)
         ok = chain >= 0
-        a_chain, a_pos, a_t = chain[ok], ppos[ok], t_s[ok]
-        # positions never decrease within a chain; the order (chain, time) is already the input order
-        for c in np.unique(lchain) if nl else []:
-            lm = np.nonzero(lchain == c)[0]
-            am = a_chain == c
-            s, tt = a_pos[am], a_t[am]
-            if len(s) == 0:
-                continue
+        if nl and ok.any():
+            # one monotone axis over all chains: chain * _BIG_M + position (fixes are in time order)
+            s = chain[ok] * _BIG_M + ppos[ok]
+            tt = t_s[ok]
             s = np.maximum.accumulate(s)
-            enter[lm] = _interp_leave(ls0[lm], s, tt)
-            exit_[lm] = _interp_leave(s1[lm], s, tt)
-            lo = np.searchsorted(s, ls0[lm], side="left")
-            hi = np.searchsorted(s, s1[lm], side="left")
-            hi[-1] = len(s)
-            nfix[lm] = np.maximum(hi - lo, 0)
-        return pd.DataFrame({"seg_index": lseg, "off0_m": lo0, "off1_m": lo1, "chain": lchain, "s0_m": ls0,
-                             "enter_s": enter, "exit_s": exit_, "n_fixes": nfix})
+            x0 = lchain * _BIG_M + ls0
+            x1 = x0 + (lo1 - lo0)
+            enter = _interp_leave(x0, s, tt)
+            exit_ = _interp_leave(x1, s, tt)
+            lo = np.searchsorted(s, x0, side="left")
+            hi = np.searchsorted(s, x1, side="left")
+            last = np.ones(nl, bool)
+            last[:-1] = lchain[1:] != lchain[:-1]
+            hi[last] = np.searchsorted(s, lchain[last] * _BIG_M + _BIG_M / 2, side="left")
+            nfix = np.maximum(hi - lo, 0)
+        return {"seg_index": lseg, "off0_m": lo0, "off1_m": lo1, "chain": lchain, "s0_m": ls0,
+                "enter_s": enter, "exit_s": exit_, "n_fixes": nfix}
 
     # ---- one trace piece as a pandas frame ----
     def match(self, fixes: pd.DataFrame) -> TraceMatch:
         """Match one trace piece: columns timestamp_utc, lon_deg, lat_deg [, is_context, prematched_segment_id,
-        source_row]. Rows are taken in input order (source_row when present). Never raises on bad fixes."""
-        df = fixes
-        if "source_row" in df.columns and len(df):
-            df = df.sort_values(["source_file", "source_row"] if "source_file" in df.columns else ["source_row"],
-                                kind="stable")
-        n = len(df)
-        ts = pd.to_datetime(df["timestamp_utc"], utc=True) if n else pd.Series([], dtype="datetime64[us, UTC]")
-        t_us = _as_micros(ts)
-        lon = df["lon_deg"].to_numpy(np.float64, na_value=np.nan)
-        lat = df["lat_deg"].to_numpy(np.float64, na_value=np.nan)
-        ctx = (df["is_context"].fillna(False).to_numpy(bool) if "is_context" in df.columns
-               else np.zeros(n, bool))
+        speed_kph, source_file, source_row]. Fixes are taken in input order (source_file, source_row when present);
+        the per-fix outcome is aligned with the rows as given. Never raises on bad fixes."""
+        n = len(fixes)
+        order = _input_order(fixes)
+        t_us = _as_micros(fixes["timestamp_utc"])[order]
+        lon = fixes["lon_deg"].to_numpy(np.float64, na_value=np.nan)[order]
+        lat = fixes["lat_deg"].to_numpy(np.float64, na_value=np.nan)[order]
+        ctx = (fixes["is_context"].to_numpy(object)[order] == True if "is_context" in fixes.columns  # noqa: E712
+               else np.zeros(n, bool)).astype(bool)
         status = np.full(n, "", dtype=object)
-        valid = np.isfinite(lon) & np.isfinite(lat) & ~pd.isna(ts).to_numpy() if n else np.zeros(0, bool)
+        valid = np.isfinite(lon) & np.isfinite(lat) & (t_us != _NAT)
         status[~valid] = "invalid_coordinate"
-        # input order; drop fixes whose time does not advance
+        # input order; drop fixes whose time does not advance past the latest usable one
+        vidx = np.nonzero(valid)[0]
+        tv = t_us[vidx]
+        run_max = np.maximum.accumulate(tv) if len(tv) else tv
+        prev_max = np.concatenate([[np.iinfo(np.int64).min], run_max[:-1]]) if len(tv) else tv
+        dup = tv == prev_max
+        back = tv < prev_max
+        status[vidx[dup]] = "duplicate_time"
+        status[vidx[back]] = "time_backwards"
         usable = valid.copy()
-        last = None
-        for i in np.nonzero(valid)[0]:
-            if last is not None and t_us[i] <= last:
-                status[i] = "duplicate_time" if t_us[i] == last else "time_backwards"
-                usable[i] = False
-            else:
-                last = t_us[i]
+        usable[vidx[dup | back]] = False
         seg_id = np.full(n, -1, np.int64)
         chain = np.full(n, -1, np.int64)
         breaks = dict.fromkeys(BREAK_REASONS, 0)
         uidx = np.nonzero(usable)[0]
-        pm_col = df["prematched_segment_id"] if "prematched_segment_id" in df.columns else None
-        is_pre = pm_col is not None and bool(pm_col.notna().any())
-        if len(uidx) < 2 and not is_pre:
-            status[uidx] = "single_fix"
-            trav = _empty_traversals()
-            pm = PointMatch(status, seg_id, np.full(n, np.nan), chain, breaks, pd.DataFrame())
-            return TraceMatch(trav, pm)
-        t0 = t_us[uidx[0]] if len(uidx) else 0
-        owned_lo, owned_hi = _owned_span(t_us, ctx, usable)
-        if is_pre:
-            has = pm_col.notna().to_numpy(bool)
-            ids = np.asarray(pm_col.where(pm_col.notna(), 0).astype("int64").to_numpy(), np.int64)
-            speeds = (df["speed_kph"].to_numpy(np.float64, na_value=np.nan) if "speed_kph" in df.columns
+        pm_col = fixes["prematched_segment_id"] if "prematched_segment_id" in fixes.columns else None
+        has = pm_col.notna().to_numpy(bool)[order] if pm_col is not None else np.zeros(n, bool)
+        trav: dict | None = None
+        if has.any():
+            ids = np.asarray(pm_col.where(pm_col.notna(), 0).astype("int64").to_numpy(), np.int64)[order]
+            speeds = (fixes["speed_kph"].to_numpy(np.float64, na_value=np.nan)[order] if "speed_kph" in fixes.columns
                       else np.full(n, np.nan))
             trav, st = self._prematched(uidx, ids, has, t_us, speeds)
             status[uidx] = st
             seg_id[uidx] = np.where(has[uidx], ids[uidx], -1)
+        elif len(uidx) < 2:
+            status[uidx] = "single_fix"
         else:
+            t0 = t_us[uidx[0]]
             pm = self.match_points(lon[uidx], lat[uidx], (t_us[uidx] - t0) / 1e6)
             status[uidx] = pm.status
             seg_id[uidx] = pm.segment_id
             chain[uidx] = pm.chain
             breaks = pm.breaks
-            trav = self._traversals(pm.legs, t0)
-        if len(trav):
-            enter_us = trav.pop("_enter_us").to_numpy()
+            trav = self._traversals(pm.leg_arrays, t0)
+        if trav is not None and len(trav["seq"]):
+            owned_lo, owned_hi = _owned_span(t_us, ctx, usable)
+            enter_us = trav["_enter_us"]
             trav["owned"] = (enter_us >= owned_lo) & (enter_us < owned_hi)
+            trav["enter_time_utc"] = _utc(enter_us)
+            trav["exit_time_utc"] = _utc(trav["_exit_us"])
+            out = pd.DataFrame({c: trav[c] for c in TRAVERSAL_COLUMNS})
         else:
-            trav = _empty_traversals()
-        return TraceMatch(trav[TRAVERSAL_COLUMNS], PointMatch(status, seg_id, np.full(n, np.nan), chain, breaks,
-                                                             pd.DataFrame()))
+            out = _empty_traversals()
+        # back to the caller's row order
+        inv = np.empty(n, np.int64)
+        inv[order] = np.arange(n)
+        pm_out = PointMatch(status[inv], seg_id[inv], np.full(n, np.nan), chain[inv], breaks, {})
+        return TraceMatch(out, pm_out)
 
-    def _traversals(self, legs: pd.DataFrame, t0_us: int) -> pd.DataFrame:
+    def _traversals(self, legs: dict, t0_us: int) -> dict | None:
+        """Path legs -> traversal columns (plus _enter_us/_exit_us), with reject reasons; None when no legs."""
         p, net = self.params, self.net
-        if legs.empty:
-            return _empty_traversals(extra=True)
-        seg_len = net.seg_len[legs["seg_index"].to_numpy()]
-        o0, o1 = legs["off0_m"].to_numpy(), legs["off1_m"].to_numpy()
+        if not len(legs["seg_index"]):
+            return None
+        seg_len = net.seg_len[legs["seg_index"]]
+        o0, o1 = legs["off0_m"], legs["off1_m"]
         traversed = np.clip(o1 - o0, 0.0, None)
         complete = (o0 <= p.complete_tol_m) & (o1 >= seg_len - p.complete_tol_m)
         keep = complete | (traversed >= p.min_traversal_m)
-        legs = legs[keep]
         traversed, complete = traversed[keep], complete[keep]
-        enter_s, exit_s = legs["enter_s"].to_numpy(), legs["exit_s"].to_numpy()
+        enter_s, exit_s = legs["enter_s"][keep], legs["exit_s"][keep]
         dur = exit_s - enter_s
         with np.errstate(divide="ignore", invalid="ignore"):
             speed = np.where(dur > 0, traversed / dur * 3.6, np.nan)
-        reason = np.full(len(legs), None, dtype=object)
+        reason = np.full(len(dur), None, dtype=object)
         reason[~(dur > 0)] = "duration_nonpositive"
-        bad_speed = (dur > 0) & ((speed > p.max_plausible_kph) | (speed < p.min_plausible_kph))
-        reason[bad_speed] = "speed_implausible"
-        enter_us = t0_us + np.round(enter_s * 1e6).astype(np.int64)
-        exit_us = t0_us + np.round(exit_s * 1e6).astype(np.int64)
-        return pd.DataFrame({
-            "seq": np.arange(len(legs), dtype=np.int32),
-            "segment_id": legs["segment_id"].to_numpy(np.int64),
-            "enter_time_utc": pd.to_datetime(enter_us, unit="us", utc=True),
-            "exit_time_utc": pd.to_datetime(exit_us, unit="us", utc=True),
+        reason[(dur > 0) & ((speed > p.max_plausible_kph) | (speed < p.min_plausible_kph))] = "speed_implausible"
+        return {
+            "seq": np.arange(len(dur), dtype=np.int32),
+            "segment_id": legs["segment_id"][keep].astype(np.int64),
             "duration_s": dur,
             "traversed_m": traversed,
             "speed_kph": speed,
             "is_complete": complete,
-            "n_fixes": legs["n_fixes"].to_numpy(np.int32),
-            "match_source": "hmm",
+            "n_fixes": legs["n_fixes"][keep].astype(np.int32),
+            "match_source": np.full(len(dur), "hmm", dtype=object),
             "reject_reason": reason,
-            "_enter_us": enter_us,
-        })
+            "_enter_us": t0_us + np.round(enter_s * 1e6).astype(np.int64),
+            "_exit_us": t0_us + np.round(exit_s * 1e6).astype(np.int64),
+        }
 
     def _prematched(self, uidx, ids, has, t_us, speeds):
         """Consecutive fixes on one link -> one traversal; boundaries at the midpoint between runs."""
         st = np.where(has[uidx], "matched", "prematched_no_link").astype(object)
         good = uidx[has[uidx]]
         if len(good) == 0:
-            return _empty_traversals(extra=True), st
+            return None, st
         gid = ids[good]
         starts = np.concatenate([[0], np.nonzero(np.diff(gid) != 0)[0] + 1])
         ends = np.concatenate([starts[1:], [len(good)]])
@@ -306,22 +316,19 @@ class Matcher:
         reason[(dur > 0) & ((speed > p.max_plausible_kph) | (speed < p.min_plausible_kph))] = "speed_implausible"
         reason[(dur > 0) & ~np.isfinite(speed)] = "speed_unknown"
         reason[sidx < 0] = "unknown_segment"
-        enter_us = np.round(enter).astype(np.int64)
-        exit_us = np.round(exit_).astype(np.int64)
-        trav = pd.DataFrame({
+        trav = {
             "seq": np.arange(nrun, dtype=np.int32),
             "segment_id": run_id,
-            "enter_time_utc": pd.to_datetime(enter_us, unit="us", utc=True),
-            "exit_time_utc": pd.to_datetime(exit_us, unit="us", utc=True),
             "duration_s": dur,
             "traversed_m": traversed,
             "speed_kph": speed,
             "is_complete": interior & (sidx >= 0),
             "n_fixes": (ends - starts).astype(np.int32),
-            "match_source": "prematched",
+            "match_source": np.full(nrun, "prematched", dtype=object),
             "reject_reason": reason,
-            "_enter_us": enter_us,
-        })
+            "_enter_us": np.round(enter).astype(np.int64),
+            "_exit_us": np.round(exit_).astype(np.int64),
+        }
         return trav, st
 
 
@@ -350,12 +357,41 @@ def _owned_span(t_us: np.ndarray, ctx: np.ndarray, usable: np.ndarray) -> tuple[
     return lo, hi
 
 
+_NAT = np.iinfo(np.int64).min
+
+
 def _as_micros(ts: pd.Series) -> np.ndarray:
-    """UTC instants -> int64 microseconds since the epoch (NaT -> int64 min)."""
+    """UTC instants (tz-aware, naive-UTC or ISO strings) -> int64 microseconds since the epoch (NaT -> _NAT)."""
     if not len(ts):
         return np.zeros(0, np.int64)
-    naive = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    return naive.to_numpy(dtype="datetime64[us]").astype(np.int64)
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        arr = ts.array.tz_convert("UTC").tz_localize(None)
+    elif pd.api.types.is_datetime64_dtype(ts.dtype):
+        arr = ts.array  # naive: taken as UTC
+    else:
+        arr = pd.to_datetime(ts, utc=True, errors="coerce").array.tz_convert("UTC").tz_localize(None)
+    vals = np.asarray(arr, dtype="datetime64[us]")
+    return vals.astype(np.int64)
+
+
+def _utc(us: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(np.asarray(us, np.int64).astype("datetime64[us]")).tz_localize("UTC")
+
+
+def _input_order(fixes: pd.DataFrame) -> np.ndarray:
+    """Row order of the fixes as the source gave them (source_file, source_row), else as passed."""
+    n = len(fixes)
+    if "source_row" not in fixes.columns or n == 0:
+        return np.arange(n)
+    rows = fixes["source_row"].to_numpy(np.float64, na_value=np.nan)
+    if "source_file" in fixes.columns:
+        files = fixes["source_file"].to_numpy(object)
+        if not (files == files[0]).all():
+            codes = pd.factorize(files, sort=True)[0]
+            return np.lexsort((rows, codes))
+    if n < 2 or (np.diff(rows) > 0).all():
+        return np.arange(n)
+    return np.argsort(rows, kind="stable")
 
 
 def _empty_traversals(extra: bool = False) -> pd.DataFrame:

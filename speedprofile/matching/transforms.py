@@ -86,12 +86,9 @@ def match_piece(pdf: pd.DataFrame, warehouse: str, emit: frozenset, params: Matc
     try:
         matcher = network_for(warehouse, home, params)
         res = matcher.match(pdf.reset_index(drop=True))
-        status = res.points.status
-        # match() may reorder rows by source order; statuses follow that order, counts do not care
-        order = _input_order(pdf)
-        owned_sorted = owned[order]
+        status = res.points.status  # aligned with pdf's rows
         for s in FIX_STATUSES:
-            stats[f"fixes_{s}"] = int(((status == s) & owned_sorted).sum())
+            stats[f"fixes_{s}"] = int(((status == s) & owned).sum())
         stats["pieces_broken"] = int(sum(res.points.breaks.values()) > 0)
         for k, v in res.points.breaks.items():
             stats[f"breaks_{k}"] = int(v)
@@ -117,19 +114,12 @@ def match_piece(pdf: pd.DataFrame, warehouse: str, emit: frozenset, params: Matc
         rows.append(pd.DataFrame([{"kind": "piece", "trace_id": trace_id, "piece": piece, "dt": dt,
                                    "home_partition": home, "partition": home, "stats": stats}]))
     if not rows:
-        return pd.DataFrame({c: [] for c in _RESULT_COLS})
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in _RESULT_COLS})  # object dtype: an empty float column cannot be cast to DATE
     out = pd.concat(rows, ignore_index=True) if len(rows) > 1 else rows[0]
     for c in _RESULT_COLS:
         if c not in out.columns:
             out[c] = None
     return out[_RESULT_COLS]
-
-
-def _input_order(pdf: pd.DataFrame) -> np.ndarray:
-    if "source_row" in pdf.columns and len(pdf):
-        keys = ["source_file", "source_row"] if "source_file" in pdf.columns else ["source_row"]
-        return pdf.reset_index(drop=True).sort_values(keys, kind="stable").index.to_numpy()
-    return np.arange(len(pdf))
 
 
 def match_traces(probes: DataFrame, warehouse: str, partitions: Iterable[str],
