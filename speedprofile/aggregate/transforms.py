@@ -124,8 +124,9 @@ def histogram_partials(bucketed: DataFrame, hot: DataFrame | None = None,
     df = with_speed_bin(bucketed)
     if hot is not None:
         df = df.join(F.broadcast(hot.select(*keys, "n_salts")), list(keys), "left")
-        df = df.withColumn("salt", F.when(F.col("n_salts").isNull(), F.lit(0))
-                           .otherwise(F.pmod(F.xxhash64("trace_id"), F.col("n_salts")).cast("int")))
+        df = df.withColumn("_hot", F.col("n_salts").isNotNull())
+        df = df.withColumn("salt", F.when(F.col("_hot"), F.pmod(F.xxhash64("trace_id"), F.col("n_salts")).cast("int"))
+                           .otherwise(F.lit(0)))
     else:
         df = df.withColumn("salt", F.lit(0))
     aggs = [
@@ -136,9 +137,14 @@ def histogram_partials(bucketed: DataFrame, hot: DataFrame | None = None,
         F.sum("traversed_m").alias("sum_traversed_m"),
         *[F.sum(F.when(F.col("bin") == i, 1).otherwise(0)).cast("long").alias(c) for i, c in enumerate(BIN_COLUMNS)],
     ]
-    phase1 = df.groupBy(*keys, "salt").agg(*aggs)
     if hot is not None:
-        phase1 = phase1.groupBy(*keys).agg(*[F.sum(c).alias(c) for c in (*SUM_COLUMNS, *BIN_COLUMNS)])
+        # only the hot keys' salted partials need the second phase; `_hot` is a function of the key
+        phase1 = df.groupBy(*keys, "_hot", "salt").agg(*aggs)
+        phase2 = (phase1.where(F.col("_hot")).groupBy(*keys)
+                  .agg(*[F.sum(c).alias(c) for c in (*SUM_COLUMNS, *BIN_COLUMNS)]))
+        phase1 = phase1.where(~F.col("_hot")).drop("_hot", "salt").unionByName(phase2)
+    else:
+        phase1 = df.groupBy(*keys).agg(*aggs)
     return phase1.select(*keys, F.array(*BIN_COLUMNS).alias("bin_counts"),
                          *[F.col(c).cast("long") if c.startswith("n_") else F.col(c) for c in SUM_COLUMNS])
 
