@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from datetime import date
 
     from speedprofile.ingest.pipeline import ingest, landing_path
-    from speedprofile.spark import get_session
+    from speedprofile.spark import exists, get_session
 
     args = parse_args(argv)
     paths = list(args.input)
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"bad --date {args.date!r}: {exc}") from exc
         paths.append(landing_path(args.warehouse, str(day)))
     spark = get_session("ingest_probes")
+    if args.date and not exists(spark, paths[-1]):
+        raise UserError(f"no landing folder {paths[-1]} (no raw files delivered for {args.date})")
     result = ingest(spark, args.warehouse, paths, args.format)
     for line in result.summary_lines():
         print(line)

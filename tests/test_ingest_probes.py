@@ -120,6 +120,22 @@ def test_segment_midpoint_is_half_the_length():
     assert mid["mid_lat_deg"].iloc[0] == pytest.approx(0.001, abs=1e-9)
 
 
+def test_format_sniffing_by_extension_then_content():
+    sniff = formats.sniff_format
+    assert sniff("a.csv.gz", b"") == "csv" and sniff("a.ndjson", b"") == "jsonl" and sniff("a.pq", b"") == "parquet"
+    assert sniff("trip.json", b'{"data": [{"dbResponse": {"linkID": 1}}]}') == "trips-json"  # one-line trip
+    assert sniff("trip.json", b'{\n  "data": []\n}') == "trips-json"
+    assert sniff("p.json", b'{"trace_id": "a"}\n{"trace_id": "b"}\n') == "jsonl"
+    assert sniff("noext", b"PAR1....") == "parquet"
+    assert sniff("noext", b"<?xml version='1.0'?><gpx>") == "gpx"
+    assert sniff("noext", b"lat,lon,trace_id,timestamp\n") == "csv"
+    with pytest.raises(formats.UserError):
+        sniff("noext", b"hello world\n")
+    formats.check_jsonl_head("p.jsonl", b'not json\n{"trace_id": "a"}\n')  # one bad line is a row, not a file
+    with pytest.raises(formats.UserError):
+        formats.check_jsonl_head("p.jsonl", b"a,b,c\n1,2,3\n")
+
+
 # ---- Spark job -------------------------------------------------------------------------------------------------
 
 def _write_parquet_inputs(folder: Path) -> dict:

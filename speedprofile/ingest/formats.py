@@ -87,10 +87,11 @@ def sniff_format(path: str, head: bytes, requested: str = "auto") -> str:
     if text[:1] == b"{":
         first_line = text.split(b"\n", 1)[0].strip()
         try:
-            json.loads(first_line)
-            return "jsonl"
+            obj = json.loads(first_line)
         except ValueError:
-            return "trips-json"
+            return "trips-json"  # a JSON document over several lines
+        is_trip = isinstance(obj, dict) and isinstance(obj.get("data"), list) and "trace_id" not in obj
+        return "trips-json" if is_trip else "jsonl"
     first = text.split(b"\n", 1)[0].decode("utf-8", "replace")
     if {"trace_id", "timestamp", "lon", "lat"} <= {c.strip() for c in first.split(",")}:
         return "csv"
@@ -107,20 +108,25 @@ def check_csv_header(path: str, first_line: str) -> tuple[str, ...]:
     return cols
 
 
-def check_jsonl_head(path: str, head: bytes) -> None:
-    """UserError when the first non-blank line of a JSONL file is not a JSON object (wrong format)."""
-    for line in head.decode("utf-8", "replace").splitlines():
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                if len(line) >= len(head) - 1:  # a first line longer than the sniffed head: judge it per row
-                    return
-                raise UserError(f"{path}: not JSON Lines: first line is not JSON ({line.strip()[:60]!r})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}: not JSON Lines: first line is a JSON {type(obj).__name__}, not an object")
-            return
-    raise UserError(f"{path}: file is empty")
+def check_jsonl_head(path: str, head: bytes, probe_lines: int = 20) -> None:
+    """UserError unless one of the first non-blank lines of a JSONL file is a JSON object (wrong format).
+
+    A bad line among good ones is a row to reject, not a wrong file; the head is cut at HEAD bytes, so its last
+    (possibly truncated) line is not judged.
+    """
+    lines = [ln for ln in head.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if not lines:
+        raise UserError(f"{path}: file is empty")
+    complete = lines[:-1] if not head.endswith(b"\n") and len(lines) > 1 else lines
+    for line in complete[:probe_lines]:
+        try:
+            if isinstance(json.loads(line), dict):
+                return
+        except ValueError:
+            continue
+    if len(complete) == 1 and not head.endswith(b"\n") and len(head) >= 65536:
+        return  # one very long first line: judged row by row
+    raise UserError(f"{path}: not JSON Lines: none of the first lines is a JSON object ({lines[0].strip()[:60]!r})")
 
 
 def parse_parquet(path: str, data: bytes) -> pd.DataFrame:
