@@ -129,3 +129,125 @@ def test_smoke_job_survives_a_worker_killed_mid_stage(standalone_cluster, smoke_
         pd.testing.assert_frame_equal(read_sorted(tmp_path / "out", ["key"]), read_sorted(smoke_local, ["key"]))
     finally:
         restore_workers(standalone_cluster)
+
+
+# ---- the real pipeline ---------------------------------------------------------------------------------------
+
+PIPE_DATE = "2026-11-02"
+PIPE_CONF = ["spark.sql.shuffle.partitions=8", "spark.executor.memory=512m", "spark.driver.memory=768m"]
+# Output tables of the stages `speedprofile run` drives, with the columns that identify a row.
+PIPE_TABLES = {
+    "segment_traversals": ["dt", "partition", "trace_id", "piece", "seq", "segment_id"],
+    "bucketed_traversals": ["dt", "partition", "trace_id", "piece", "seq", "segment_id"],
+    "speed_histograms": ["partition", "window", "segment_id", "tow_bucket"],
+    "speed_estimates": ["partition", "segment_id", "tow_bucket"],
+}
+
+
+def read_table(wh: Path, name: str) -> pd.DataFrame:
+    """A warehouse table as one frame, rows in key order, every value as text (exact comparison)."""
+    import pyarrow.dataset as ds
+
+    df = ds.dataset(str(wh / name), format="parquet", partitioning="hive").to_table().to_pandas()
+    keys = [c for c in PIPE_TABLES[name] if c in df.columns]
+    return df.sort_values(keys).reset_index(drop=True).astype(str)[sorted(df.columns)]
+
+
+def assert_same_tables(got: Path, expected: Path) -> dict[str, int]:
+    rows = {}
+    for name in PIPE_TABLES:
+        a, b = read_table(got, name), read_table(expected, name)
+        assert len(b) > 0, f"reference run wrote no {name}"
+        pd.testing.assert_frame_equal(a, b, obj=name)
+        rows[name] = len(a)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pipeline_base(tmp_path_factory, tiny_network_warehouse, spark) -> tuple[Path, list[str]]:
+    """The tiny grid network + one simulated day (12 vehicles) ingested: the input every run starts from."""
+    import shutil
+
+    from speedprofile.ingest.pipeline import ingest
+    from speedprofile.simulate.fleet import simulate
+    from speedprofile.warehouse import partition_cells
+
+    root = tmp_path_factory.mktemp("cluster-pipeline")
+    base = root / "base"
+    shutil.copytree(tiny_network_warehouse, base)
+    simulate(str(base), str(root / "sim"), days=1, vehicles=12, seed=5, start_date=PIPE_DATE)
+    ingest(spark, str(base), [str(root / "sim" / "probes")])
+    return base, partition_cells(str(base))
+
+
+def fresh_copy(base: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(base, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pipeline_local(pipeline_base, tmp_path_factory) -> Path:
+    """`speedprofile run` in local mode: the reference output."""
+    from speedprofile.run import run_stages
+
+    base, cells = pipeline_base
+    wh = fresh_copy(base, tmp_path_factory.mktemp("pipeline-local") / "wh")
+    run_stages(str(wh), PIPE_DATE, None, cells, master="local[2]", confs=PIPE_CONF, window_weeks=1,
+               log_dir=str(wh.parent / "logs"), echo=lambda *_: None)
+    return wh
+
+
+def test_pipeline_on_cluster_equals_local_mode(standalone_cluster, pipeline_base, pipeline_local, tmp_path):
+    from speedprofile.run import STAGES, run_stages
+
+    base, cells = pipeline_base
+    wh = fresh_copy(base, tmp_path / "wh")
+    t0 = time.time()
+    timings = run_stages(str(wh), PIPE_DATE, None, cells, master=standalone_cluster.url, confs=PIPE_CONF,
+                         window_weeks=1, log_dir=str(tmp_path / "logs"), echo=standalone_cluster.log)
+    standalone_cluster.log(f"pipeline on {standalone_cluster.url}: {len(timings)} stages in {time.time() - t0:.1f}s")
+    assert list(timings) == list(STAGES)
+    for stage in STAGES:  # every stage really went to the cluster
+        log = next((tmp_path / "logs").glob(f"{stage}_*.log")).read_text(errors="replace")
+        assert f"Connecting to master {standalone_cluster.url}" in log, stage
+    rows = assert_same_tables(wh, pipeline_local)
+    standalone_cluster.log(f"cluster output equals local mode: {rows}")
+
+
+def test_pipeline_survives_a_worker_killed_mid_stage(standalone_cluster, pipeline_base, pipeline_local, tmp_path):
+    from speedprofile.run import run_stages
+
+    mod = load_cluster_module()
+    base, cells = pipeline_base
+    wh = fresh_copy(base, tmp_path / "wh")
+    ui_port = mod.free_port()
+    done = threading.Event()
+    killed: dict = {}
+
+    def watch():
+        killed["worker"] = standalone_cluster.kill_worker_mid_stage(
+            f"http://127.0.0.1:{ui_port}", is_running=lambda: not done.is_set(), log=standalone_cluster.log
+        )
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.time()
+    try:
+        run_stages(str(wh), PIPE_DATE, None, cells, master=standalone_cluster.url,
+                   confs=[*PIPE_CONF, f"spark.ui.port={ui_port}"], window_weeks=1,
+                   log_dir=str(tmp_path / "logs"), echo=standalone_cluster.log)
+        done.set()
+        watcher.join(timeout=30)
+        worker = killed.get("worker")
+        assert worker is not None, "no stage was caught part-way through, so no worker was killed"
+        standalone_cluster.log(f"pipeline with a killed worker finished in {time.time() - t0:.1f}s")
+        assert f"killed worker {worker.worker_id} (pid {worker.pid})" in standalone_cluster.log.text()
+        assert not mod.pid_alive(worker.pid)
+        logs = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*.log"))
+        assert "Lost executor" in logs or "ExecutorLostFailure" in logs or "removed:" in logs
+        assert_same_tables(wh, pipeline_local)
+    finally:
+        done.set()
+        restore_workers(standalone_cluster)
