@@ -285,6 +285,55 @@ def test_ingest_dag_reads_the_landing_folder_of_the_day(dagbag, tmp_path):
     assert "speedprofile.probes" in [a.name for a in op.outlets]
 
 
+def test_bucket_gate_checks_accounting_against_both_tables_and_bucket_range(good_match):
+    put_parquet(good_match, "bucketed_traversals", {"dt": DT, "partition": CELL},
+                {"segment_id": [1, 2], "speed_kph": [12.0, 48.5], "tow_bucket": pa.array([10, 2016], pa.int16())})
+    put_metrics(good_match, "bucket_traversals", {"rows_in": 3, "rows_out": 2, "rejected": {"partial": 1}})
+    with pytest.raises(QualityError, match=r"out of range: bucketed_traversals.tow_bucket spans 10..2016"):
+        gate("bucket_traversals", str(good_match), DT, CELL)
+    put_parquet(good_match, "bucketed_traversals", {"dt": DT, "partition": CELL},
+                {"segment_id": [1, 2], "speed_kph": [12.0, 48.5], "tow_bucket": pa.array([10, 2015], pa.int16())})
+    assert gate("bucket_traversals", str(good_match), DT, CELL).facts["rows_out"] == 2
+    put_metrics(good_match, "bucket_traversals", {"rows_in": 4, "rows_out": 2, "rejected": {"partial": 2}})
+    with pytest.raises(QualityError, match=r"metrics rows_in is 4 but segment_traversals rows is 3"):
+        gate("bucket_traversals", str(good_match), DT, CELL)
+
+
+def histogram_setup(wh: Path, window_n_obs: int = 7) -> None:
+    put_parquet(wh, "bucketed_traversals", {"dt": DT, "partition": CELL}, {"segment_id": [1] * 8})
+    put_parquet(wh, "speed_histograms", {"partition": CELL, "window": f"d{DT}"}, {"segment_id": [1, 2]})
+    put_parquet(wh, "speed_histograms", {"partition": CELL, "window": f"w4-{DT}"}, {"segment_id": [1, 2, 3]})
+    put_metrics(wh, "build_histograms", {
+        "rows_in": 8, "rejected": {"invalid_row": 1}, "n_obs_out": 7, "histogram_rows": 2,
+        "window": {"name": f"w4-{DT}", "daily_partials": 2, "daily_n_obs": 12, "n_obs": window_n_obs + 5,
+                   "histogram_rows": 3}})
+
+
+def test_histogram_gate_checks_daily_partial_and_rolling_window(tmp_path):
+    wh = tmp_path / "wh"
+    histogram_setup(wh)
+    assert gate("build_histograms", str(wh), DT, CELL).facts["window_histogram_rows"] == 3
+    histogram_setup(wh, window_n_obs=6)
+    with pytest.raises(QualityError, match=r"window w4-2024-03-05 n_obs is 11 but the sum of its daily partials"):
+        gate("build_histograms", str(wh), DT, CELL)
+    with pytest.raises(QualityError, match=r"lack histogram_rows"):
+        put_metrics(wh, "build_histograms", {"rows_in": 8, "rejected": {"invalid_row": 1}, "n_obs_out": 7})
+        gate("build_histograms", str(wh), DT, CELL)
+
+
+def test_estimate_gate_checks_full_week_of_buckets_and_speed_range(tmp_path):
+    wh = tmp_path / "wh"
+    put_parquet(wh, "speed_histograms", {"partition": CELL, "window": f"w4-{DT}"}, {"segment_id": [1, 2]})
+    put_parquet(wh, "speed_estimates", {"partition": CELL},
+                {"segment_id": [1, 1, 1], "speed_kph": [30.0, -1.0, 40.0], "confidence": [0.2, 0.5, 1.0]})
+    put_metrics(wh, "estimate_speeds", {"window": f"w4-{DT}", "histogram_rows_in": 2, "rows_out": 3,
+                                        "expected_rows_out": 2016})
+    with pytest.raises(QualityError) as err:
+        gate("estimate_speeds", str(wh), DT, CELL)
+    assert "metrics rows_out is 3 but expected_rows_out (2016 buckets x segments with data) is 2016" in str(err.value)
+    assert "out of range: speed_estimates.speed_kph spans -1.0..40.0, allowed (0.0, 200.0]" in str(err.value)
+
+
 # -- end to end through Airflow on simulated data -----------------------------------------------------------------
 
 

@@ -101,9 +101,18 @@ def run_airflow(home: Path, args: list[str], warehouse: Path | str, timeout: flo
     proc = subprocess.run([AIRFLOW, *args], env=airflow_env(home, warehouse, port), cwd=str(REPO),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        pytest.fail(f"airflow {' '.join(args)} exited {proc.returncode}:\n"
-                    f"{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+        pytest.fail(f"airflow {' '.join(args)} exited {proc.returncode}; key lines:\n{key_lines(proc.stdout + proc.stderr)}"
+                    f"\n--- end of output ---\n{(proc.stdout + proc.stderr)[-2500:]}")
     return proc
+
+
+def key_lines(output: str, limit: int = 40) -> str:
+    """The lines of an Airflow/Spark log that say what went wrong (gate messages, app errors, task failures)."""
+    import re
+
+    pat = re.compile(r"quality gate|^\s*- |Cannot execute|error:|Error: |Exception: |new_state=(failed|up_for_retry)")
+    hits = [ln.split(" [airflow.")[0][-400:] for ln in output.splitlines() if pat.search(ln)]
+    return "\n".join(list(dict.fromkeys(hits))[-limit:])
 
 
 SIM_DAYS = ("2026-11-02", "2026-11-03")  # simulate's default start (a Monday) and the day after
