@@ -155,6 +155,15 @@ def test_spark_app_writes_traversals_and_accounting(spark, match_warehouse, matc
     json.dumps(m)
 
 
+def test_spark_app_day_without_probes_writes_zero_accounting(spark, match_warehouse):
+    from spark_apps.match_traces import main
+    from speedprofile.spark import read_metrics
+
+    assert main(["--warehouse", match_warehouse, "--date", "2024-05-07", "--partition", FIXTURE_CELL]) == 0
+    m = read_metrics(None, match_warehouse, "match_traces", "2024-05-07", FIXTURE_CELL)
+    assert m["rows_in"] == m["rows_out"] == 0 and m["fixes_in"] == 0 and m["match_rate"] == 0.0
+
+
 def test_kubicka_developer_tracks(data_dir):
     from speedprofile.matching.bench import list_tracks, run
 

@@ -209,7 +209,7 @@ def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg,
 
 
 @njit(cache=True, nogil=True)
-def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_s, bound_factor, bound_slack, bound_min, max_speed, max_gap_s,
+def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, bound_factor, bound_slack, bound_min, max_speed, max_gap_s,
             uturn_penalty, back_tol, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
     """Newson & Krumm HMM over the points with candidates.
 
@@ -262,7 +262,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_s, bound_fa
             gy = py[i] - py[src]
             gc = np.sqrt(gx * gx + gy * gy)
             bound = min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[src]) + bound_slack)
-            inv_beta = 1.0 / max(beta, beta_per_s * (t[i] - t[src]))
+            inv_beta = 1.0 / max(beta, beta_per_m * gc)
             for a in range(cnt[src]):
                 sa_score = score[src, a]
                 if sa_score == NEG_INF:

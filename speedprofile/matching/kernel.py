@@ -42,7 +42,7 @@ class MatchParams:
 
     sigma_m: float = 10.0        # GPS noise of consumer receivers in streets (N&K measured 4.07 on open roads)
     beta_m: float = 5.0          # transition scale of |route - great-circle| in metres, at least ...
-    beta_per_s: float = 0.5      # ... this many metres per second between the fixes (sparse data detours more)
+    beta_per_m: float = 0.15     # ... this fraction of the fixes' distance apart (sparse data detours more)
     radius_m: float = 50.0       # candidate search radius around each fix
     max_candidates: int = 16     # nearest segments kept per fix (interchanges stack many arcs within radius)
     max_gap_s: float = 180.0     # a longer gap between usable fixes starts a new path (trace break)
@@ -124,7 +124,7 @@ class Matcher:
             net.grid_ptr, net.grid_items, net.pc_seg, net.pc_x0, net.pc_y0, net.pc_x1, net.pc_y1, net.pc_off0,
             net.seg_scale, net.seg_len)
         chosen, pred_pt, brk = _core.viterbi(
-            kx, ky, kt, cnt, cseg, coff, cdist, p.sigma_m, p.beta_m, p.beta_per_s, p.bound_factor, p.bound_slack_m,
+            kx, ky, kt, cnt, cseg, coff, cdist, p.sigma_m, p.beta_m, p.beta_per_m, p.bound_factor, p.bound_slack_m,
             p.bound_min_m, p.max_route_kph / 3.6, p.max_gap_s, p.uturn_penalty_m, p.back_tol_m, net.out_ptr, net.out_seg, net.seg_from,
             net.seg_to, net.seg_len, net.seg_rev, net.n_nodes)
         order = np.nonzero(chosen >= 0)[0]
@@ -364,18 +364,18 @@ def _as_micros(ts: pd.Series) -> np.ndarray:
     """UTC instants (tz-aware, naive-UTC or ISO strings) -> int64 microseconds since the epoch (NaT -> _NAT)."""
     if not len(ts):
         return np.zeros(0, np.int64)
-    if isinstance(ts.dtype, pd.DatetimeTZDtype):
-        arr = ts.array.tz_convert("UTC").tz_localize(None)
-    elif pd.api.types.is_datetime64_dtype(ts.dtype):
-        arr = ts.array  # naive: taken as UTC
-    else:
-        arr = pd.to_datetime(ts, utc=True, errors="coerce").array.tz_convert("UTC").tz_localize(None)
-    vals = np.asarray(arr, dtype="datetime64[us]")
-    return vals.astype(np.int64)
+    if not (isinstance(ts.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(ts.dtype)):
+        ts = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
+    arr = ts.array  # tz-aware arrays store UTC epoch values; naive ones are taken as UTC
+    raw = arr.asi8
+    per_us = {"s": -1_000_000, "ms": -1000, "us": 1, "ns": 1000}[np.datetime_data(arr._ndarray.dtype)[0]]
+    vals = raw // per_us if per_us > 0 else raw * -per_us
+    return np.where(arr.isna(), _NAT, vals).astype(np.int64)
 
 
-def _utc(us: np.ndarray) -> pd.DatetimeIndex:
-    return pd.DatetimeIndex(np.asarray(us, np.int64).astype("datetime64[us]")).tz_localize("UTC")
+def _utc(us: np.ndarray):
+    """int64 microseconds -> tz-aware UTC datetime array."""
+    return pd.array(np.asarray(us, np.int64).astype("datetime64[us]"), dtype="datetime64[us]").tz_localize("UTC")
 
 
 def _input_order(fixes: pd.DataFrame) -> np.ndarray:

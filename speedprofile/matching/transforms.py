@@ -81,7 +81,7 @@ def match_piece(pdf: pd.DataFrame, warehouse: str, emit: frozenset, params: Matc
     """Kernel call for one trace piece (all its fixes): traversal rows on `emit` partitions + one accounting row."""
     first = pdf.iloc[0]
     trace_id, piece, dt, home = first["trace_id"], int(first["piece"]), first["dt"], first["partition"]
-    owned = ~pdf["is_context"].fillna(False).to_numpy(bool)
+    owned = ~(pdf["is_context"].to_numpy(object) == True)  # noqa: E712  (null = owned)
     stats: dict[str, int] = {"pieces": 1, "fixes_in": int(owned.sum()), "context_fixes": int((~owned).sum())}
     try:
         matcher = network_for(warehouse, home, params)
