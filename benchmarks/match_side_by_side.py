@@ -61,21 +61,22 @@ def _cli(args: list[str], log: Path) -> None:
         raise SystemExit(f"match_side_by_side: `speedprofile {' '.join(args)}` failed: {tail[0]} (log: {log})")
 
 
-def build_network(name: str, pbf: Path, work: Path) -> str:
-    """Warehouse with road_segments for the extract (built once; reused while the pbf is unchanged)."""
+def build_network(name: str, pbf: Path, work: Path, reuse: bool) -> str:
+    """Warehouse with road_segments for the extract (with reuse: kept from an earlier run on the same pbf)."""
     warehouse = work / name / "warehouse"
     stamp = warehouse / f".built-from-{pbf.stat().st_size}-{int(pbf.stat().st_mtime)}"
-    if not stamp.exists():
+    if not (reuse and stamp.exists()):
         warehouse.mkdir(parents=True, exist_ok=True)
         _cli(["network", "build", "--osm", str(pbf), "--warehouse", str(warehouse)], work / name / "network_build.log")
         stamp.touch()
     return str(warehouse)
 
 
-def simulate(warehouse: str, out: Path, vehicles: int, interval_s: int, noise_m: int, seed: int) -> Path:
-    """Simulated fleet (raw probe CSV + true paths) for one cell of the sweep; reused when already there."""
+def simulate(warehouse: str, out: Path, vehicles: int, interval_s: int, noise_m: int, seed: int,
+             reuse: bool) -> Path:
+    """Simulated fleet (raw probe CSV + true paths) for one cell of the sweep (with reuse: kept if there)."""
     done = out / ".done"
-    if not done.exists():
+    if not (reuse and done.exists()):
         out.mkdir(parents=True, exist_ok=True)
         _cli(["simulate", "--warehouse", warehouse, "--days", "1", "--vehicles", str(vehicles),
               "--interval-s", str(interval_s), "--noise-m", str(noise_m), "--seed", str(seed), "--out", str(out)],
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", type=int, default=10000, help="fixes per cell at 10 s and slower (1 Hz gets 4x)")
     ap.add_argument("--vehicles", type=int, default=0, help="vehicles simulated per cell (default: sized from --points)")
     ap.add_argument("--quick", action="store_true", help="small cells (a smoke run)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep networks and simulated fleets from an earlier run (default: rebuild them)")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work"), help="scratch folder (tiles, warehouses)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "match_side_by_side.json"))
     args = ap.parse_args(argv)
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if not pbf.is_file():
             raise SystemExit(f"match_side_by_side: OSM extract not found: {pbf} (set SPEEDPROFILE_DATA)")
         (work / name).mkdir(parents=True, exist_ok=True)
-        warehouse = build_network(name, pbf, work)
+        warehouse = build_network(name, pbf, work, args.reuse)
         from speedprofile.network.graph import load_road_segments
 
         segments = load_road_segments(warehouse)
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed = SEED + interval * 100 + noise
                 for _ in range(3):  # size the fleet so the cell holds about max_points fixes
                     sim = simulate(warehouse, work / name / f"sim_i{interval}_n{noise}_v{vehicles}_s{seed}",
-                                   vehicles, interval, noise, seed)
+                                   vehicles, interval, noise, seed, args.reuse)
                     fixes = json.loads((sim / "simulation.json").read_text())["fixes"]
                     if fixes >= 0.9 * max_points or vehicles >= MAX_VEHICLES:
                         break
