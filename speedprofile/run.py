@@ -72,8 +72,15 @@ def stage_command(
     return cmd
 
 
+LOCAL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
 def submit_env() -> dict[str, str]:
+    """Environment of a spark-submit: this interpreter for Python workers; the repo's conf/ (quiet logging,
+    small shuffle counts) unless the operator set SPARK_CONF_DIR (a cluster's rendered spark-defaults)."""
     env = dict(os.environ)
+    if "SPARK_CONF_DIR" not in env and LOCAL_CONF_DIR.is_dir():
+        env["SPARK_CONF_DIR"] = str(LOCAL_CONF_DIR)
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
