@@ -148,3 +148,60 @@ def test_whole_chain_from_segment_traversals(spark, agg_fixtures, tmp_path):
 def test_expected_input_chain_files(agg_fixtures):
     a = (agg_fixtures / "bucket_traversals/input/road_segments.jsonl").read_text()
     assert a == (agg_fixtures / "estimate_speeds/input/road_segments.jsonl").read_text()
+
+
+def test_estimates_match_simulator_truth(spark, tmp_path):
+    """Simulated fleet -> driven paths as traversals -> bucket -> histograms -> estimates vs the simulator's truth.
+
+    The traversals are the simulator's own driven paths (matching is tested on its own), so this measures the
+    aggregation: mean absolute error of 'observed' buckets (>= 3 traces) against the true bucket speed.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from speedprofile.network.build import build
+    from speedprofile.simulate.fleet import simulate
+
+    nets = agg_fixtures_root() / "build_network" / "input"
+    wh, sim = tmp_path / "warehouse", tmp_path / "sim"
+    build(str(wh), nodes=str(nets / "tiny.nodes"), arcs=str(nets / "tiny.arcs.gz"))
+    simulate(str(wh), str(sim), days=1, vehicles=1500, seed=5)
+    segs = pd.read_parquet(wh / "road_segments", columns=["segment_id", "length_m", "partition"])
+    segs["partition"] = segs["partition"].astype(str)
+    paths = pd.read_parquet(sim / "truth_paths").merge(segs, on="segment_id")
+    paths = paths.sort_values(["trace_id", "seq"])
+    dur = (paths["exit_time_utc"] - paths["enter_time_utc"]).dt.total_seconds()
+    last = paths.groupby("trace_id")["seq"].transform("max")
+    trav = pd.DataFrame({
+        "trace_id": paths["trace_id"], "piece": np.int32(0), "seq": paths["seq"].astype(np.int32),
+        "segment_id": paths["segment_id"], "enter_time_utc": paths["enter_time_utc"],
+        "exit_time_utc": paths["exit_time_utc"], "duration_s": dur, "traversed_m": paths["length_m"],
+        "speed_kph": paths["length_m"] / dur * 3.6,
+        "is_complete": (paths["seq"] > 0) & (paths["seq"] < last),  # trips start/end inside a segment
+        "n_fixes": np.int32(3), "match_source": "hmm",
+        "dt": paths.groupby("trace_id")["enter_time_utc"].transform("min").dt.date.astype(str),
+        "partition": paths["partition"],
+    })
+    pq.write_to_dataset(pa.Table.from_pandas(trav, preserve_index=False), str(wh / "segment_traversals"),
+                        partition_cols=["dt", "partition"])
+    cells = ",".join(sorted(segs["partition"].unique()))
+    dates = sorted(trav["dt"].unique())
+    common = ["--warehouse", str(wh), "--partition", cells, "--date", dates[0], "--to-date", dates[-1]]
+    assert bucket_traversals.main(common) == 0
+    assert build_histograms.main([*common, "--window-weeks", "1"]) == 0
+    assert estimate_speeds.main([*common, "--window-weeks", "1"]) == 0
+
+    est = read_table(spark, str(wh), "speed_estimates").where(F.col("source") == "observed") \
+        .select("segment_id", "tow_bucket", "speed_kph", "n_traces").toPandas()
+    truth = pd.read_parquet(sim / "truth")
+    j = est.merge(truth, on=["segment_id", "tow_bucket"], suffixes=("", "_true"))
+    assert len(j) >= 20 and (j["n_traces"] >= 3).all()
+    mae = (j["speed_kph"] - j["speed_kph_true"]).abs().mean()
+    print(f"observed buckets {len(j)}, MAE {mae:.2f} km/h")
+    assert mae <= 5.0
+
+
+def agg_fixtures_root():
+    from tests.plugins.aggregation import FIXTURES
+
+    return FIXTURES
