@@ -29,6 +29,7 @@ SECRETS = {
     "vault_s3_secret_key": "s3-secret-test-XYZ",
     "vault_airflow_db_password": "db p@ss/w:rd",
     "vault_airflow_admin_password": "admin-password-123",
+    "vault_publish_db_password": "publish-password-123",
     "vault_airflow_jwt_secret": "jwt-secret-0123456789abcdef",
     "vault_airflow_api_secret_key": "api-secret-0123456789abcdef",
 }
@@ -311,6 +312,9 @@ def test_airflow_metadata_db_url_keeps_the_password_intact(rendered):
     url = make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     assert url.drivername == "postgresql+psycopg2" and url.database == "airflow"
     assert url.password == SECRETS["vault_airflow_db_password"]
+    publish = make_url(env["SPEEDPROFILE_PG_DSN"])
+    assert (publish.username, publish.password, publish.database) == (
+        "speedprofile", SECRETS["vault_publish_db_password"], "speedprofile")
     env_file = rendered / "pi-head/etc/speedprofile/airflow.env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
     passwords = rendered / "pi-head/opt/airflow/passwords.json"
