@@ -235,8 +235,6 @@ def build_dag(cell: str, warehouse: str) -> DAG:
                 name=f"{stage}__{cell}",
                 application_args=args,
                 outlets=[asset(warehouse, OUTPUT_TABLE[stage], cell)],
-                # The rolling window of day D sums the daily partials up to D: build it only after D-1's.
-                depends_on_past=stage in WINDOWED,
             ))
             steps.append(make_gate(stage)(warehouse, cell))
         steps.append(publish(warehouse, cell))
