@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -359,39 +360,6 @@ def spike_mask(t_s: np.ndarray, lon: np.ndarray, lat: np.ndarray, spike_kph: flo
     return out
 
 
-def cut_pieces(
-    t_s: np.ndarray, cells: list[str], max_gap_s: float = MAX_GAP_S, ring=None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Border rule on one time-sorted trace -> (piece number per fix, True where a piece starts at a spatial cut).
-
-    A new piece starts where a fix's cell is outside the ring-1 of the current piece's home cell (spatial cut) or
-    the time gap to the previous fix exceeds max_gap_s (time cut). Home = cell of the piece's first fix.
-    """
-    if ring is None:
-        import h3
-
-        ring = h3.grid_disk
-    n = len(cells)
-    piece = np.zeros(n, dtype="int32")
-    spatial_start = np.zeros(n, dtype=bool)
-    if n == 0:
-        return piece, spatial_start
-    k = 0
-    home = cells[0]
-    near = set(ring(home, 1))
-    for i in range(1, n):
-        c = cells[i]
-        if t_s[i] - t_s[i - 1] > max_gap_s:
-            k += 1
-            home, near = c, set(ring(c, 1))
-        elif c != home and c not in near:
-            k += 1
-            spatial_start[i] = True
-            home, near = c, set(ring(c, 1))
-        piece[i] = k
-    return piece, spatial_start
-
-
 def process_trace(
     fixes: pd.DataFrame,
     h3_res: int,
@@ -404,108 +372,23 @@ def process_trace(
 
     Sorted by (time, source_file, source_row); exact duplicates and same-time/other-position fixes are
     rejected (the first by source order is kept), then isolated spikes, then the rest is cut into pieces
-    (see `cut_pieces`) stored in their home cell with up to `context_fixes` context fixes across spatial cuts.
+    (a new piece where a fix's cell leaves the ring-1 of the piece's home cell, or after a gap > max_gap_s)
+    stored in their home cell with up to `context_fixes` context fixes across spatial cuts.
     dt = UTC date of each piece's first owned fix; rejected rows get the UTC date of their own fix.
     """
-    import h3
+    import pyarrow as pa
 
-    ts_all = pd.to_datetime(fixes["timestamp_utc"], utc=True).astype("datetime64[us, UTC]")
-    t_us = np.asarray(ts_all.array.asi8, dtype="int64")  # microseconds since the epoch (unit fixed above)
-    files = fixes["source_file"].astype(str).to_numpy()
-    rows_no = fixes["source_row"].to_numpy().astype("int64")
-    order = np.lexsort((rows_no, files, t_us))
-    t_us = t_us[order]
-    lon = fixes["lon_deg"].to_numpy("float64")[order]
-    lat = fixes["lat_deg"].to_numpy("float64")[order]
-
-    # Same time as the previous fix: exact duplicate of an earlier fix of that instant, or a conflicting one.
-    reject_pos: list[int] = []
-    reject_reason: list[str] = []
-    reject_detail: list[str] = []
-    keep = np.ones(len(order), dtype=bool)
-    same = np.flatnonzero(np.diff(t_us) == 0) + 1
-    for i in same:
-        group_first = i - 1
-        while group_first > 0 and t_us[group_first - 1] == t_us[i]:
-            group_first -= 1
-        earlier = range(group_first, i)
-        exact = any(lon[j] == lon[i] and lat[j] == lat[i] for j in earlier)
-        ref = order[group_first]
-        keep[i] = False
-        reject_pos.append(i)
-        reject_reason.append("duplicate_fix" if exact else "conflicting_fix")
-        reject_detail.append(f"{'same fix' if exact else 'same time, other position'} as "
-                             f"{files[ref]}:{rows_no[ref]}")
-    kept = np.flatnonzero(keep)
-    t_s = t_us[kept] / 1e6
-    spikes = spike_mask(t_s, lon[kept], lat[kept], spike_kph)
-    if spikes.any():
-        for k in np.flatnonzero(spikes):
-            prev = kept[:k][~spikes[:k]][-1]
-            v = haversine_m(lon[prev], lat[prev], lon[kept[k]], lat[kept[k]]) / max(t_s[k] - t_us[prev] / 1e6, 1e-9) * 3.6
-            reject_pos.append(int(kept[k]))
-            reject_reason.append("speed_spike")
-            reject_detail.append(f"{float(v):.0f} km/h from previous fix")
-        kept = kept[~spikes]
-        t_s = t_s[~spikes]
-
-    cells = [h3.latlng_to_cell(a, o, h3_res) for a, o in zip(lat[kept], lon[kept], strict=True)]
-    piece, spatial_start = cut_pieces(t_s, cells, max_gap_s)
-    n_pieces = int(piece[-1]) + 1 if len(piece) else 0
-    starts = np.searchsorted(piece, np.arange(n_pieces), side="left")
-    ends = np.searchsorted(piece, np.arange(n_pieces), side="right")
-    home = np.array([cells[i] for i in starts], dtype="object")
-    day_us = 86_400_000_000
-    piece_day = (t_us[kept[starts]] // day_us) if n_pieces else np.zeros(0, dtype="int64")
-
-    # Owned rows, then context copies (positions into `kept`), then rejects (positions into the sorted trace).
-    take = [np.arange(len(kept))]
-    take_piece = [piece]
-    is_ctx = [np.zeros(len(kept), dtype=bool)]
-    if context_fixes > 0:
-        for k in range(n_pieces):
-            if k > 0 and spatial_start[starts[k]]:
-                r = np.arange(max(starts[k - 1], starts[k] - context_fixes), starts[k])
-                take.append(r)
-                take_piece.append(np.full(len(r), k, dtype="int32"))
-                is_ctx.append(np.ones(len(r), dtype=bool))
-            if k + 1 < n_pieces and spatial_start[starts[k + 1]]:
-                r = np.arange(starts[k + 1], min(ends[k + 1], starts[k + 1] + context_fixes))
-                take.append(r)
-                take_piece.append(np.full(len(r), k, dtype="int32"))
-                is_ctx.append(np.ones(len(r), dtype=bool))
-    pos_kept = np.concatenate(take)
-    out_piece = np.concatenate(take_piece).astype("int32")
-    sorted_pos = np.concatenate([kept[pos_kept], np.asarray(reject_pos, dtype="int64")])
-    src_idx = order[sorted_pos]  # row positions in `fixes`
-    n_ok = len(pos_kept)
-    n_rej = len(reject_pos)
-    t_out = t_us[sorted_pos]
-    day = np.concatenate([piece_day[out_piece], t_out[n_ok:] // day_us]) if n_ok + n_rej else np.zeros(0, "int64")
-    cols: dict[str, object] = {
-        "trace_id": fixes["trace_id"].to_numpy(dtype="object")[src_idx],
-        "piece": pd.array(np.concatenate([out_piece, np.zeros(n_rej, "int32")]), dtype="Int32"),
-        "timestamp_utc": pd.to_datetime(t_out, unit="us", utc=True),
-        "lon_deg": lon[sorted_pos],
-        "lat_deg": lat[sorted_pos],
-    }
-    for c in OPTIONAL_FIELDS:
-        cols[c] = pd.to_numeric(fixes[c], errors="coerce").to_numpy("float64", na_value=np.nan)[src_idx]
-    cols["prematched_segment_id"] = pd.array(fixes["prematched_segment_id"], dtype="Int64")[src_idx]
-    cols["is_context"] = pd.array(np.concatenate([np.concatenate(is_ctx), np.zeros(n_rej, bool)]), dtype="boolean")
-    cols["source_file"] = files[src_idx].astype("object")
-    cols["source_row"] = rows_no[src_idx]
-    cols["dt"] = (np.datetime64("1970-01-01") + day.astype("timedelta64[D]")).astype(object)
-    cols["partition"] = np.concatenate([home[out_piece], np.full(n_rej, None, dtype="object")])
-    cols["raw"] = np.concatenate([np.full(n_ok, None, dtype="object"),
-                                  fixes["raw"].to_numpy(dtype="object")[src_idx[n_ok:]]])
-    cols["reason"] = np.array([None] * n_ok + reject_reason, dtype="object")
-    cols["detail"] = np.array([None] * n_ok + reject_detail, dtype="object")
-    out = pd.DataFrame(cols)
-    if n_rej:
-        out.loc[n_ok:, "piece"] = pd.NA
-        out.loc[n_ok:, "is_context"] = pd.NA
-    return out
+    ts = pd.to_datetime(fixes["timestamp_utc"], utc=True).astype("datetime64[us, UTC]")
+    order = np.lexsort((fixes["source_row"].to_numpy().astype("int64"), fixes["source_file"].astype(str).to_numpy(),
+                        np.asarray(ts.array.asi8, dtype="int64")))
+    frame = fixes.assign(timestamp_utc=ts).iloc[order]
+    cols = {c: frame[c] if c in frame.columns else None for c in PARSED_COLUMNS}
+    frame = pd.DataFrame({c: (v if v is not None else pd.Series([None] * len(frame), index=frame.index, dtype="object"))
+                          for c, v in cols.items()})
+    frame["reason"] = None  # only valid fixes come here
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), schema=parsed_arrow_schema(), preserve_index=False)
+    out = trace_rows_arrow(table, h3_res, max_gap_s=max_gap_s, context_fixes=context_fixes, spike_kph=spike_kph)
+    return conform_trace_out(out.to_pandas())
 
 
 def conform_trace_out(df: pd.DataFrame) -> pd.DataFrame:
@@ -565,3 +448,262 @@ def segment_midpoints(segment_id: pd.Series, geom_lon: pd.Series, geom_lat: pd.S
         "mid_lon_deg": np.asarray(mids_lon, dtype="float64"),
         "mid_lat_deg": np.asarray(mids_lat, dtype="float64"),
     })
+
+
+# ---- per-trace cleaning and border cutting, many traces at once --------------------------------------------------
+
+DAY_US = 86_400_000_000
+
+
+@dataclass
+class TraceCut:
+    """Result of `clean_and_cut` on rows sorted by (trace, time, source order); positions index those rows.
+
+    Output rows are probe rows first (`n_probe_rows`: owned fixes, then context copies), then rejected rows.
+    """
+
+    pos: np.ndarray            # int64, input row of each output row
+    n_probe_rows: int
+    piece: np.ndarray          # int32, piece number within the trace (probe rows)
+    is_context: np.ndarray     # bool (probe rows)
+    home_idx: np.ndarray       # int64, index into `homes` (probe rows)
+    homes: list[str]           # home H3 cell of each piece (string form)
+    day: np.ndarray            # int64, UTC days since 1970-01-01 (all output rows)
+    reason: list[str]          # rejected rows
+    detail: list[str]          # rejected rows
+    ref_pos: np.ndarray        # int64, for duplicate/conflicting rejects the kept row of that instant, else -1
+
+
+def clean_and_cut(
+    trace_start: np.ndarray,
+    t_us: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    h3_res: int,
+    *,
+    max_gap_s: float = MAX_GAP_S,
+    context_fixes: int = CONTEXT_FIXES,
+    spike_kph: float = SPIKE_KPH,
+) -> TraceCut:
+    """Dedupe, spike removal and border cutting of many valid traces at once (vectorised; loops only at changes).
+
+    Rows must be sorted by (trace, time, source file, source row); `trace_start` is True at each trace's first
+    row, `t_us` is UTC microseconds since the epoch, lon/lat WGS84 degrees. Same rules as `process_trace`.
+    """
+    from h3.api import basic_int
+
+    n = len(t_us)
+    trace_start = np.asarray(trace_start, dtype=bool)
+    t_us = np.asarray(t_us, dtype="int64")
+    lon = np.asarray(lon, dtype="float64")
+    lat = np.asarray(lat, dtype="float64")
+    # Same trace and instant as the previous row: a duplicate (same position as an earlier row of that instant)
+    # or a conflicting fix; the first row of the instant (by source order) is kept.
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = ~trace_start[1:] & (t_us[1:] == t_us[:-1])
+    dup_pos = np.flatnonzero(same)
+    dup_exact = np.zeros(len(dup_pos), dtype=bool)
+    dup_ref = np.zeros(len(dup_pos), dtype="int64")
+    if len(dup_pos):
+        gid = np.cumsum(~same) - 1
+        first_of_group = np.flatnonzero(~same)
+        dup_ref = first_of_group[gid[dup_pos]]
+        involved = np.flatnonzero(np.isin(gid, gid[dup_pos]))
+        seen = pd.DataFrame({"g": gid[involved], "lon": lon[involved], "lat": lat[involved]}).duplicated(keep="first")
+        exact = np.zeros(n, dtype=bool)
+        exact[involved] = seen.to_numpy()
+        dup_exact = exact[dup_pos]
+    kept = np.flatnonzero(~same)
+
+    # Isolated spikes: candidates found for all traces at once; the iterative rule runs only on traces with one.
+    spike_pos: list[int] = []
+    spike_detail: list[str] = []
+    is_spike = np.zeros(len(kept), dtype=bool)
+    m = len(kept)
+    if m >= 3:
+        ts = t_us[kept] / 1e6
+        lo, la, st = lon[kept], lat[kept], trace_start[kept]
+        v = haversine_m(lo[:-1], la[:-1], lo[1:], la[1:]) / np.maximum(np.diff(ts), 1e-9) * 3.6
+        skip = haversine_m(lo[:-2], la[:-2], lo[2:], la[2:]) / np.maximum(ts[2:] - ts[:-2], 1e-9) * 3.6
+        cand = np.zeros(m, dtype=bool)
+        cand[1:-1] = (v[:-1] > spike_kph) & (v[1:] > spike_kph) & (skip <= spike_kph) & ~st[1:-1] & ~st[2:]
+        if cand.any():
+            starts = np.flatnonzero(st)
+            ends = np.append(starts[1:], m)
+            trace_of = np.cumsum(st) - 1
+            for tr in np.unique(trace_of[cand]).tolist():
+                a, b = int(starts[tr]), int(ends[tr])
+                mask = spike_mask(ts[a:b], lo[a:b], la[a:b], spike_kph)
+                for k in np.flatnonzero(mask).tolist():
+                    prev = a + int(np.flatnonzero(~mask[:k])[-1])
+                    i = a + k
+                    speed = haversine_m(lo[prev], la[prev], lo[i], la[i]) / max(ts[i] - ts[prev], 1e-9) * 3.6
+                    spike_detail.append(f"{float(speed):.0f} km/h from previous fix")
+                    spike_pos.append(int(kept[i]))
+                is_spike[a:b] = mask
+    good = kept[~is_spike]
+
+    # Border cutting: cells per fix; only rows where the cell changes, the trace starts or a gap opens can start
+    # a piece, so the sequential home-cell rule loops over those rows only.
+    g = len(good)
+    tg = t_us[good]
+    start_g = trace_start[good]
+    cells = [basic_int.latlng_to_cell(a, o, h3_res) for a, o in zip(lat[good].tolist(), lon[good].tolist(), strict=True)]
+    cell_arr = np.array(cells, dtype="uint64") if g else np.zeros(0, dtype="uint64")
+    gap = np.zeros(g, dtype=bool)
+    change = np.zeros(g, dtype=bool)
+    if g > 1:
+        gap[1:] = (np.diff(tg) / 1e6) > max_gap_s
+        change[1:] = cell_arr[1:] != cell_arr[:-1]
+    piece_start = np.zeros(g, dtype=bool)
+    spatial = np.zeros(g, dtype=bool)
+    rings: dict[int, set[int]] = {}
+    home = 0
+    near: set[int] = set()
+    for i in np.flatnonzero(start_g | gap | change).tolist():
+        c = cells[i]
+        if start_g[i] or gap[i]:
+            piece_start[i] = True
+        elif c != home and c not in near:
+            piece_start[i] = spatial[i] = True
+        else:
+            continue
+        home = c
+        near = rings.get(c) or rings.setdefault(c, set(basic_int.grid_disk(c, 1)))
+    p_starts = np.flatnonzero(piece_start)
+    n_pieces = len(p_starts)
+    p_ends = np.append(p_starts[1:], g)
+    piece_of = np.cumsum(piece_start) - 1
+    trace_of_piece = np.cumsum(start_g)[p_starts] - 1 if n_pieces else np.zeros(0, dtype="int64")
+    first_piece_of_trace = np.flatnonzero(start_g[p_starts]) if n_pieces else np.zeros(0, dtype="int64")
+    piece_no = (np.arange(n_pieces) - first_piece_of_trace[trace_of_piece]).astype("int32")
+    homes = [basic_int.int_to_str(cells[i]) for i in p_starts.tolist()]
+    piece_day = tg[p_starts] // DAY_US
+
+    # Context copies across spatial cuts: the last fixes of the previous piece and the first of the next one.
+    ctx_rows: list[np.ndarray] = []
+    ctx_piece: list[np.ndarray] = []
+    if context_fixes > 0:
+        for p in np.flatnonzero(spatial[p_starts]).tolist():
+            s = int(p_starts[p])
+            before = np.arange(max(int(p_starts[p - 1]), s - context_fixes), s)
+            after = np.arange(s, min(int(p_ends[p]), s + context_fixes))
+            ctx_rows += [before, after]
+            ctx_piece += [np.full(len(before), p), np.full(len(after), p - 1)]
+    rows_g = np.concatenate([np.arange(g), *ctx_rows]).astype("int64")
+    pieces_g = np.concatenate([piece_of, *ctx_piece]).astype("int64")
+    n_probe = len(rows_g)
+    rej_pos = np.concatenate([dup_pos, np.asarray(spike_pos, dtype="int64")]).astype("int64")
+    reason = ["duplicate_fix" if e else "conflicting_fix" for e in dup_exact.tolist()] + ["speed_spike"] * len(spike_pos)
+    detail = ["same fix as " if e else "same time, other position as " for e in dup_exact.tolist()] + spike_detail
+    return TraceCut(
+        pos=np.concatenate([good[rows_g], rej_pos]),
+        n_probe_rows=n_probe,
+        piece=piece_no[pieces_g],
+        is_context=np.arange(n_probe) >= g,
+        home_idx=pieces_g,
+        homes=homes,
+        day=np.concatenate([piece_day[pieces_g], t_us[rej_pos] // DAY_US]),
+        reason=reason,
+        detail=detail,
+        ref_pos=np.concatenate([dup_ref, np.full(len(spike_pos), -1, dtype="int64")]).astype("int64"),
+    )
+
+
+def parsed_arrow_schema():
+    """Arrow types of PARSED (the schema `transforms.PARSED_DDL` declares to Spark)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("source_file", pa.string()), ("source_row", pa.int64()), ("raw", pa.string()), ("trace_id", pa.string()),
+        ("timestamp_utc", pa.timestamp("us", tz="UTC")), ("lon_deg", pa.float64()), ("lat_deg", pa.float64()),
+        ("speed_kph", pa.float64()), ("heading_deg", pa.float64()), ("accuracy_m", pa.float64()),
+        ("prematched_segment_id", pa.int64()), ("reason", pa.string()), ("detail", pa.string()),
+    ])
+
+
+def trace_out_arrow_schema():
+    """Arrow types of TRACE_OUT (the schema `transforms.TRACE_OUT_DDL` declares to Spark)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("trace_id", pa.string()), ("piece", pa.int32()), ("timestamp_utc", pa.timestamp("us", tz="UTC")),
+        ("lon_deg", pa.float64()), ("lat_deg", pa.float64()), ("speed_kph", pa.float64()),
+        ("heading_deg", pa.float64()), ("accuracy_m", pa.float64()), ("prematched_segment_id", pa.int64()),
+        ("is_context", pa.bool_()), ("source_file", pa.string()), ("source_row", pa.int64()), ("dt", pa.date32()),
+        ("partition", pa.string()), ("raw", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ])
+
+
+def trace_rows_arrow(table, h3_res: int, **rules):
+    """Parsed records (Arrow table, PARSED columns, sorted by trace_id, time, source file, source row) -> TRACE_OUT.
+
+    Records with a reason pass through as rejected rows (dt = date of their fix); the others go through
+    `clean_and_cut`. Every trace must be complete in `table`.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = trace_out_arrow_schema()
+    ts_type = schema.field("timestamp_utc").type
+    bad_mask = pc.is_valid(table.column("reason"))
+    bad = table.filter(bad_mask)
+    ok = table.filter(pc.invert(bad_mask))
+    n = ok.num_rows
+    tid = ok.column("trace_id")
+    trace_start = np.ones(n, dtype=bool)
+    if n > 1:
+        trace_start[1:] = pc.not_equal(tid.slice(1), tid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    t_us = ok.column("timestamp_utc").cast(ts_type).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    cut = clean_and_cut(
+        trace_start, t_us,
+        ok.column("lon_deg").to_numpy(zero_copy_only=False), ok.column("lat_deg").to_numpy(zero_copy_only=False),
+        h3_res, **rules,
+    )
+    take = pa.array(cut.pos, pa.int64())
+    n_probe = cut.n_probe_rows
+    n_rej = len(cut.reason)
+    rej_mask = np.concatenate([np.zeros(n_probe, bool), np.ones(n_rej, bool)])
+    files = ok.column("source_file")
+    rows_no = ok.column("source_row")
+    detail = list(cut.detail)
+    for i, ref in enumerate(cut.ref_pos.tolist()):
+        if ref >= 0:
+            detail[i] += f"{files[ref].as_py()}:{rows_no[ref].as_py()}"
+    n_out = n_probe + n_rej
+    rej_take = pa.array(cut.pos[n_probe:], pa.int64())
+    cols = {
+        "trace_id": tid.take(take),
+        "piece": pa.array(np.concatenate([cut.piece, np.zeros(n_rej, "int32")]), pa.int32(), mask=rej_mask),
+        "timestamp_utc": ok.column("timestamp_utc").cast(ts_type).take(take),
+        "lon_deg": ok.column("lon_deg").take(take),
+        "lat_deg": ok.column("lat_deg").take(take),
+        "speed_kph": ok.column("speed_kph").take(take),
+        "heading_deg": ok.column("heading_deg").take(take),
+        "accuracy_m": ok.column("accuracy_m").take(take),
+        "prematched_segment_id": ok.column("prematched_segment_id").take(take),
+        "is_context": pa.array(np.concatenate([cut.is_context, np.zeros(n_rej, bool)]), pa.bool_(), mask=rej_mask),
+        "source_file": files.take(take),
+        "source_row": rows_no.take(take),
+        "dt": pa.array(cut.day.astype("int32"), pa.int32()).cast(pa.date32()),
+        "partition": pa.DictionaryArray.from_arrays(
+            pa.array(np.concatenate([cut.home_idx, np.zeros(n_rej, "int64")]).astype("int32"), pa.int32(),
+                     mask=rej_mask),
+            pa.array(cut.homes or [""], pa.string())).dictionary_decode(),
+        "raw": pa.concat_arrays([pa.nulls(n_probe, pa.string()),
+                                 *ok.column("raw").take(rej_take).cast(pa.string()).chunks]) if n_out else pa.array([], pa.string()),
+        "reason": pa.array([None] * n_probe + cut.reason, pa.string()),
+        "detail": pa.array([None] * n_probe + detail, pa.string()),
+    }
+    out = pa.table({k: cols[k] for k in schema.names}, schema=schema)
+    if bad.num_rows:
+        days = pc.floor(pc.divide(bad.column("timestamp_utc").cast(ts_type).cast(pa.int64()).cast(pa.float64()),
+                                  float(DAY_US)))
+        rej = {
+            k: (bad.column(k).cast(schema.field(k).type) if k in bad.column_names else pa.nulls(bad.num_rows, schema.field(k).type))
+            for k in schema.names
+        }
+        rej["dt"] = days.cast(pa.int32()).cast(pa.date32())
+        out = pa.concat_tables([out, pa.table(rej, schema=schema)])
+    return out

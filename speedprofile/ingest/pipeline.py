@@ -18,6 +18,7 @@ import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import reduce
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -225,26 +226,32 @@ def describe_inputs(spark: SparkSession | None, paths: list[str], fmt: str = "au
     return out
 
 
-def parse_inputs(spark: SparkSession, files: list[InputFile]) -> tuple[DataFrame, list[DataFrame]]:
-    """All input files -> one parsed frame (PARSED_DDL); also returns frames to unpersist afterwards."""
+def parse_inputs(spark: SparkSession, files: list[InputFile]) -> DataFrame:
+    """All input files -> one parsed frame (PARSED_DDL).
+
+    CSV and JSONL are read and validated by Spark (native line reader, `from_csv` / `from_json`, SQL checks);
+    Parquet, GPX and trips-json are parsed per file on the driver and validated by the pandas kernel.
+    """
     frames: list[DataFrame] = []
-    cached: list[DataFrame] = []
     text = [f for f in files if f.format in formats.TEXT_FORMATS]
     if text:
-        lines, raw = transforms.read_text_lines(spark, [f.path for f in text])
-        cached.append(raw)
-        frames.append(transforms.parse_text_lines(lines, text))
-    records = [formats.FILE_PARSERS[f.format](f.path, _read_bytes(spark, f.path))
-               for f in files if f.format not in formats.TEXT_FORMATS]
-    records = [r for r in records if len(r)]
-    if records:
-        frames.append(transforms.parsed_from_records(spark, pd.concat(records, ignore_index=True)))
+        lines = transforms.read_text_lines(spark, text)
+        records = []
+        csv = [f for f in text if f.format == "csv"]
+        jsonl = [f for f in text if f.format == "jsonl"]
+        if csv:
+            records.append(transforms.csv_records(lines, csv))
+        if jsonl:
+            records.append(transforms.jsonl_records(lines, jsonl))
+        frames.append(transforms.validate_records(reduce(DataFrame.unionByName, records)))
+    parsed_here = [formats.FILE_PARSERS[f.format](f.path, _read_bytes(spark, f.path))
+                   for f in files if f.format not in formats.TEXT_FORMATS]
+    parsed_here = [r for r in parsed_here if len(r)]
+    if parsed_here:
+        frames.append(transforms.parsed_from_records(spark, pd.concat(parsed_here, ignore_index=True)))
     if not frames:
-        return spark.createDataFrame([], transforms.PARSED_DDL), cached
-    parsed = frames[0]
-    for f in frames[1:]:
-        parsed = parsed.unionByName(f)
-    return parsed, cached
+        return spark.createDataFrame([], transforms.PARSED_DDL)
+    return reduce(DataFrame.unionByName, frames)
 
 
 def _with_src(df: DataFrame, files: list[InputFile]) -> DataFrame:
@@ -408,7 +415,7 @@ def ingest(
     t0 = time.perf_counter()
     prep = prepared or prepare(spark, warehouse, paths, fmt)
     h3_res, files, ignored, duplicates = prep.h3_res, prep.files, prep.ignored, prep.duplicates
-    parsed, cached = parse_inputs(spark, files)
+    parsed = parse_inputs(spark, files)
     if any(f.format == "trips-json" for f in files):
         segments = sp.read_table(spark, warehouse, "road_segments")
         parsed = transforms.fill_link_coordinates(parsed, transforms.link_midpoints(segments))
@@ -430,8 +437,6 @@ def ingest(
          .write.mode("overwrite").partitionBy("dt", "src").parquet(wh.join(stage, "rejected_probes")))
     finally:
         rows.unpersist()
-        for c in cached:
-            c.unpersist()
     # Replace, per source file, what an earlier ingest of the same content wrote; then move the new files in.
     staged = _list_files_recursive(spark, stage)
     new_dirs: dict[str, set[str]] = defaultdict(set)

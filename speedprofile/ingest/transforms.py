@@ -1,17 +1,19 @@
-"""Spark transforms of ingest (DataFrame -> DataFrame); the row logic lives in `kernel` (pure pandas).
+"""Spark transforms of ingest (DataFrame -> DataFrame); the per-trace logic lives in `kernel` (pure numpy/pandas).
 
-Grain: `lines` = one input text line; `parsed` = one input record, validated (reason set = rejected);
-`trace_rows` = one probes row (owned or context fix) or one rejected record with its reason.
+Grain: `lines` = one input text line; `records` = one CSV/JSONL record with its fields as text; `parsed` = one
+input record, validated (reason set = rejected); `trace_rows` = one probes row (owned or context fix) or one
+rejected record with its reason. Text parsing and field validation run as Spark SQL expressions (no Python);
+only the sequential per-trace step (dedupe, spikes, border cutting) runs in Python, over Arrow batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import reduce
 from urllib.parse import unquote
 
 import pandas as pd
-from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from schemas.probes import CONTEXT_FIXES, MAX_GAP_S
@@ -20,6 +22,11 @@ from speedprofile.ingest import kernel
 from speedprofile.ingest.formats import InputFile
 
 LINES_DDL = "source_file STRING, source_row BIGINT, line STRING"
+FIELDS = (*kernel.REQUIRED_FIELDS, *kernel.OPTIONAL_FIELDS)
+RECORDS_DDL = (
+    "source_file STRING, source_row BIGINT, raw STRING, "
+    + ", ".join(f"{c} STRING" for c in FIELDS) + ", reason STRING, detail STRING"
+)
 PARSED_DDL = (
     "source_file STRING, source_row BIGINT, raw STRING, trace_id STRING, timestamp_utc TIMESTAMP, "
     "lon_deg DOUBLE, lat_deg DOUBLE, speed_kph DOUBLE, heading_deg DOUBLE, accuracy_m DOUBLE, "
@@ -31,6 +38,11 @@ TRACE_OUT_DDL = (
     "source_file STRING, source_row BIGINT, dt DATE, partition STRING, raw STRING, reason STRING, detail STRING"
 )
 MIDPOINTS_DDL = "segment_id BIGINT, mid_lon_deg DOUBLE, mid_lat_deg DOUBLE"
+_PARSED_NAMES = [c.split()[0] for c in PARSED_DDL.split(", ")]
+# A UTC offset (or Z) ends an ISO-8601 time whose instant is known; same rule as kernel._OFFSET_RE.
+_OFFSET_SQL = "(?:[Zz]|[+-][0-9][0-9](?::?[0-9][0-9])?)$"
+_MIN_S = kernel.MIN_TIME_UTC.timestamp()
+_MAX_S = kernel.MAX_TIME_UTC.timestamp()
 
 
 def normalize_path(uri: str) -> str:
@@ -43,57 +55,168 @@ def normalize_path(uri: str) -> str:
     return uri
 
 
-def read_text_lines(spark: SparkSession, paths: list[str]) -> tuple[DataFrame, DataFrame]:
-    """Every line of the given text files (gzip too) with its file and 1-based line number, split-parallel.
+def read_text_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
+    """Every line of the given text files (gzip too) with its listed file path and 1-based line number.
 
-    Line numbers come from each file block's first row id plus the line counts of the file's earlier blocks.
-    Returns (lines, cached): `cached` is the persisted raw scan (row ids must not be recomputed); unpersist it
-    once the lines have been consumed.
+    Split-parallel: a first, cheap native pass counts the lines of every file block; the line number is the
+    block's offset in its file plus the row's position in the block (`monotonically_increasing_id` is stable
+    between the two scans of the same files: same splits, same order).
     """
-    raw = (
-        spark.read.text(paths)
-        .select(
+    paths = [f.path for f in files]
+
+    def scan() -> DataFrame:
+        return spark.read.text(paths).select(
             F.col("value").alias("line"),
             F.col("_metadata.file_path").alias("file_uri"),
             F.col("_metadata.file_block_start").alias("block_start"),
             F.monotonically_increasing_id().alias("row_id"),
         )
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    blocks = raw.groupBy("file_uri", "block_start").agg(F.min("row_id").alias("first_id"), F.count("*").alias("n"))
+
+    blocks = scan().groupBy("file_uri", "block_start").agg(F.min("row_id").alias("first_id"), F.count("*").alias("n"))
     rows = sorted(blocks.collect(), key=lambda r: (r["file_uri"], r["block_start"]))
     offsets, running, current = [], 0, None
     for r in rows:
         if r["file_uri"] != current:
             current, running = r["file_uri"], 0
-        offsets.append((r["file_uri"], int(r["block_start"]), int(r["first_id"]), running))
+        offsets.append((r["file_uri"], int(r["block_start"]), int(r["first_id"]) - running))
         running += int(r["n"])
-    off_df = spark.createDataFrame(offsets, "file_uri STRING, block_start BIGINT, first_id BIGINT, offset BIGINT")
-    return raw.join(F.broadcast(off_df), ["file_uri", "block_start"]).select(
-        F.col("file_uri").alias("source_file"),
-        (F.col("offset") + F.col("row_id") - F.col("first_id") + 1).alias("source_row"),
+    if not offsets:
+        return spark.createDataFrame([], LINES_DDL)
+    off_df = spark.createDataFrame(offsets, "file_uri STRING, block_start BIGINT, base_id BIGINT")
+    # Spark spells local files as URIs (`file:/a/b%20c`): map them back to the paths as listed.
+    pairs = [F.lit(x) for uri in sorted({r["file_uri"] for r in rows}) for x in (uri, normalize_path(uri))]
+    return scan().join(F.broadcast(off_df), ["file_uri", "block_start"]).select(
+        F.coalesce(F.create_map(*pairs)[F.col("file_uri")], F.col("file_uri")).alias("source_file"),
+        (F.col("row_id") - F.col("base_id") + 1).alias("source_row"),
         "line",
-    ), raw
+    )
 
 
-def parse_text_lines(lines: DataFrame, files: list[InputFile]) -> DataFrame:
-    """Lines of CSV/JSONL files -> parsed records (PARSED_DDL); CSV header lines (row 1) are not records."""
-    spec = {f.path: (f.format, list(f.header)) for f in files}
+def _blank(line: Column) -> Column:
+    return F.trim(line) == ""
 
-    def parse(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            batch = batch.assign(source_file=batch["source_file"].map(normalize_path))
-            for path, group in batch.groupby("source_file", sort=False):
-                fmt, header = spec[path]
-                if fmt == "csv":
-                    group = group[group["source_row"] != 1]
-                    rec = kernel.parse_csv_lines(group["line"].tolist(), header, path, group["source_row"].tolist())
-                else:
-                    rec = kernel.parse_jsonl_lines(group["line"].tolist(), path, group["source_row"].tolist())
-                if len(rec):
-                    yield _conform_parsed(kernel.validate_records(rec))
 
-    return lines.mapInPandas(parse, PARSED_DDL)
+def csv_records(lines: DataFrame, files: list[InputFile]) -> DataFrame:
+    """Lines of CSV files -> records (RECORDS_DDL), one per line after the header; a line with another field
+    count than its header (or a blank line) is `unparsable_line`. Files are parsed by header, fields by name."""
+    by_header: dict[tuple[str, ...], list[str]] = {}
+    for f in files:
+        by_header.setdefault(tuple(f.header), []).append(f.path)
+    frames = []
+    for header, paths in by_header.items():
+        width = len(header)
+        schema = ", ".join(f"`c{i}` STRING" for i in range(width)) + ", `_corrupt` STRING"
+        opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt", "escape": '"'}
+        part = lines.where(F.col("source_file").isin(paths) & (F.col("source_row") != 1))
+        rec = F.from_csv(F.col("line"), schema, opts)
+        index = {name.strip(): i for i, name in enumerate(header)}
+        blank = _blank(F.col("line"))
+        bad = blank | rec["_corrupt"].isNotNull()
+        n_fields = F.size(F.split(F.col("line"), ",", -1)).cast("string")
+        detail = (F.when(blank, F.lit("blank line"))
+                  .when(F.col("line").contains('"'), F.lit(f"malformed quoted field or field count, header has {width}"))
+                  .otherwise(F.concat(n_fields, F.lit(f" fields, header has {width}"))))
+        cols = []
+        for name in FIELDS:
+            i = index.get(name)
+            v = F.lit(None).cast("string") if i is None else rec[f"c{i}"]
+            if name == "trace_id":
+                v = F.coalesce(v, F.lit(""))  # an empty CSV field is present but blank (Spark reads it as null)
+            cols.append(F.when(~bad, v).alias(name))
+        frames.append(part.select(
+            "source_file", "source_row", F.col("line").alias("raw"), *cols,
+            F.when(bad, F.lit("unparsable_line")).alias("reason"), F.when(bad, detail).alias("detail"),
+        ))
+    return reduce(DataFrame.unionByName, frames)
+
+
+def jsonl_records(lines: DataFrame, files: list[InputFile]) -> DataFrame:
+    """Lines of JSONL files -> records (RECORDS_DDL); anything but one JSON object per line is `unparsable_line`.
+    Numbers become their JSON text, so they may also be given as strings."""
+    schema = ", ".join(f"`{c}` STRING" for c in FIELDS) + ", `_corrupt` STRING"
+    rec = F.from_json(F.col("line"), schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+    text = F.trim(F.col("line"))
+    blank = text == ""
+    bad = blank | ~text.startswith("{") | ~text.endswith("}") | rec["_corrupt"].isNotNull() | rec.isNull()
+    return lines.where(F.col("source_file").isin([f.path for f in files])).select(
+        "source_file", "source_row", F.col("line").alias("raw"),
+        *[F.when(~bad, rec[c]).alias(c) for c in FIELDS],
+        F.when(bad, F.lit("unparsable_line")).alias("reason"),
+        F.when(bad, F.when(blank, F.lit("blank line")).otherwise(F.lit("invalid JSON or not a JSON object")))
+        .alias("detail"),
+    )
+
+
+def _finite(x: Column) -> Column:
+    return x.isNotNull() & ~F.isnan(x) & (F.abs(x) != F.lit(float("inf")))
+
+
+def _number(text: Column) -> Column:
+    return F.trim(text).try_cast("double")
+
+
+def validate_records(records: DataFrame) -> DataFrame:
+    """Records with text fields -> parsed records (PARSED_DDL): typed values and the reason of every bad one.
+
+    Spark SQL version of `kernel.validate_records` (same checks, same order, first failure wins):
+    unparsable_line (from the parser), missing_field, empty_trace_id, nan_coordinate, coordinate_out_of_range,
+    unparsable_time / implausible_time. Times: ISO-8601 with a UTC offset or Z, epoch seconds (< 1e11) or ms.
+    """
+    tid, ts_text, lon_t, lat_t = (F.col(c) for c in kernel.REQUIRED_FIELDS)
+
+    def missing(c: Column) -> Column:
+        return c.isNull() | (F.trim(c) == "")
+
+    lon, lat = _number(lon_t), _number(lat_t)
+    # Time: a finite number is epoch seconds (< 1e11) or milliseconds; otherwise ISO-8601 with an offset.
+    t_num = _number(ts_text)
+    numeric = _finite(t_num)
+    secs = F.when(F.abs(t_num) < kernel.EPOCH_MS_THRESHOLD, t_num).otherwise(t_num / 1000.0)
+    num_ok = numeric & (secs >= _MIN_S) & (secs < _MAX_S)
+    text = F.trim(ts_text)
+    has_off = text.rlike(_OFFSET_SQL)
+    norm = F.regexp_replace(F.regexp_replace(text, "z$", "Z"), "([+-][0-9][0-9])$", "$1:00")
+    iso = F.when(~numeric & has_off, norm.try_cast("timestamp"))
+    iso_ok = iso.isNotNull() & (iso >= F.lit(kernel.MIN_TIME_UTC.to_pydatetime())) & (
+        iso < F.lit(kernel.MAX_TIME_UTC.to_pydatetime()))
+    ts = (F.when(num_ok, F.timestamp_micros(F.bround(secs * 1e6).cast("long")))
+          .when(iso_ok, iso))
+    checks: list[tuple[Column, str, Column]] = [
+        (F.col("reason").isNotNull(), "", F.col("detail")),
+        (tid.isNull(), "missing_field", F.lit("trace_id is missing")),
+        (missing(ts_text), "missing_field", F.lit("timestamp is missing")),
+        (missing(lon_t), "missing_field", F.lit("lon is missing")),
+        (missing(lat_t), "missing_field", F.lit("lat is missing")),
+        (F.trim(tid) == "", "empty_trace_id", F.lit("trace_id is blank")),
+        (~_finite(lon) | ~_finite(lat), "nan_coordinate",
+         F.concat(F.lit("lon="), lon_t, F.lit(" lat="), lat_t, F.lit(" not finite numbers"))),
+        ((F.abs(lat) > 90) | (F.abs(lon) > 180) | ((lat == 0) & (lon == 0)), "coordinate_out_of_range",
+         F.concat(F.lit("lon="), lon.cast("string"), F.lit(" lat="), lat.cast("string"))),
+        (numeric & ~num_ok, "implausible_time",
+         F.concat(F.lit("epoch "), text, F.lit(" is outside [2000, 2100)"))),
+        (iso.isNotNull() & ~iso_ok, "implausible_time",
+         F.concat(F.lit("time "), text, F.lit(" is outside [2000, 2100)"))),
+        (ts.isNull() & has_off, "unparsable_time",
+         F.concat(F.lit("timestamp '"), text, F.lit("' is not valid ISO-8601"))),
+        (ts.isNull(), "unparsable_time",
+         F.concat(F.lit("timestamp '"), text, F.lit("' is not ISO-8601 with a UTC offset nor epoch s/ms"))),
+    ]
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for cond, why, text_ in reversed(checks):
+        reason = F.when(cond, F.col("reason") if not why else F.lit(why)).otherwise(reason)
+        detail = F.when(cond, text_).otherwise(detail)
+
+    def optional(c: str) -> Column:
+        v = _number(F.col(c))
+        return F.when(_finite(v), v)
+
+    return records.select(
+        "source_file", "source_row", F.substring("raw", 1, kernel.RAW_MAX_CHARS).alias("raw"),
+        F.trim(tid).alias("trace_id"), ts.alias("timestamp_utc"), lon.alias("lon_deg"), lat.alias("lat_deg"),
+        *[optional(c).alias(c) for c in kernel.OPTIONAL_FIELDS],
+        F.lit(None).cast("bigint").alias("prematched_segment_id"), reason.alias("reason"), detail.alias("detail"),
+    )
 
 
 def _conform_parsed(df: pd.DataFrame) -> pd.DataFrame:
@@ -133,8 +256,7 @@ def fill_link_coordinates(parsed: DataFrame, midpoints: DataFrame) -> DataFrame:
         "lon_deg": F.when(missing_xy, F.col("mid_lon_deg")).otherwise(F.col("lon_deg")),
         "lat_deg": F.when(missing_xy, F.col("mid_lat_deg")).otherwise(F.col("lat_deg")),
     }
-    names = [c.split()[0] for c in PARSED_DDL.split(", ")]
-    return j.select(*[cols[c].alias(c) if c in cols else F.col(c) for c in names])
+    return j.select(*[cols[c].alias(c) if c in cols else F.col(c) for c in _PARSED_NAMES])
 
 
 def split_into_pieces(
@@ -145,22 +267,41 @@ def split_into_pieces(
     spike_kph: float = SPIKE_KPH,
     num_partitions: int | None = None,
 ) -> DataFrame:
-    """Parsed records -> trace rows (TRACE_OUT_DDL): per-trace dedupe, spikes and border cutting for valid
-    records (grouped by trace_id, in `num_partitions` shuffle partitions when given), parse-time rejects passed
-    through with their fix date as dt."""
+    """Parsed records -> trace rows (TRACE_OUT_DDL): per-trace dedupe, spikes and border cutting of the valid
+    records, rejects passed through with their fix date as dt.
 
-    def per_trace(group: pd.DataFrame) -> pd.DataFrame:
-        return kernel.process_trace(
-            group, h3_res, max_gap_s=max_gap_s, context_fixes=context_fixes, spike_kph=spike_kph
-        )
+    One shuffle by trace_id (into `num_partitions` partitions when given), sorted by trace, time and source
+    order; each partition then streams through `kernel.trace_rows_arrow` in Arrow batches, a trace that
+    straddles two batches being carried over to the next one (a trace must fit in a worker's memory).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    def rejects(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for b in batches:
-            yield kernel.rejects_from_parsed(b)
+    rules = {"max_gap_s": max_gap_s, "context_fixes": context_fixes, "spike_kph": spike_kph}
+    schema = kernel.trace_out_arrow_schema()
 
-    valid = parsed.where(F.col("reason").isNull())
-    if num_partitions:
-        valid = valid.repartition(num_partitions, "trace_id")
-    good = valid.groupBy("trace_id").applyInPandas(per_trace, TRACE_OUT_DDL)
-    bad = parsed.where(F.col("reason").isNotNull()).mapInPandas(rejects, TRACE_OUT_DDL)
-    return good.unionByName(bad)
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        carry: pa.Table | None = None
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            table = pa.Table.from_batches([batch])
+            if carry is not None:
+                table = pa.concat_tables([carry, table])
+            # Rows of the last trace may continue in the next batch: hold them back (rejects go out now).
+            valid = pc.is_null(table.column("reason"))
+            last = table.filter(valid).column("trace_id")
+            if len(last):
+                held = pc.and_kleene(valid, pc.equal(table.column("trace_id"), last[-1]))
+                carry, table = table.filter(held), table.filter(pc.invert(held))
+            else:
+                carry = None
+            if table.num_rows:
+                yield from kernel.trace_rows_arrow(table, h3_res, **rules).cast(schema).to_batches()
+        if carry is not None and carry.num_rows:
+            yield from kernel.trace_rows_arrow(carry, h3_res, **rules).cast(schema).to_batches()
+
+    shuffled = (parsed.repartition(num_partitions, "trace_id") if num_partitions
+                else parsed.repartition("trace_id"))
+    return (shuffled.sortWithinPartitions("trace_id", "timestamp_utc", "source_file", "source_row")
+            .mapInArrow(run, TRACE_OUT_DDL))
