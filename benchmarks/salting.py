@@ -142,7 +142,7 @@ def main() -> None:
             t0 = time.perf_counter()
             hot = None
             if variant == "salted":
-                hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket"), total_rows=data.count()).cache()
+                hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket"), total_rows=data.count())
                 n_hot = hot.count()
             out = fn(data, hot)
             rows = out.agg(F.sum("n_obs"), F.sum("n_traces"), F.count(F.lit(1))).first()

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if salt is not False:
         shuffle = int(spark.conf.get("spark.sql.shuffle.partitions"))
         total = sum(n for (_, _, ok), n in rows_in.items() if ok)
-        hot_df = T.hot_keys(good, args.hot_key_share, salt, shuffle, total_rows=total).cache()
-        n_hot = hot_df.count()
+        hot_df = T.hot_keys(good, args.hot_key_share, salt, shuffle, total_rows=total)
+        n_hot = hot_df.count()  # a local frame collected on the driver
         hot = hot_df if n_hot else None
     partials = (T.histogram_partials(good, hot)
                 .withColumn("window", F.concat(F.lit("d"), F.col("dt").cast("string"))).drop("dt"))
@@ -112,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
                                "daily_n_obs": sum(stats[(p, daily_name(x))][1] for x in present),
                                "n_obs": wobs, "histogram_rows": wkeys}
             write_metrics(spark, wh, STAGE, d, p, m)
-    if hot is not None:
-        hot.unpersist()
     return 0
 
 

@@ -103,13 +103,17 @@ def hot_keys(df: DataFrame, share: float, salt_buckets: int | None, shuffle_part
     fraction = 1.0 if not total_rows else min(1.0, HOT_KEY_SAMPLE_ROWS / total_rows)
     sample = df if fraction >= 1.0 else df.sample(fraction=fraction, seed=17)
     counts = sample.groupBy(*keys).agg((F.count(F.lit(1)) / F.lit(fraction)).alias("_rows"))
-    total = counts.agg(F.sum("_rows")).first()[0] or 0
-    hot = counts.where(F.col("_rows") >= F.lit(max(share * total, 2.0)))
+    if total_rows is None:
+        total_rows = counts.agg(F.sum("_rows")).first()[0] or 0
+    per_task = max(total_rows / max(shuffle_partitions, 1), 1.0)
+    hot = counts.where(F.col("_rows") >= F.lit(max(share * total_rows, 2.0)))
     if salt_buckets is not None:
-        return hot.withColumn("n_salts", F.lit(int(salt_buckets)))
-    per_task = max(total / max(shuffle_partitions, 1), 1.0)
-    n = F.least(F.greatest(F.ceil(F.col("_rows") / per_task), F.lit(2)), F.lit(512))
-    return hot.withColumn("n_salts", n.cast("int"))
+        n = F.lit(int(salt_buckets))
+    else:
+        n = F.least(F.greatest(F.ceil(F.col("_rows") / per_task), F.lit(2)), F.lit(512))
+    rows = hot.withColumn("n_salts", n.cast("int")).collect()  # few rows: at most 1/share keys
+    schema = f"{', '.join(f'{k} {df.schema[k].dataType.simpleString()}' for k in keys)}, _rows double, n_salts int"
+    return df.sparkSession.createDataFrame(rows, schema)
 
 
 def histogram_partials(bucketed: DataFrame, hot: DataFrame | None = None,
