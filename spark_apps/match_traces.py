@@ -22,16 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_job_args(argv, __doc__.splitlines()[0])
     spark = get_session(STAGE)
     probes = read_table(spark, args.warehouse, "probes", dates=args.dates, partitions=T.read_cells(args.partitions))
-    result = probes.transform(T.match_traces, warehouse=args.warehouse, partitions=args.partitions).persist()
+    network = T.network_broadcast(spark, args.warehouse, args.partitions)
+    result = probes.transform(T.match_traces, network=network, partitions=args.partitions)
     try:
+        # one action computes (and caches) the matching; the write then reads the cached result
+        counts = {(str(r["dt"]), r["partition"], r["key"]): int(r["n"])
+                  for r in result.transform(T.result_counts).collect()}
         write_table(result.transform(T.traversal_rows), args.warehouse, "segment_traversals",
                     replace=[{"dt": d, "partition": p} for d in args.dates for p in args.partitions])
-        trav = {(str(r["dt"]), r["partition"], r["reject_reason"]): int(r["count"])
-                for r in result.transform(T.traversal_counts).collect()}
-        fixes = {(str(r["dt"]), r["partition"], r["key"]): int(r["n"])
-                 for r in result.transform(T.piece_counts).collect()}
     finally:
         result.unpersist()
+        network[1].destroy()
+    trav = {(d, p, k.removeprefix("traversals:") or None): v for (d, p, k), v in counts.items()
+            if k.startswith("traversals:")}
+    fixes = {k: v for k, v in counts.items() if not k[2].startswith("traversals:")}
     for d in args.dates:
         for p in args.partitions:
             reasons = sorted({k[2] for k in trav if k[0] == str(d) and k[1] == p and k[2]} | set(REJECT_REASONS))

@@ -87,6 +87,18 @@ _BIG_M = 1e9  # chain separation in the combined path position (no path is 1 000
 
 
 @dataclass
+class PieceMatch:
+    """Array outcome of one trace piece (fixes in input order): per-fix status, segment, chain; breaks; and the
+    traversal columns (TRAVERSAL_COLUMNS without the times, plus _enter_us/_exit_us in UTC microseconds), or None."""
+
+    status: np.ndarray
+    segment_id: np.ndarray
+    chain: np.ndarray
+    breaks: dict
+    traversals: dict | None
+
+
+@dataclass
 class TraceMatch:
     """Traversals (TRAVERSAL_COLUMNS) of one trace piece plus its per-fix outcome."""
 
@@ -196,6 +208,34 @@ class Matcher:
         lat = fixes["lat_deg"].to_numpy(np.float64, na_value=np.nan)[order]
         ctx = (fixes["is_context"].to_numpy(object)[order] == True if "is_context" in fixes.columns  # noqa: E712
                else np.zeros(n, bool)).astype(bool)
+        pm_col = fixes["prematched_segment_id"] if "prematched_segment_id" in fixes.columns else None
+        has = pm_col.notna().to_numpy(bool)[order] if pm_col is not None else None
+        ids = speeds = None
+        if has is not None and has.any():
+            ids = np.asarray(pm_col.where(pm_col.notna(), 0).astype("int64").to_numpy(), np.int64)[order]
+            speeds = (fixes["speed_kph"].to_numpy(np.float64, na_value=np.nan)[order] if "speed_kph" in fixes.columns
+                      else np.full(n, np.nan))
+        pa_ = self.match_arrays(t_us, lon, lat, ctx, ids, has, speeds)
+        trav = pa_.traversals
+        if trav is not None and len(trav["seq"]):
+            trav["enter_time_utc"] = _utc(trav["_enter_us"])
+            trav["exit_time_utc"] = _utc(trav["_exit_us"])
+            out = pd.DataFrame({c: trav[c] for c in TRAVERSAL_COLUMNS})
+        else:
+            out = _empty_traversals()
+        # back to the caller's row order
+        inv = np.empty(n, np.int64)
+        inv[order] = np.arange(n)
+        pm_out = PointMatch(pa_.status[inv], pa_.segment_id[inv], np.full(n, np.nan), pa_.chain[inv], pa_.breaks, {})
+        return TraceMatch(out, pm_out)
+
+    def match_arrays(self, t_us: np.ndarray, lon: np.ndarray, lat: np.ndarray, ctx: np.ndarray,
+                     pm_ids: np.ndarray | None = None, pm_has: np.ndarray | None = None,
+                     speeds: np.ndarray | None = None) -> PieceMatch:
+        """Match one trace piece given as arrays in input order: UTC microseconds (_NAT = missing), degrees
+        (NaN = missing), context flags, and optionally pre-matched link ids (pm_has = id present) with reported
+        speeds (km/h). Per-fix outcome in the same order; traversal columns with enter/exit microseconds."""
+        n = len(t_us)
         status = np.full(n, "", dtype=object)
         valid = np.isfinite(lon) & np.isfinite(lat) & (t_us != _NAT)
         status[~valid] = "invalid_coordinate"
@@ -214,16 +254,13 @@ class Matcher:
         chain = np.full(n, -1, np.int64)
         breaks = dict.fromkeys(BREAK_REASONS, 0)
         uidx = np.nonzero(usable)[0]
-        pm_col = fixes["prematched_segment_id"] if "prematched_segment_id" in fixes.columns else None
-        has = pm_col.notna().to_numpy(bool)[order] if pm_col is not None else np.zeros(n, bool)
         trav: dict | None = None
-        if has.any():
-            ids = np.asarray(pm_col.where(pm_col.notna(), 0).astype("int64").to_numpy(), np.int64)[order]
-            speeds = (fixes["speed_kph"].to_numpy(np.float64, na_value=np.nan)[order] if "speed_kph" in fixes.columns
-                      else np.full(n, np.nan))
-            trav, st = self._prematched(uidx, ids, has, t_us, speeds)
+        if pm_has is not None and pm_has.any():
+            if speeds is None:
+                speeds = np.full(n, np.nan)
+            trav, st = self._prematched(uidx, pm_ids, pm_has, t_us, speeds)
             status[uidx] = st
-            seg_id[uidx] = np.where(has[uidx], ids[uidx], -1)
+            seg_id[uidx] = np.where(pm_has[uidx], pm_ids[uidx], -1)
         elif len(uidx) < 2:
             status[uidx] = "single_fix"
         else:
@@ -238,16 +275,9 @@ class Matcher:
             owned_lo, owned_hi = _owned_span(t_us, ctx, usable)
             enter_us = trav["_enter_us"]
             trav["owned"] = (enter_us >= owned_lo) & (enter_us < owned_hi)
-            trav["enter_time_utc"] = _utc(enter_us)
-            trav["exit_time_utc"] = _utc(trav["_exit_us"])
-            out = pd.DataFrame({c: trav[c] for c in TRAVERSAL_COLUMNS})
         else:
-            out = _empty_traversals()
-        # back to the caller's row order
-        inv = np.empty(n, np.int64)
-        inv[order] = np.arange(n)
-        pm_out = PointMatch(status[inv], seg_id[inv], np.full(n, np.nan), chain[inv], breaks, {})
-        return TraceMatch(out, pm_out)
+            trav = None
+        return PieceMatch(status, seg_id, chain, breaks, trav)
 
     def _traversals(self, legs: dict, t0_us: int) -> dict | None:
         """Path legs -> traversal columns (plus _enter_us/_exit_us), with reject reasons; None when no legs."""

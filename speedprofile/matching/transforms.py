@@ -1,32 +1,43 @@
-"""Spark transforms of match_traces: probes (one row per fix) -> matched traversal rows + per-piece accounting.
+"""Spark transforms of match_traces: probes (one row per fix) -> matched traversal rows + fix accounting.
 
-Grain in: one GPS fix of a trace piece (probes). Grain out: one row per traversal (kind='traversal') plus one
-row per trace piece (kind='piece') carrying its fix accounting in `stats`. Times UTC, metres, km/h.
+Grain in: one GPS fix of a trace piece (probes). Grain out: one row per traversal (kind='traversal') plus, per
+task, one row per home partition-day (kind='stats') carrying the summed fix accounting of its pieces in `stats`.
+Times UTC, metres, km/h.
 
 Border rule (see docs/matching.md): a job for partitions P reads the pieces homed in P and in their ring-1
 neighbours (a piece's owned fixes stay within ring-1 of its home), matches each piece on the network of its home
 cell plus a ring-`HALO_K` halo, and keeps traversals of segments whose partition is in P. The time rule of the
 probes table (a traversal belongs to the piece whose owned time span contains its enter time) then makes every
 traversal appear exactly once across all partitions' jobs, without any job writing outside its partitions.
+
+The network reaches the Python workers as a broadcast (Arrow IPC bytes of the road_segments rows the job needs,
+read by the driver through Spark, so any Spark-readable warehouse works); each worker builds the routing
+structures of a home cell once per broadcast and reuses them for every piece homed there.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
-import pandas as pd
-from pyspark.sql import DataFrame
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark import Broadcast, StorageLevel
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from schemas.segment_traversals import SEGMENT_TRAVERSALS
-from speedprofile.matching.kernel import FIX_STATUSES, Matcher, MatchParams
+from speedprofile.matching.kernel import _NAT, FIX_STATUSES, Matcher, MatchParams
 
 HALO_K = 2        # network halo around a piece's home cell, in H3 grid steps
 READ_RING = 1     # pieces homed this many grid steps away can traverse a partition's segments
-_CACHE_SIZE = 8   # networks kept per Python worker (one per home cell)
-_NETWORKS: OrderedDict = OrderedDict()
+_CACHE_SIZE = 16  # home-cell matchers kept per Python worker
+_MATCHERS: OrderedDict = OrderedDict()
+_TABLES: OrderedDict = OrderedDict()  # broadcast token -> decoded network table (latest two)
+NETWORK_COLUMNS = ["segment_id", "from_node_id", "to_node_id", "reverse_segment_id", "length_m", "geom_lon_deg",
+                   "geom_lat_deg", "partition"]
 
 RESULT_DDL = (
     "kind STRING, trace_id STRING, piece INT, dt DATE, home_partition STRING, partition STRING, seq INT, "
@@ -34,120 +45,252 @@ RESULT_DDL = (
     "speed_kph DOUBLE, is_complete BOOLEAN, n_fixes INT, match_source STRING, reject_reason STRING, "
     "stats MAP<STRING, BIGINT>"
 )
-_RESULT_COLS = ["kind", "trace_id", "piece", "dt", "home_partition", "partition", "seq", "segment_id",
-                "enter_time_utc", "exit_time_utc", "duration_s", "traversed_m", "speed_kph", "is_complete", "n_fixes",
-                "match_source", "reject_reason", "stats"]
+_TS = pa.timestamp("us", tz="UTC")
+RESULT_ARROW = pa.schema([
+    ("kind", pa.string()), ("trace_id", pa.string()), ("piece", pa.int32()), ("dt", pa.date32()),
+    ("home_partition", pa.string()), ("partition", pa.string()), ("seq", pa.int32()), ("segment_id", pa.int64()),
+    ("enter_time_utc", _TS), ("exit_time_utc", _TS), ("duration_s", pa.float64()), ("traversed_m", pa.float64()),
+    ("speed_kph", pa.float64()), ("is_complete", pa.bool_()), ("n_fixes", pa.int32()), ("match_source", pa.string()),
+    ("reject_reason", pa.string()), ("stats", pa.map_(pa.string(), pa.int64())),
+])
+_PROBE_COLUMNS = ["dt", "partition", "trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "speed_kph",
+                  "prematched_segment_id", "is_context", "source_file", "source_row"]
+
+
+def _disk(cell: str, k: int) -> list[str]:
+    import h3
+
+    try:
+        return sorted(h3.grid_disk(cell, k))
+    except (ValueError, TypeError, h3.H3BaseException):
+        return [cell]  # not an H3 cell: just that partition
 
 
 def read_cells(partitions: Iterable[str]) -> list[str]:
     """Home cells whose pieces can traverse the given partitions' segments (the partitions and their ring-1)."""
-    import h3
-
-    cells: set[str] = set()
-    for p in partitions:
-        try:
-            cells.update(h3.grid_disk(p, READ_RING))
-        except (ValueError, TypeError, h3.H3BaseException):
-            cells.add(p)  # not an H3 cell: read just that partition
-    return sorted(cells)
+    return sorted({c for p in partitions for c in _disk(p, READ_RING)})
 
 
-def network_for(warehouse: str, home: str, params: MatchParams) -> Matcher:
-    """Matcher on the home cell's network plus its halo; built once per Python worker and cached (LRU)."""
-    key = (warehouse, home, params)
-    m = _NETWORKS.get(key)
+def network_cells(partitions: Iterable[str]) -> list[str]:
+    """road_segments partitions any piece read for `partitions` is matched on (its home cell plus the halo)."""
+    return sorted({c for h in read_cells(partitions) for c in _disk(h, HALO_K)})
+
+
+def network_broadcast(spark: SparkSession, warehouse: str, partitions: Iterable[str]) -> tuple[str, Broadcast]:
+    """(token, broadcast of Arrow IPC bytes): the road_segments rows of `network_cells`, read through Spark.
+
+    Rows are ordered by (partition, segment_id), the order `network build` writes them in, so every job builds
+    the same routing structures for a home cell.
+    """
+    from speedprofile.errors import UserError
+    from speedprofile.spark import exists, read_table
+    from speedprofile.warehouse import table_path
+
+    if not exists(spark, table_path(warehouse, "road_segments")):
+        raise UserError(f"no road network in warehouse {warehouse} (run `speedprofile network build` first)")
+    segs = read_table(spark, warehouse, "road_segments", partitions=network_cells(partitions))
+    table = segs.select(*NETWORK_COLUMNS).toArrow()
+    table = table.sort_by([("partition", "ascending"), ("segment_id", "ascending")])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return uuid.uuid4().hex, spark.sparkContext.broadcast(sink.getvalue().to_pybytes())
+
+
+def matcher_for(token: str, network, home: str, params: MatchParams) -> Matcher:
+    """Matcher on the home cell plus its halo, from the broadcast network; built once per worker and cached."""
+    key = (token, home, params)
+    m = _MATCHERS.get(key)
     if m is not None:
-        _NETWORKS.move_to_end(key)
+        _MATCHERS.move_to_end(key)
         return m
-    import h3
-
-    from speedprofile.network.graph import load_road_segments_table
-
-    try:
-        cells = sorted(h3.grid_disk(home, HALO_K))
-    except (ValueError, TypeError, h3.H3BaseException):
-        cells = [home]
-    cols = ["segment_id", "from_node_id", "to_node_id", "reverse_segment_id", "length_m", "geom_lon_deg",
-            "geom_lat_deg", "partition"]
-    table = load_road_segments_table(warehouse, cells, cols)
-    m = Matcher(table, params)
-    _NETWORKS[key] = m
-    while len(_NETWORKS) > _CACHE_SIZE:
-        _NETWORKS.popitem(last=False)
+    table = _TABLES.get(token)
+    if table is None:
+        table = pa.ipc.open_stream(network.value).read_all()
+        _TABLES[token] = table
+        while len(_TABLES) > 2:
+            _TABLES.popitem(last=False)
+    sub = table.filter(pc.is_in(table.column("partition"), value_set=pa.array(_disk(home, HALO_K), pa.string())))
+    m = Matcher(sub, params)
+    _MATCHERS[key] = m
+    while len(_MATCHERS) > _CACHE_SIZE:
+        _MATCHERS.popitem(last=False)
     return m
 
 
-def match_piece(pdf: pd.DataFrame, warehouse: str, emit: frozenset, params: MatchParams) -> pd.DataFrame:
-    """Kernel call for one trace piece (all its fixes): traversal rows on `emit` partitions + one accounting row."""
-    first = pdf.iloc[0]
-    trace_id, piece, dt, home = first["trace_id"], int(first["piece"]), first["dt"], first["partition"]
-    owned = ~(pdf["is_context"].to_numpy(object) == True)  # noqa: E712  (null = owned)
-    stats: dict[str, int] = {"pieces": 1, "fixes_in": int(owned.sum()), "context_fixes": int((~owned).sum())}
-    try:
-        matcher = network_for(warehouse, home, params)
-        res = matcher.match(pdf.reset_index(drop=True))
-        status = res.points.status  # aligned with pdf's rows
-        for s in FIX_STATUSES:
-            stats[f"fixes_{s}"] = int(((status == s) & owned).sum())
-        stats["pieces_broken"] = int(sum(res.points.breaks.values()) > 0)
-        for k, v in res.points.breaks.items():
-            stats[f"breaks_{k}"] = int(v)
-        trav = res.traversals
-        if len(trav):
-            idx = matcher.net.index_of(trav["segment_id"].to_numpy())
-            seg_part = np.where(idx >= 0, matcher.net.seg_partition[np.maximum(idx, 0)], None)
-            reason = trav["reject_reason"].to_numpy(object).copy()
-            reason[(reason == None) & ~trav["owned"].to_numpy(bool)] = "owned_by_other_piece"  # noqa: E711
-            trav = trav.assign(partition=seg_part, reject_reason=reason)
-            trav = trav[trav["partition"].isin(emit)]
-    except Exception as exc:  # a bad piece must never kill the job: count it and move on
-        stats = {"pieces": 1, "fixes_in": int(owned.sum()), "context_fixes": int((~owned).sum()),
-                 "fixes_kernel_error": int(owned.sum()), "pieces_kernel_error": 1}
-        stats["kernel_error_" + type(exc).__name__] = 1
-        trav = pd.DataFrame()
-    rows = []
-    if len(trav):
-        t = trav.drop(columns=["owned"]).assign(kind="traversal", trace_id=trace_id, piece=piece, dt=dt,
-                                                home_partition=home, stats=None)
-        rows.append(t)
-    if home in emit:
-        rows.append(pd.DataFrame([{"kind": "piece", "trace_id": trace_id, "piece": piece, "dt": dt,
-                                   "home_partition": home, "partition": home, "stats": stats}]))
-    if not rows:
-        return pd.DataFrame({c: pd.Series([], dtype=object) for c in _RESULT_COLS})  # object dtype: an empty float column cannot be cast to DATE
-    out = pd.concat(rows, ignore_index=True) if len(rows) > 1 else rows[0]
-    for c in _RESULT_COLS:
-        if c not in out.columns:
-            out[c] = None
-    return out[_RESULT_COLS]
+def _np(col: pa.ChunkedArray | pa.Array, dtype, null) -> np.ndarray:
+    """Arrow column -> numpy array of dtype with nulls replaced by `null`."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count:
+        col = col.fill_null(pa.scalar(null, col.type))
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype)
 
 
-def match_traces(probes: DataFrame, warehouse: str, partitions: Iterable[str],
+class _Out:
+    """Column buffers of the traversal rows of one task, turned into one Arrow batch at the end."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []   # input row of each traversal's piece (for trace_id, piece, dt, home)
+        self.cols: dict[str, list] = {c: [] for c in ("partition", "seq", "segment_id", "_enter_us", "_exit_us",
+                                                       "duration_s", "traversed_m", "speed_kph", "is_complete",
+                                                       "n_fixes", "match_source", "reject_reason")}
+
+    def add(self, row: int, trav: dict) -> None:
+        self.rows.append(np.full(len(trav["seq"]), row, np.int64))
+        for c, buf in self.cols.items():
+            buf.append(trav[c])
+
+    def batch(self, table: pa.Table) -> pa.RecordBatch | None:
+        if not self.rows:
+            return None
+        rows = pa.array(np.concatenate(self.rows))
+        c = {k: np.concatenate(v) for k, v in self.cols.items()}
+        n = len(rows)
+        arrays = {
+            "kind": pa.array(np.full(n, "traversal", dtype=object), pa.string()),
+            "trace_id": table.column("trace_id").take(rows), "piece": table.column("piece").take(rows),
+            "dt": table.column("dt").take(rows), "home_partition": table.column("partition").take(rows),
+            "partition": pa.array(c["partition"], pa.string()), "seq": pa.array(c["seq"], pa.int32()),
+            "segment_id": pa.array(c["segment_id"], pa.int64()),
+            "enter_time_utc": pa.array(c["_enter_us"], pa.int64()).cast(_TS),
+            "exit_time_utc": pa.array(c["_exit_us"], pa.int64()).cast(_TS),
+            # NaN -> null, as pandas -> Arrow did for these columns
+            "duration_s": pa.array(c["duration_s"], pa.float64(), from_pandas=True),
+            "traversed_m": pa.array(c["traversed_m"], pa.float64(), from_pandas=True),
+            "speed_kph": pa.array(c["speed_kph"], pa.float64(), from_pandas=True),
+            "is_complete": pa.array(c["is_complete"], pa.bool_()), "n_fixes": pa.array(c["n_fixes"], pa.int32()),
+            "match_source": pa.array(c["match_source"], pa.string()),
+            "reject_reason": pa.array(c["reject_reason"], pa.string()),
+            "stats": pa.nulls(n, RESULT_ARROW.field("stats").type),
+        }
+        return pa.RecordBatch.from_arrays([arrays[f.name].combine_chunks() if isinstance(arrays[f.name], pa.ChunkedArray)
+                                           else arrays[f.name] for f in RESULT_ARROW], schema=RESULT_ARROW)
+
+
+def _stats_batch(stats: dict) -> pa.RecordBatch:
+    """One row per (dt, home partition) with the summed per-piece accounting."""
+    keys = list(stats)
+    n = len(keys)
+    arrays = {f.name: pa.nulls(n, f.type) for f in RESULT_ARROW}
+    arrays["kind"] = pa.array(["stats"] * n, pa.string())
+    arrays["dt"] = pa.array([k[0] for k in keys], pa.date32())
+    arrays["home_partition"] = arrays["partition"] = pa.array([k[1] for k in keys], pa.string())
+    arrays["stats"] = pa.array([list(stats[k].items()) for k in keys], RESULT_ARROW.field("stats").type)
+    return pa.RecordBatch.from_arrays([arrays[f.name] for f in RESULT_ARROW], schema=RESULT_ARROW)
+
+
+def match_table(table: pa.Table, token: str, network, emit: frozenset, params: MatchParams) -> list[pa.RecordBatch]:
+    """Match every trace piece of an Arrow table of probes (whole pieces only) -> result batches (RESULT_ARROW).
+
+    Pieces are cut by sorting on (dt, partition, trace_id, piece, source_file, source_row): the fixes of a piece in
+    the order the source gave them, which is how the kernel takes them.
+    """
+    if table.num_rows == 0:
+        return []
+    table = table.select(_PROBE_COLUMNS).combine_chunks()
+    idx = pc.sort_indices(table, sort_keys=[
+        ("dt", "ascending"), ("partition", "ascending"), ("trace_id", "ascending"), ("piece", "ascending"),
+        ("source_file", "ascending"), ("source_row", "ascending")])
+    table = table.take(idx)
+    dt = _np(table.column("dt").cast(pa.int32()), np.int64, 0)
+    piece = _np(table.column("piece"), np.int64, -1)
+    home_codes = _np(table.column("partition").dictionary_encode().combine_chunks().indices, np.int64, -1)
+    tid_codes = _np(table.column("trace_id").dictionary_encode().combine_chunks().indices, np.int64, -1)
+    new = np.ones(len(dt), bool)
+    new[1:] = ((dt[1:] != dt[:-1]) | (home_codes[1:] != home_codes[:-1]) | (tid_codes[1:] != tid_codes[:-1])
+               | (piece[1:] != piece[:-1]))
+    starts = np.nonzero(new)[0]
+    ends = np.append(starts[1:], len(dt))
+    t_us = _np(table.column("timestamp_utc").cast(pa.int64()), np.int64, _NAT)
+    lon = _np(table.column("lon_deg"), np.float64, np.nan)
+    lat = _np(table.column("lat_deg"), np.float64, np.nan)
+    ctx_col = table.column("is_context")
+    ctx = _np(ctx_col, bool, False)
+    pm_col = table.column("prematched_segment_id")
+    pm_has = ~_np(pm_col.is_null(), bool, True)
+    pm_ids = _np(pm_col, np.int64, 0)
+    speeds = _np(table.column("speed_kph"), np.float64, np.nan)
+    homes = table.column("partition").to_pylist()
+    dts = table.column("dt").to_pylist()
+    out = _Out()
+    stats: dict = {}
+    statuses = np.array(FIX_STATUSES, dtype=object)
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        home = homes[a]
+        owned = ~ctx[a:b]
+        n_owned = int(owned.sum())
+        st: dict[str, int] = {"pieces": 1, "fixes_in": n_owned, "context_fixes": (b - a) - n_owned}
+        try:
+            matcher = matcher_for(token, network, home, params)
+            has = pm_has[a:b]
+            res = matcher.match_arrays(t_us[a:b], lon[a:b], lat[a:b], ctx[a:b], pm_ids[a:b] if has.any() else None,
+                                       has, speeds[a:b])
+            counts = (res.status[owned][:, None] == statuses[None, :]).sum(axis=0)
+            for s, v in zip(FIX_STATUSES, counts.tolist(), strict=True):
+                st[f"fixes_{s}"] = v
+            st["pieces_broken"] = int(sum(res.breaks.values()) > 0)
+            for k, v in res.breaks.items():
+                st[f"breaks_{k}"] = int(v)
+            trav = res.traversals
+            if trav is not None:
+                sidx = matcher.net.index_of(trav["segment_id"])
+                seg_part = np.where(sidx >= 0, matcher.net.seg_partition[np.maximum(sidx, 0)], None)
+                reason = trav["reject_reason"].copy()
+                reason[(reason == None) & ~trav["owned"]] = "owned_by_other_piece"  # noqa: E711
+                keep = np.array([p in emit for p in seg_part.tolist()], bool)
+                if keep.any():
+                    trav = {k: v[keep] for k, v in trav.items()}
+                    trav["partition"], trav["reject_reason"] = seg_part[keep], reason[keep]
+                    out.add(a, trav)
+        except Exception as exc:  # a bad piece must never kill the job: count it and move on
+            st = {"pieces": 1, "fixes_in": n_owned, "context_fixes": (b - a) - n_owned,
+                  "fixes_kernel_error": n_owned, "pieces_kernel_error": 1, "kernel_error_" + type(exc).__name__: 1}
+        if home in emit:
+            acc = stats.setdefault((dts[a], home), {})
+            for k, v in st.items():
+                acc[k] = acc.get(k, 0) + v
+    batches = []
+    tb = out.batch(table)
+    if tb is not None:
+        batches.append(tb)
+    if stats:
+        batches.append(_stats_batch(stats))
+    return batches
+
+
+def match_traces(probes: DataFrame, network: tuple[str, Broadcast], partitions: Iterable[str],
                  params: MatchParams | None = None) -> DataFrame:
-    """probes -> result rows (RESULT_DDL): one shuffle groups each piece's fixes; the kernel runs per piece."""
+    """probes -> result rows (RESULT_DDL), persisted: one shuffle puts each piece's fixes in one task, which
+    matches all its pieces in one Arrow pass. `network` comes from `network_broadcast` for the same partitions.
+    The first action computes and caches the result (`result_counts`); later ones read the cache."""
     emit = frozenset(partitions)
     params = params or MatchParams()
+    token, bc = network
 
-    def fn(pdf: pd.DataFrame) -> pd.DataFrame:
-        return match_piece(pdf, warehouse, emit, params)
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        # a task gets whole pieces (the repartition keys); pieces may span batches, so take the task's rows at once
+        batches = list(batches)
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches)
+        yield from match_table(table, token, bc, emit, params)
 
-    return probes.groupBy("dt", "partition", "trace_id", "piece").applyInPandas(fn, RESULT_DDL)
+    keyed = probes.select(*_PROBE_COLUMNS).repartition("dt", "partition", "trace_id", "piece")
+    return keyed.mapInArrow(fn, RESULT_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def result_counts(result: DataFrame) -> DataFrame:
+    """(dt, partition, key, n) in one job: `traversals:<reason|kept>` counts and the summed fix accounting keys."""
+    trav = (result.where(F.col("kind") == "traversal")
+            .select("dt", "partition", F.concat(F.lit("traversals:"), F.coalesce("reject_reason", F.lit("")))
+                    .alias("key"), F.lit(1).cast("bigint").alias("n")))
+    stats = (result.where(F.col("kind") == "stats")
+             .select("dt", "partition", F.explode("stats").alias("key", "n")))
+    return trav.unionByName(stats).groupBy("dt", "partition", "key").agg(F.sum("n").alias("n"))
 
 
 def traversal_rows(result: DataFrame) -> DataFrame:
     """Emitted traversals in the segment_traversals schema (kept rows only)."""
     kept = result.where((F.col("kind") == "traversal") & F.col("reject_reason").isNull())
     return kept.select(*SEGMENT_TRAVERSALS.names)
-
-
-def traversal_counts(result: DataFrame) -> DataFrame:
-    """(dt, partition, reject_reason, n) over all matched traversals of the emitted partitions (null = kept)."""
-    return (result.where(F.col("kind") == "traversal")
-            .groupBy("dt", "partition", "reject_reason").count())
-
-
-def piece_counts(result: DataFrame) -> DataFrame:
-    """(dt, partition, key, n): the per-piece accounting summed per home partition-day."""
-    return (result.where(F.col("kind") == "piece")
-            .select("dt", "partition", F.explode("stats").alias("key", "n"))
-            .groupBy("dt", "partition", "key").agg(F.sum("n").alias("n")))

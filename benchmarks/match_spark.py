@@ -1,0 +1,179 @@
+"""Spark match_traces throughput vs the kernel's raw-array rate on the same fixes (one simulated Porto day).
+
+    .venv/bin/python benchmarks/match_spark.py [--vehicles 300] [--interval-s 10] [--reuse] [--keep-output DIR]
+
+Builds the Porto network, simulates `--vehicles` x 1 day, ingests it, then times `spark_apps/match_traces.main`
+over all partitions of the day in one call (local[2], the repo's conf/spark-defaults.conf settings; JVM start-up
+and ingest excluded). The Spark figure is owned fixes per CPU second of the whole Spark process tree (JVM + Python
+workers, from /proc), and per wall second per core. The baseline, in the same run, is `Matcher.match_points` on the
+usable fixes of every piece (one process, the whole network, CPU seconds). Writes benchmarks/results/match_spark.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+DATA = Path(os.environ.get("SPEEDPROFILE_DATA", REPO.parent / "shared" / "data"))
+OUT = REPO / "benchmarks" / "results" / "match_spark.json"
+WORK = REPO / "benchmarks" / "work" / "match_spark"
+DAY = "2026-11-02"  # the simulator's default start date (a Monday)
+
+
+def _tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds (user + system, including reaped children) of a process and all its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(d), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        stats[pid] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    total, todo = 0.0, [root_pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, 0.0)
+        todo.extend(children.get(p, []))
+    return total
+
+
+def _spark_session():
+    from pyspark.sql import SparkSession
+
+    conf = {}
+    for line in (REPO / "conf" / "spark-defaults.conf").read_text().splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and not parts[0].startswith("#"):
+            conf[parts[0]] = parts[1].strip()
+    b = SparkSession.builder.master("local[2]").appName("bench-match-spark").config("spark.ui.enabled", "false")
+    for k, v in conf.items():
+        b = b.config(k, v)
+    return b.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS").getOrCreate()
+
+
+def prepare(vehicles: int, interval_s: float, reuse: bool) -> tuple[str, str]:
+    """Network + simulated day + ingested probes under benchmarks/work/match_spark (kept with --reuse)."""
+    wh, sim = str(WORK / f"wh_v{vehicles}_i{int(interval_s)}"), str(WORK / f"sim_v{vehicles}_i{int(interval_s)}")
+    if reuse and os.path.isdir(os.path.join(wh, "probes")):
+        return wh, sim
+    shutil.rmtree(wh, ignore_errors=True)
+    shutil.rmtree(sim, ignore_errors=True)
+    from speedprofile.ingest.pipeline import ingest
+    from speedprofile.network.build import build
+    from speedprofile.simulate.fleet import simulate
+
+    build(wh, osm=str(DATA / "osm_porto" / "porto.osm.pbf"))
+    simulate(wh, sim, days=1, vehicles=vehicles, interval_s=interval_s, noise_m=5.0, seed=7)
+    ingest(_spark_session(), wh, [os.path.join(sim, "probes")])
+    return wh, sim
+
+
+def kernel_rate(wh: str) -> dict:
+    """Matcher.match_points over every piece's usable fixes (time order, strictly increasing), CPU seconds."""
+    import pyarrow.dataset as ds
+
+    from speedprofile.matching.kernel import Matcher, warm_up
+    from speedprofile.network.graph import load_road_segments_table
+
+    warm_up()
+    m = Matcher(load_road_segments_table(wh))
+    t = ds.dataset(os.path.join(wh, "probes"), partitioning="hive").to_table(
+        columns=["trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "source_row"])
+    tid = np.asarray(t.column("trace_id").to_numpy(zero_copy_only=False), dtype=object)
+    piece = t.column("piece").to_numpy()
+    ts = t.column("timestamp_utc").cast("int64").to_numpy()
+    lon, lat = t.column("lon_deg").to_numpy(), t.column("lat_deg").to_numpy()
+    codes = np.unique(tid, return_inverse=True)[1]
+    order = np.lexsort((ts, piece, codes))
+    key = codes[order] * 100_000 + piece[order]
+    bounds = np.concatenate([[0], np.nonzero(np.diff(key))[0] + 1, [len(key)]])
+    pieces = []
+    for a, b in itertools.pairwise(bounds):
+        idx = order[a:b]
+        tt = ts[idx]
+        ok = np.concatenate([[True], np.diff(tt) > 0])
+        idx = idx[ok]
+        if len(idx) >= 2:
+            pieces.append((lon[idx], lat[idx], (ts[idx] - ts[idx[0]]) / 1e6))
+    n = sum(len(p[0]) for p in pieces)
+    c0 = time.process_time()
+    for x, y, s in pieces:
+        m.match_points(x, y, s)
+    cpu = time.process_time() - c0
+    return {"pieces": len(pieces), "fixes": n, "cpu_s": round(cpu, 3), "fixes_per_cpu_s": round(n / cpu, 1)}
+
+
+def spark_rate(wh: str) -> dict:
+    """match_traces over all partitions of the day in one call; CPU of the Spark process tree and wall time."""
+    from spark_apps.match_traces import main
+    from speedprofile.spark import read_metrics
+
+    spark = _spark_session()
+    spark.range(1).count()  # JVM and Python worker start-up outside the timed region
+    jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    cells = sorted(d.split("=", 1)[1] for d in os.listdir(os.path.join(wh, "probes", f"dt={DAY}")))
+    argv = ["--warehouse", wh, "--date", DAY, "--partition", ",".join(cells)]
+    cpu0, w0 = _tree_cpu_s(jvm_pid) + time.process_time(), time.perf_counter()
+    assert main(argv) == 0
+    wall = time.perf_counter() - w0
+    cpu = _tree_cpu_s(jvm_pid) + time.process_time() - cpu0
+    metrics = [read_metrics(None, wh, "match_traces", DAY, c) for c in cells]
+    fixes = sum(m["fixes_in"] for m in metrics)
+    cores = spark.sparkContext.defaultParallelism
+    return {
+        "partitions": len(cells), "pieces": sum(m["pieces"] for m in metrics), "fixes_in": fixes,
+        "fixes_matched": sum(m["fixes_matched"] for m in metrics),
+        "traversals_written": sum(m["rows_out"] for m in metrics),
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "cores": cores,
+        "fixes_per_cpu_s": round(fixes / cpu, 1), "fixes_per_wall_s_per_core": round(fixes / wall / cores, 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vehicles", type=int, default=300)
+    ap.add_argument("--interval-s", type=float, default=10.0)
+    ap.add_argument("--reuse", action="store_true", help="keep the network, fleet and probes of an earlier run")
+    ap.add_argument("--keep-output", help="copy the written segment_traversals table to this folder")
+    args = ap.parse_args()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    wh, _ = prepare(args.vehicles, args.interval_s, args.reuse)
+    sp = spark_rate(wh)
+    if args.keep_output:
+        shutil.rmtree(args.keep_output, ignore_errors=True)
+        shutil.copytree(os.path.join(wh, "segment_traversals"), args.keep_output)
+    kr = kernel_rate(wh)
+    out = {
+        "benchmark": "match_spark", "input": f"porto, 1 day, {args.vehicles} vehicles, {args.interval_s:g} s fixes",
+        "spark": sp, "kernel_raw_arrays": kr,
+        "spark_cpu_vs_kernel": round(sp["fixes_per_cpu_s"] / kr["fixes_per_cpu_s"], 3),
+        "spark_wall_per_core_vs_kernel": round(sp["fixes_per_wall_s_per_core"] / kr["fixes_per_cpu_s"], 3),
+    }
+    print(json.dumps(out, indent=2))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
