@@ -4,6 +4,7 @@ the same output as local mode, also when one worker is killed while a stage is r
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -125,7 +126,7 @@ def test_smoke_job_survives_a_worker_killed_mid_stage(standalone_cluster, smoke_
         assert f"killed worker {killed.worker_id} (pid {killed.pid})" in standalone_cluster.log.text()
         assert not mod.pid_alive(killed.pid)
         # The driver saw the executor on the killed worker go and re-ran its work elsewhere.
-        assert "Lost executor" in driver_log or "ExecutorLostFailure" in driver_log or "removed:" in driver_log
+        assert re.search(r"lost executor|executorlostfailure|executor \S+ removed", driver_log, re.I)
         pd.testing.assert_frame_equal(read_sorted(tmp_path / "out", ["key"]), read_sorted(smoke_local, ["key"]))
     finally:
         restore_workers(standalone_cluster)
@@ -204,14 +205,15 @@ def test_pipeline_on_cluster_equals_local_mode(standalone_cluster, pipeline_base
 
     base, cells = pipeline_base
     wh = fresh_copy(base, tmp_path / "wh")
+    before = {a["id"] for a in standalone_cluster.state()["completedapps"]}
     t0 = time.time()
     timings = run_stages(str(wh), PIPE_DATE, None, cells, master=standalone_cluster.url, confs=PIPE_CONF,
                          window_weeks=1, log_dir=str(tmp_path / "logs"), echo=standalone_cluster.log)
     standalone_cluster.log(f"pipeline on {standalone_cluster.url}: {len(timings)} stages in {time.time() - t0:.1f}s")
     assert list(timings) == list(STAGES)
-    for stage in STAGES:  # every stage really went to the cluster
-        log = next((tmp_path / "logs").glob(f"{stage}_*.log")).read_text(errors="replace")
-        assert f"Connecting to master {standalone_cluster.url}" in log, stage
+    # Every stage really ran as an application of the cluster (the master lists it as completed).
+    new_apps = [a for a in standalone_cluster.state()["completedapps"] if a["id"] not in before]
+    assert len(new_apps) == len(STAGES), [a["name"] for a in new_apps]
     rows = assert_same_tables(wh, pipeline_local)
     standalone_cluster.log(f"cluster output equals local mode: {rows}")
 
@@ -246,7 +248,7 @@ def test_pipeline_survives_a_worker_killed_mid_stage(standalone_cluster, pipelin
         assert f"killed worker {worker.worker_id} (pid {worker.pid})" in standalone_cluster.log.text()
         assert not mod.pid_alive(worker.pid)
         logs = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*.log"))
-        assert "Lost executor" in logs or "ExecutorLostFailure" in logs or "removed:" in logs
+        assert re.search(r"lost executor|executorlostfailure|executor \S+ removed", logs, re.I)
         assert_same_tables(wh, pipeline_local)
     finally:
         done.set()
