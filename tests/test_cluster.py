@@ -146,12 +146,16 @@ PIPE_TABLES = {
 
 
 def read_table(wh: Path, name: str) -> pd.DataFrame:
-    """A warehouse table as one frame, rows in key order, every value as text (exact comparison)."""
+    """A warehouse table as one frame, rows in key order; floats kept, every other value as text."""
     import pyarrow.dataset as ds
 
     df = ds.dataset(str(wh / name), format="parquet", partitioning="hive").to_table().to_pandas()
     keys = [c for c in PIPE_TABLES[name] if c in df.columns]
-    return df.sort_values(keys).reset_index(drop=True).astype(str)[sorted(df.columns)]
+    df = df.sort_values(keys).reset_index(drop=True)[sorted(df.columns)]
+    for c in df.columns:
+        if not pd.api.types.is_float_dtype(df[c]):
+            df[c] = df[c].astype(str)
+    return df
 
 
 def assert_same_tables(got: Path, expected: Path) -> dict[str, int]:
@@ -159,7 +163,9 @@ def assert_same_tables(got: Path, expected: Path) -> dict[str, int]:
     for name in PIPE_TABLES:
         a, b = read_table(got, name), read_table(expected, name)
         assert len(b) > 0, f"reference run wrote no {name}"
-        pd.testing.assert_frame_equal(a, b, obj=name)
+        # Exact for keys, counts, bins and text; floating aggregates may differ in the last bits because
+        # partial sums are combined in another order on the cluster (e.g. 29.6694958675427 vs ...42686).
+        pd.testing.assert_frame_equal(a, b, obj=name, check_exact=False, rtol=1e-9, atol=1e-9)
         rows[name] = len(a)
     return rows
 
