@@ -133,33 +133,38 @@ def main() -> None:
     plans = {"hash_aggregate": (lambda d, h: T.histogram_partials(d, h, keys=("segment_id", "tow_bucket")), df),
              "grouped_kernel": (kernel_histograms, small)}
     for plan, (fn, data) in plans.items():
-        data.count()
-        results: dict = {}
-        outputs = {}
-        for variant in ("unsalted", "salted", "unsalted", "salted"):  # warm-up pass, then measured pass
-            group = f"{plan}-{variant}-{time.monotonic_ns()}"
-            spark.sparkContext.setJobGroup(group, group)
-            t0 = time.perf_counter()
-            hot = None
-            if variant == "salted":
-                hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket"), total_rows=data.count())
-                n_hot = hot.count()
-            out = fn(data, hot)
-            rows = out.agg(F.sum("n_obs"), F.sum("n_traces"), F.count(F.lit(1))).first()
-            wall = time.perf_counter() - t0
-            results[variant] = {"wall_s": round(wall, 3), **stage_metrics(spark, group)}
-            if variant == "salted":
-                results[variant]["hot_keys"] = n_hot
-            outputs[variant] = tuple(rows)
-        assert outputs["salted"] == outputs["unsalted"], outputs
-        results["salted_equals_unsalted"] = True
-        results["wall_speedup"] = round(results["unsalted"]["wall_s"] / results["salted"]["wall_s"], 3)
-        report["plans"][plan] = results
-        for v in ("unsalted", "salted"):
-            r = results[v]
-            print(f"{plan:15s} {v:9s} wall {r['wall_s']:7.2f} s  largest/median task time "
-                  f"{r.get('time_ratio', float('nan')):6.2f} ({r.get('time_ms_max')} / {r.get('time_ms_median')} ms)"
-                  f"  records {r.get('records_ratio', float('nan')):8.2f}")
+        try:
+            data.count()
+            results: dict = {}
+            outputs = {}
+            for variant in ("unsalted", "salted", "unsalted", "salted"):  # warm-up pass, then measured pass
+                group = f"{plan}-{variant}-{time.monotonic_ns()}"
+                spark.sparkContext.setJobGroup(group, group)
+                t0 = time.perf_counter()
+                hot = None
+                if variant == "salted":
+                    hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket"), total_rows=data.count())
+                    n_hot = hot.count()
+                out = fn(data, hot)
+                rows = out.agg(F.sum("n_obs"), F.sum("n_traces"), F.count(F.lit(1))).first()
+                wall = time.perf_counter() - t0
+                results[variant] = {"wall_s": round(wall, 3), **stage_metrics(spark, group)}
+                if variant == "salted":
+                    results[variant]["hot_keys"] = n_hot
+                outputs[variant] = tuple(rows)
+            assert outputs["salted"] == outputs["unsalted"], outputs
+            results["salted_equals_unsalted"] = True
+            results["wall_speedup"] = round(results["unsalted"]["wall_s"] / results["salted"]["wall_s"], 3)
+            report["plans"][plan] = results
+            for v in ("unsalted", "salted"):
+                r = results[v]
+                print(f"{plan:15s} {v:9s} wall {r['wall_s']:7.2f} s  largest/median task time "
+                      f"{r.get('time_ratio', float('nan')):6.2f} ({r.get('time_ms_max')} / {r.get('time_ms_median')} ms)"
+                      f"  records {r.get('records_ratio', float('nan')):8.2f}")
+        except Exception as exc:  # keep the figures of the plans that completed
+            report["plans"][plan] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            print(f"{plan}: failed: {report['plans'][plan]['error']}")
+
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "salting.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
