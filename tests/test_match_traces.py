@@ -173,3 +173,95 @@ def test_kubicka_developer_tracks(data_dir):
     assert summary["tracks"] == 3
     assert summary["accuracy"] >= 0.95
     assert all(r["accuracy"] >= 0.9 for r in summary["worst"])
+
+
+@pytest.fixture(scope="module")
+def border_warehouse(tmp_path_factory, spark, tiny_network_warehouse, tiny_simulation) -> str:
+    """The tiny grid network (3 partitions) with the 6-vehicle simulated day ingested (pieces + context fixes)."""
+    import shutil
+    from pathlib import Path
+
+    from speedprofile.ingest.pipeline import ingest
+
+    root = tmp_path_factory.mktemp("border_wh") / "wh"
+    shutil.copytree(Path(tiny_network_warehouse) / "road_segments", root / "road_segments")
+    ingest(spark, str(root), [str(Path(tiny_simulation) / "probes")])
+    return str(root)
+
+
+def _traversals(spark, warehouse: str, day: str) -> pd.DataFrame:
+    from schemas.segment_traversals import SEGMENT_TRAVERSALS
+    from speedprofile.spark import read_table
+
+    df = read_table(spark, warehouse, "segment_traversals", dates=[day]).toPandas()
+    return df[SEGMENT_TRAVERSALS.names].sort_values(["trace_id", "piece", "seq"]).reset_index(drop=True)
+
+
+def test_border_one_submit_equals_separate_partition_runs(spark, border_warehouse, tmp_path):
+    """A trace crossing a partition border: both partitions in one run, each alone, and all partitions at once
+    write the same traversals on those partitions' segments, each exactly once."""
+    import shutil
+    from pathlib import Path
+
+    from spark_apps.match_traces import main
+    from speedprofile.spark import read_metrics, read_table
+
+    probes = read_table(spark, border_warehouse, "probes").toPandas()
+    day = str(probes["dt"].iloc[0])
+    homes = probes.groupby(["trace_id", "piece"])["partition"].first()
+    cells = sorted(json.loads((Path(border_warehouse) / "road_segments" / "_partitions.json").read_text())
+                   ["partitions"], key=lambda c: c["cell"])
+    cells = [c["cell"] for c in cells]
+    together, separate, whole = (str(tmp_path / n) for n in ("together", "separate", "whole"))
+    for w in (together, separate, whole):
+        shutil.copytree(border_warehouse, w)
+    assert main(["--warehouse", whole, "--date", day, "--partition", ",".join(cells)]) == 0
+    t3 = _traversals(spark, whole, day)
+    # the two partitions most traces drive in both (the border the fleet crosses most)
+    per_trace = t3.groupby("trace_id")["partition"].agg(set)
+    a, b = max(((x, y) for i, x in enumerate(cells) for y in cells[i + 1:]),
+               key=lambda xy: sum(set(xy) <= s for s in per_trace))
+    assert sum({a, b} <= s for s in per_trace) > 0, "no trace crosses a partition border"
+
+    assert main(["--warehouse", together, "--date", day, "--partition", f"{a},{b}"]) == 0
+    assert main(["--warehouse", separate, "--date", day, "--partition", a]) == 0
+    assert main(["--warehouse", separate, "--date", day, "--partition", b]) == 0
+    t1, t2 = _traversals(spark, together, day), _traversals(spark, separate, day)
+    t3 = t3[t3["partition"].isin([a, b])].reset_index(drop=True)
+    assert len(t1) > 0
+    pd.testing.assert_frame_equal(t1, t2)
+    pd.testing.assert_frame_equal(t1, t3)
+    assert set(t1["partition"]) == {a, b}
+    # exactly once: one row per piece's traversal, and no segment entered twice at the same time by one trace
+    assert not t1.duplicated(["trace_id", "piece", "seq"]).any()
+    assert not t1.duplicated(["trace_id", "segment_id", "enter_time_utc"]).any()
+    # the border is really crossed: traversals written into a partition by pieces homed in the other one
+    home_of = t1.set_index(["trace_id", "piece"]).index.map(homes.to_dict())
+    crossed = (home_of != t1["partition"].to_numpy())
+    assert crossed.any()
+    # each run's accounting holds and counts every kept traversal once
+    for w, parts in ((together, [a, b]), (separate, [a, b])):
+        ms = [read_metrics(None, w, "match_traces", day, p) for p in parts]
+        assert sum(m["rows_out"] for m in ms) == len(t1)
+        for m in ms:
+            assert m["rows_in"] == m["rows_out"] + sum(m["rejected"].values())
+            assert m["fixes_in"] == m["fixes_matched"] + sum(m["fixes_unmatched"].values())
+    owned = probes[~probes["is_context"].astype(bool)]
+    ms = [read_metrics(None, together, "match_traces", day, p) for p in (a, b)]
+    assert sum(m["fixes_in"] for m in ms) == int(owned["partition"].isin([a, b]).sum())
+
+
+def test_spark_app_reads_warehouse_by_uri(spark, match_warehouse, tmp_path):
+    """A file:// warehouse goes through Spark's Hadoop file system (the path an s3a:// warehouse takes)."""
+    import shutil
+
+    from spark_apps.match_traces import main
+    from speedprofile.spark import read_metrics
+
+    root = tmp_path / "wh"
+    shutil.copytree(match_warehouse, root, ignore=shutil.ignore_patterns("segment_traversals", "_metrics"))
+    assert main(["--warehouse", f"file://{root}", "--date", FIXTURE_DT, "--partition", FIXTURE_CELL]) == 0
+    m = read_metrics(None, str(root), "match_traces", FIXTURE_DT, FIXTURE_CELL)
+    got = _traversals(spark, str(root), FIXTURE_DT)
+    assert m["rows_out"] == len(got) > 0
+    assert m["fixes_unmatched"].get("kernel_error", 0) == 0
