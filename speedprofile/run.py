@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from speedprofile.errors import UserError
-from speedprofile.warehouse import date_range, read_partitions
+from speedprofile.warehouse import date_range, is_remote, read_partitions
 
 # The stage apps `run` drives, in order (network build and ingest produce its inputs).
 STAGES = ("match_traces", "bucket_traversals", "build_histograms", "estimate_speeds")
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", default=os.environ.get("SPEEDPROFILE_SPARK_MASTER"), help="Spark master URL")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra spark-submit --conf")
     p.add_argument("--window-weeks", type=int, default=4, help="rolling histogram window, weeks (default 4)")
-    p.add_argument("--log-dir", default=None, help="where stage logs go (default <warehouse>/_logs)")
+    p.add_argument("--log-dir", default=None, help="where stage logs go (default <warehouse>/_logs; ./speedprofile-logs for s3a:// warehouses)")
     p.add_argument("--dry-run", action="store_true", help="print the spark-submit commands only")
 
 
@@ -99,7 +99,7 @@ def run_stages(
         raise UserError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
     days = date_range(date, to_date)
     d0, d1 = str(days[0]), str(days[-1])
-    logs = Path(log_dir or os.path.join(warehouse, "_logs"))
+    logs = Path(log_dir or default_log_dir(warehouse))
     logs.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     for stage in [s for s in STAGES if s in stages]:
@@ -114,6 +114,13 @@ def run_stages(
             raise UserError(f"stage {stage} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]")
         echo(f"{stage:<18} ok  {timings[stage]:6.1f} s  {d0}..{d1}  {len(partitions)} partition(s)")
     return timings
+
+
+def default_log_dir(warehouse: str) -> str:
+    """Stage logs beside a local warehouse; for an object-store warehouse, a local folder (logs are local files)."""
+    if is_remote(warehouse):
+        return os.path.join(os.getcwd(), "speedprofile-logs")
+    return os.path.join(warehouse, "_logs")
 
 
 def resolve_partitions(warehouse: str, partition: str | None, all_: bool) -> list[str]:
