@@ -157,18 +157,23 @@ def merge_histograms(*frames: pd.DataFrame, keys: tuple[str, ...] = ("segment_id
 
 # ---------------------------------------------------------------- statistics on one histogram
 
-def quantiles_rows(counts: np.ndarray, q: float) -> np.ndarray:
-    """q-quantile of each row of binned counts (rows x bins), linear inside the bin; NaN for empty rows."""
-    c = np.atleast_2d(np.asarray(counts, dtype=float))
-    n = c.sum(axis=1)
+def _quantiles_cum(c: np.ndarray, cum: np.ndarray, q: float) -> np.ndarray:
+    """q-quantile of each row given float counts c and their row-wise cumulative sums cum."""
+    n = cum[:, -1] if cum.shape[1] else np.zeros(len(c))
     target = q * n
-    cum = np.cumsum(c, axis=1)
     i = np.argmax(cum >= target[:, None] - 1e-9, axis=1)  # first bin whose cumulative count reaches the rank
-    ci = c[np.arange(len(c)), i]
-    before = cum[np.arange(len(c)), i] - ci
+    r = np.arange(len(c))
+    ci = c[r, i]
+    before = cum[r, i] - ci
     frac = np.divide(target - before, ci, out=np.zeros_like(target), where=ci > 0)
     out = EDGES[i] + np.clip(frac, 0.0, 1.0) * BIN_WIDTH
     return np.where(n > 0, out, np.nan)
+
+
+def quantiles_rows(counts: np.ndarray, q: float) -> np.ndarray:
+    """q-quantile of each row of binned counts (rows x bins), linear inside the bin; NaN for empty rows."""
+    c = np.atleast_2d(np.asarray(counts, dtype=float))
+    return _quantiles_cum(c, np.cumsum(c, axis=1), q)
 
 
 def quantile_from_bins(counts: np.ndarray, q: float) -> float:
@@ -219,7 +224,10 @@ def stats_rows(counts, n_obs, n_traces, sum_speed, sum_duration, sum_m) -> dict[
         hm = np.where(dropped, n_kept / (kept / mids).sum(axis=1), sum_m / sum_duration * 3.6)
     hm = np.where(np.isfinite(hm) & (hm > 0), hm, np.nan)
     mean = np.where(np.isfinite(mean), mean, np.nan)
-    return {"median": quantiles_rows(kept, 0.5), "p15": quantiles_rows(kept, 0.15), "p85": quantiles_rows(kept, 0.85),
+    kf = kept.astype(float)
+    cum = np.cumsum(kf, axis=1)
+    return {"median": _quantiles_cum(kf, cum, 0.5), "p15": _quantiles_cum(kf, cum, 0.15),
+            "p85": _quantiles_cum(kf, cum, 0.85),
             "mean": mean, "harmonic_mean": hm, "n_obs": n_obs.astype(np.int64),
             "n_traces": np.atleast_1d(np.asarray(n_traces)).astype(np.int64)}
 
@@ -380,3 +388,151 @@ def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRA
     })
     res["free_flow_kph"] = float(free_flow)
     return res
+
+
+# ---------------------------------------------------------------- vectorised estimation (many segments at once)
+
+ESTIMATE_CHUNK_SEGMENTS = 256  # segments per block (output 2016 rows each); dense arrays are (segments, 2016)
+_HOUR_OF_BUCKET = (np.arange(N_BUCKETS) % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR
+_DAYTYPE_OF_BUCKET = np.select([np.arange(N_BUCKETS) // BUCKETS_PER_DAY == 0,
+                                np.arange(N_BUCKETS) // BUCKETS_PER_DAY == 6], [0, 2], 1)
+_POOL_OF_BUCKET = _DAYTYPE_OF_BUCKET * 24 + _HOUR_OF_BUCKET  # 0..71: (day type, local hour) pool of a bucket
+_NIGHT_BUCKET = np.isin(_HOUR_OF_BUCKET, NIGHT_HOURS)
+
+
+def _pool_hour_daytype(x: np.ndarray) -> np.ndarray:
+    """(S, 2016) -> (S, 2016): per bucket, the sum over the same local hour of its day-type pool."""
+    s = x.shape[0]
+    by_hour = x.reshape(s, 7, 24, BUCKETS_PER_HOUR).sum(axis=3)  # (S, 7, 24)
+    pooled = np.empty_like(by_hour)
+    pooled[:, 0], pooled[:, 6] = by_hour[:, 0], by_hour[:, 6]
+    pooled[:, 1:6] = by_hour[:, 1:6].sum(axis=1, keepdims=True)
+    return np.repeat(pooled, BUCKETS_PER_HOUR, axis=2).reshape(x.shape)
+
+
+def _group_sum(key: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum of value rows per integer key 0..n_groups-1 (rows in key order are summed sequentially)."""
+    out = np.zeros((n_groups, *values.shape[1:]), dtype=values.dtype)
+    if len(key):
+        order = np.argsort(key, kind="stable")
+        k = key[order]
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        out[k[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
+def _estimate_block(local: np.ndarray, b: np.ndarray, rows: dict[str, np.ndarray], priors: list[Prior],
+                    min_traces: int) -> dict[str, np.ndarray]:
+    """Back-off chain for S segments at once. local/b: segment index 0..S-1 and bucket of each histogram row;
+    rows: counts (rows, bins) and HIST_SUMS (rows,). Returns (S, 2016) arrays per output column + free_flow (S,)."""
+    s = len(priors)
+    keys = ("counts", *HIST_SUMS)
+    # the row of each (segment, bucket), or the all-zero row appended at the end
+    ext = {k: np.concatenate([v, np.zeros((1, *v.shape[1:]), dtype=v.dtype)]) for k, v in rows.items()}
+    zero = len(local)
+    idx = np.full((s, N_BUCKETS), zero, dtype=np.int64)
+    idx[local, b] = np.arange(len(local))
+    nt = ext["n_traces"][idx].astype(np.int64)  # (S, 2016)
+
+    nt_level = (
+        nt,
+        sum(np.roll(nt, -o, axis=1) for o in range(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1)),
+        _pool_hour_daytype(nt),
+        np.broadcast_to(nt.sum(axis=1, keepdims=True), nt.shape),
+    )
+    level = np.full((s, N_BUCKETS), len(LEVELS), dtype=np.int64)  # index into SOURCES; len(LEVELS) = prior
+    for i in reversed(range(len(LEVELS))):
+        level = np.where(nt_level[i] >= min_traces, i, level)
+
+    cols = ("median", "p15", "p85", "mean", "harmonic_mean", "n_obs", "n_traces", "confidence")
+    out = {c: np.full((s, N_BUCKETS), np.nan) for c in cols}
+
+    def put(li: int, pooled: dict[str, np.ndarray], where: tuple[np.ndarray, np.ndarray], pick: np.ndarray) -> None:
+        st = stats_rows(pooled["counts"], *(pooled[c] for c in HIST_SUMS))
+        st["confidence"] = confidence_rows(np.full(len(st["median"]), SOURCE_WEIGHT[LEVELS[li]]), st["n_traces"],
+                                           st["p15"], st["median"], st["p85"])
+        for c in cols:
+            out[c][where] = st[c][pick]
+
+    si, bi = np.nonzero(level == 0)  # observed: the bucket's own row
+    if len(si):
+        put(0, {k: ext[k][idx[si, bi]] for k in keys}, (si, bi), np.arange(len(si)))
+    si, bi = np.nonzero(level == 1)  # neighbours b-R..b+R, wrapping around the week
+    if len(si):
+        pooled = {k: sum(ext[k][idx[si, (bi + o) % N_BUCKETS]] for o in range(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1))
+                  for k in keys}
+        put(1, pooled, (si, bi), np.arange(len(si)))
+    si, bi = np.nonzero(level == 2)  # (segment, day type, hour) pools: one statistic per pool used
+    if len(si):
+        pool_key = local * 72 + _POOL_OF_BUCKET[b]
+        used, pick = np.unique(si * 72 + _POOL_OF_BUCKET[bi], return_inverse=True)
+        sel = np.isin(pool_key, used)
+        pooled = {k: _group_sum(np.searchsorted(used, pool_key[sel]), rows[k][sel], len(used)) for k in keys}
+        put(2, pooled, (si, bi), pick)
+    si, bi = np.nonzero(level == 3)  # the segment's week
+    if len(si):
+        pooled = {k: _group_sum(local, rows[k], s) for k in keys}
+        put(3, pooled, (si, bi), si)
+    pv = np.array([[p.speed, p.p15, p.p85, p.mean, p.harmonic_mean, p.n_obs, p.n_traces,
+                    confidence("road_class_prior", p.n_traces, p.p15, p.speed, p.p85)] for p in priors], dtype=float)
+    w = level == len(LEVELS)
+    for j, c in enumerate(cols):
+        out[c] = np.where(w, pv[:, j][:, None], out[c])
+
+    # free flow: p85 of the trimmed night histogram when it has >= k traces, else the prior's
+    night = _NIGHT_BUCKET[b]
+    night_ok = _group_sum(local[night], rows["n_traces"][night], s) >= min_traces
+    ff = quantiles_rows(trim_rows(_group_sum(local[night], rows["counts"][night], s)), FREE_FLOW_QUANTILE)
+    ff = np.where(night_ok, ff, np.array([p.free_flow for p in priors], dtype=float))
+    return {"level": level, "free_flow": ff, **out}
+
+
+ESTIMATE_OUTPUT_COLUMNS = ("segment_id", "tow_bucket", "speed_kph", "p15_kph", "p85_kph", "mean_kph",
+                           "harmonic_mean_kph", "n_obs", "n_traces", "confidence", "free_flow_kph", "source")
+
+
+def estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
+                      counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS) -> pd.DataFrame:
+    """Vectorised estimate_segment for many segments (iter_estimate_segments, concatenated)."""
+    frames = list(iter_estimate_segments(hist, priors, min_traces, counts, chunk))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(ESTIMATE_OUTPUT_COLUMNS))
+
+
+def iter_estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
+                           counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS):
+    """Vectorised estimate_segment for many segments: all 2016 buckets of every segment in `hist`.
+
+    hist: one row per (segment_id, tow_bucket) with bin_counts (or `counts`, the same as a (rows, bins) array) and
+    HIST_SUMS; priors: Prior per segment_id. Same rules and results as estimate_segment (kept as the per-segment
+    reference; float sums may differ in the last bits from the summation order). Yields one frame per block of
+    `chunk` segments, ordered by segment_id, tow_bucket.
+    """
+    seg = hist["segment_id"].to_numpy(dtype=np.int64)
+    b = hist["tow_bucket"].to_numpy(dtype=np.int64)
+    if ((b < 0) | (b >= N_BUCKETS)).any():
+        raise ValueError("tow_bucket out of range")
+    if counts is None:
+        counts = (np.stack([np.asarray(x, dtype=np.int64) for x in hist["bin_counts"]]) if len(hist)
+                  else np.zeros((0, N_SPEED_BINS), dtype=np.int64))
+    seg_ids, seg_idx = np.unique(seg, return_inverse=True)
+    if len(np.unique(seg_idx * N_BUCKETS + b)) != len(b):
+        raise ValueError("duplicate (segment_id, tow_bucket) histogram rows: merge them first")
+    order = np.lexsort((b, seg_idx))
+    seg_idx, b, counts = seg_idx[order], b[order], np.asarray(counts, dtype=np.int64)[order]
+    sums = {c: hist[c].to_numpy(dtype=float)[order] for c in HIST_SUMS}
+    sources = np.asarray(SOURCES, dtype=object)
+    for lo in range(0, len(seg_ids), chunk):
+        ids = seg_ids[lo:lo + chunk]
+        r0, r1 = np.searchsorted(seg_idx, [lo, lo + chunk])
+        rows = {"counts": counts[r0:r1], **{c: v[r0:r1] for c, v in sums.items()}}
+        r = _estimate_block(seg_idx[r0:r1] - lo, b[r0:r1], rows, [priors[int(i)] for i in ids], min_traces)
+        n = len(ids) * N_BUCKETS
+        yield pd.DataFrame({
+            "segment_id": np.repeat(ids, N_BUCKETS),
+            "tow_bucket": np.tile(np.arange(N_BUCKETS, dtype=np.int16), len(ids)),
+            "speed_kph": r["median"].reshape(n), "p15_kph": r["p15"].reshape(n), "p85_kph": r["p85"].reshape(n),
+            "mean_kph": r["mean"].reshape(n), "harmonic_mean_kph": r["harmonic_mean"].reshape(n),
+            "n_obs": r["n_obs"].reshape(n).astype(np.int64), "n_traces": r["n_traces"].reshape(n).astype(np.int64),
+            "confidence": r["confidence"].reshape(n), "free_flow_kph": np.repeat(r["free_flow"], N_BUCKETS),
+            "source": sources[r["level"].reshape(n)].astype(str),
+        })

@@ -182,8 +182,59 @@ def class_priors(hist: DataFrame, segments: DataFrame, min_traces: int = MIN_TRA
 
 
 def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str], K.Prior], window: str,
-             min_traces: int = MIN_TRACES) -> DataFrame:
-    """All 2016 bucket estimates of every segment with any histogram row (kernels.estimate_segment per segment)."""
+             min_traces: int = MIN_TRACES, n_tasks: int | None = None) -> DataFrame:
+    """All 2016 bucket estimates of every segment with any histogram row.
+
+    Rows are hash-distributed by (partition, segment_id) into n_tasks (default spark.sql.shuffle.partitions); each
+    task gathers its Arrow batches and runs the vectorised kernels.iter_estimate_segments on whole blocks of
+    segments (one numpy pass per block, not one Python call per segment).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    spark = hist.sparkSession
+    n = n_tasks or int(spark.conf.get("spark.sql.shuffle.partitions"))
+    cls = segments.select("segment_id", "road_class")
+    df = (hist.join(cls, "segment_id", "left").fillna({"road_class": "unknown"})
+          .select("partition", "segment_id", "road_class", "tow_bucket", "bin_counts", *SUM_COLUMNS)
+          .repartition(n, "partition", "segment_id"))
+    out_schema = SPEED_ESTIMATES.spark_schema()
+    arrow_schema = SPEED_ESTIMATES.arrow_schema()
+    nullable = ("p15_kph", "p85_kph", "mean_kph", "harmonic_mean_kph")
+
+    def run(batches):
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches).combine_chunks()
+        lists = table.column("bin_counts").chunk(0) if table.num_rows else None
+        offsets = lists.offsets.to_numpy()
+        if (np.diff(offsets) != N_SPEED_BINS).any() or lists.null_count:
+            raise ValueError(f"speed_histograms.bin_counts must hold {N_SPEED_BINS} counts per row")
+        counts = lists.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].reshape(-1, N_SPEED_BINS)
+        pdf = table.drop(["bin_counts"]).to_pandas()
+        for part, idx in pdf.groupby("partition", sort=True).indices.items():
+            g = pdf.iloc[idx]
+            classes = dict(zip(g["segment_id"], g["road_class"], strict=True))
+            seg_priors = {int(s): priors.get((part, rc)) or K.class_prior(rc, None, min_traces)
+                          for s, rc in classes.items()}
+            for est in K.iter_estimate_segments(g, seg_priors, min_traces, counts=counts[idx]):
+                arrays = []
+                for f in arrow_schema:
+                    if f.name == "window":
+                        arrays.append(pa.array(np.full(len(est), window, dtype=object), pa.string()))
+                    elif f.name == "partition":
+                        arrays.append(pa.array(np.full(len(est), part, dtype=object), pa.string()))
+                    else:
+                        arrays.append(pa.array(est[f.name].to_numpy(), f.type, from_pandas=f.name in nullable))
+                yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+    return df.mapInArrow(run, schema=out_schema)
+
+
+def estimate_per_segment(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str], K.Prior], window: str,
+                         min_traces: int = MIN_TRACES) -> DataFrame:
+    """Reference plan: kernels.estimate_segment once per segment (groupBy().applyInPandas); kept for benchmarks."""
     cls = segments.select("segment_id", "road_class")
     df = hist.join(cls, "segment_id", "left").fillna({"road_class": "unknown"})
     out_schema = SPEED_ESTIMATES.spark_schema()
