@@ -138,6 +138,64 @@ def test_format_sniffing_by_extension_then_content():
 
 # ---- Spark job -------------------------------------------------------------------------------------------------
 
+def _spark_parsed(spark, names: list[str]):
+    from speedprofile.ingest import transforms
+    from speedprofile.ingest.pipeline import describe_inputs
+
+    files = describe_inputs(None, [str(INPUT / n) for n in names])
+    lines = transforms.read_text_lines(spark, files)
+    recs = [transforms.csv_records(lines, [f for f in files if f.format == "csv"])]
+    if any(f.format == "jsonl" for f in files):
+        recs.append(transforms.jsonl_records(lines, [f for f in files if f.format == "jsonl"]))
+    df = recs[0] if len(recs) == 1 else recs[0].unionByName(recs[1])
+    return transforms.validate_records(df)
+
+
+def test_spark_sql_validation_agrees_with_the_kernel(spark):
+    """The Spark SQL checks (CSV/JSONL) give the kernel's reason, trace id, time and position for every record."""
+    parsed = _spark_parsed(spark, ["bad_rows.csv", "times.csv", "probes.jsonl"]).toPandas()
+    kernel_frames = [kernel.validate_records(_records_from_csv(n)) for n in ("bad_rows.csv", "times.csv")]
+    jl = (INPUT / "probes.jsonl").read_text().split("\n")[:-1]
+    kernel_frames.append(kernel.validate_records(kernel.parse_jsonl_lines(jl, "probes.jsonl", list(range(1, len(jl) + 1)))))
+    expected = pd.concat(kernel_frames, ignore_index=True)
+    expected["name"] = expected["source_file"].map(lambda p: Path(p).name)
+    parsed["name"] = parsed["source_file"].map(lambda p: Path(p).name)
+    got = parsed.set_index(["name", "source_row"]).sort_index()
+    exp = expected.set_index(["name", "source_row"]).sort_index()
+    assert got.index.tolist() == exp.index.tolist()
+    assert got["reason"].fillna("-").tolist() == exp["reason"].fillna("-").tolist()
+    ok = exp["reason"].isna()
+    assert got.loc[ok, "trace_id"].tolist() == exp.loc[ok, "trace_id"].tolist()
+    utc = [t.tz_localize("UTC") if t.tzinfo is None else t for t in got.loc[ok, "timestamp_utc"]]  # toPandas: naive UTC
+    assert utc == exp.loc[ok, "timestamp_utc"].tolist()
+    assert got.loc[ok, "lon_deg"].tolist() == exp.loc[ok, "lon_deg"].tolist()
+    assert got.loc[ok, "speed_kph"].fillna(-1).tolist() == exp.loc[ok, "speed_kph"].fillna(-1).tolist()
+
+
+def test_traces_split_over_arrow_batches_give_the_kernel_result(spark):
+    """Tiny Arrow batches: a trace straddling batches is carried over, so pieces equal the one-trace kernel's."""
+    from speedprofile.ingest import transforms
+
+    names = ["bad_rows.csv", "border.csv", "midnight.csv"]
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old = spark.conf.get(key)
+    spark.conf.set(key, "3")
+    try:
+        out = transforms.split_into_pieces(_spark_parsed(spark, names), 9, num_partitions=1).toPandas()
+    finally:
+        spark.conf.set(key, old)
+    expected = pd.concat([_kernel_run(n) for n in names], ignore_index=True)
+
+    def rows(df: pd.DataFrame) -> list[tuple]:
+        return sorted(
+            (str(r.trace_id), -1 if pd.isna(r.piece) else int(r.piece), int(r.source_row),
+             bool(r.is_context) if not pd.isna(r.is_context) else None, r.partition or "", str(r.dt), r.reason or "")
+            for r in df.itertuples()
+        )
+
+    assert rows(out) == rows(expected)
+
+
 def _write_parquet_inputs(folder: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import time
 import zlib
 from collections import defaultdict
@@ -266,65 +267,104 @@ def _stage_dir(warehouse: str, files: list[InputFile]) -> str:
     return wh.join(warehouse, "_staging", STAGE, batch)
 
 
-def _list_files_recursive(spark: SparkSession, root: str) -> list[str]:
-    if not sp.exists(spark, root):
-        return []
-    fs, hpath = sp._fs(spark, root)
-    it = fs.listFiles(hpath, True)
-    out = []
-    while it.hasNext():
-        out.append(str(it.next().getPath().toString()))
-    return out
+class _Files:
+    """The few file operations of the staging/move step: plain `os` calls for a local warehouse (one Python call
+    per file instead of several JVM round trips), Hadoop FileSystem for remote ones (s3a://)."""
+
+    def __init__(self, spark: SparkSession, warehouse: str):
+        self.spark = spark
+        self.local = not wh.is_remote(warehouse)
+        self._fs = None if self.local else sp._fs(spark, warehouse)[0]
+
+    @staticmethod
+    def _p(path: str) -> str:
+        return path.removeprefix("file://")
+
+    def _h(self, path: str):
+        return self.spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+
+    def list_recursive(self, root: str) -> list[str]:
+        if self.local:
+            out = []
+            for d, _, names in os.walk(self._p(root)):
+                out += [os.path.join(d, n) for n in names]
+            return sorted(out)
+        if not self._fs.exists(self._h(root)):
+            return []
+        it = self._fs.listFiles(self._h(root), True)
+        out = []
+        while it.hasNext():
+            out.append(str(it.next().getPath().toString()))
+        return out
+
+    def list_dir(self, path: str) -> list[str]:
+        if self.local:
+            return os.listdir(self._p(path)) if os.path.isdir(self._p(path)) else []
+        return sp.list_dir(self.spark, path)
+
+    def delete(self, path: str) -> None:
+        if not self.local:
+            sp.delete(self.spark, path)
+        elif os.path.isdir(self._p(path)):
+            shutil.rmtree(self._p(path))
+        elif os.path.lexists(self._p(path)):
+            os.remove(self._p(path))
+
+    def move(self, src: str, dest: str) -> None:
+        if self.local:
+            os.makedirs(os.path.dirname(self._p(dest)), exist_ok=True)
+            os.replace(self._p(src), self._p(dest))  # the Hadoop .crc side file is left behind (optional)
+            return
+        hdest = self._h(dest)
+        self._fs.mkdirs(hdest.getParent())
+        if self._fs.exists(hdest):
+            self._fs.delete(hdest, False)
+        if not self._fs.rename(self._h(src), hdest):
+            raise UserError(f"could not move {src} to {dest}")
 
 
-def _rel_parts(path: str, root: str) -> list[str]:
-    root_name = root.rstrip("/").rsplit("/", 1)[-1]
+def _staged_parts(path: str, stage: str) -> list[str]:
+    """Path of a staged file below the stage folder: [table, k=v, ..., file name]."""
+    batch = stage.rstrip("/").rsplit("/", 1)[-1]
     parts = path.split("/")
-    i = len(parts) - 1 - parts[::-1].index(root_name)
+    i = len(parts) - 1 - parts[::-1].index(batch)
     return parts[i + 1:]
 
 
-def _move_staged(spark: SparkSession, warehouse: str, stage: str, table: str) -> dict[str, list[str]]:
+def _move_staged(fs: _Files, staged: list[str], warehouse: str, stage: str, table: str) -> dict[str, list[str]]:
     """Move `<stage>/<table>/k=v/.../src=S/part-*.parquet` to `<table>/k=v/.../src-S-part-*.parquet`."""
-    root = wh.join(stage, table)
     moved: dict[str, list[str]] = defaultdict(list)
-    for f in _list_files_recursive(spark, root):
-        parts = _rel_parts(f, root)
+    for f in staged:
+        table_, *parts = _staged_parts(f, stage)
+        if table_ != table:
+            continue
         name = parts[-1]
         if not name.endswith(".parquet") or formats.is_hidden(name):
             continue
         keys = [p for p in parts[:-1] if not p.startswith("src=")]
         src = next(p for p in parts[:-1] if p.startswith("src="))[4:]
-        dest_dir = wh.join(warehouse, table, *keys)
-        dest = wh.join(dest_dir, f"src-{src}-{name}")
-        fs, hsrc = sp._fs(spark, f)
-        _, hdest = sp._fs(spark, dest)
-        _, hdir = sp._fs(spark, dest_dir)
-        fs.mkdirs(hdir)
-        if fs.exists(hdest):
-            fs.delete(hdest, False)
-        if not fs.rename(hsrc, hdest):
-            raise UserError(f"could not move {f} to {dest}")
+        dest = wh.join(warehouse, table, *keys, f"src-{src}-{name}")
+        fs.move(f, dest)
         moved[src].append(dest)
     return moved
 
 
-def _delete_previous(spark: SparkSession, warehouse: str, src: str, new_dirs: set[str]) -> None:
+def _delete_previous(fs: _Files, warehouse: str, src: str, new_dirs: set[str]) -> None:
     """Delete what an earlier ingest of the same content wrote (manifest + `src-<src>-` files in new_dirs)."""
     manifest = wh.join(warehouse, "_ingest", "files", f"{src}.json")
     old: dict = {}
-    if sp.exists(spark, manifest):
-        old = json.loads(sp.read_text(spark, manifest))
+    if sp.exists(fs.spark, manifest):
+        old = json.loads(sp.read_text(fs.spark, manifest))
     for path in old.get("written", []):
-        sp.delete(spark, path)
+        fs.delete(path)
     for dt in old.get("dts", []):
-        sp.delete(spark, wh.join(warehouse, "_ingest", "counts", f"dt={dt}", f"{src}.json"))
+        fs.delete(wh.join(warehouse, "_ingest", "counts", f"dt={dt}", f"{src}.json"))
     dirs = set(new_dirs) | {p.rsplit("/", 1)[0] for p in old.get("written", [])}
     prefix = f"src-{src}-"
     for d in dirs:
-        for name in sp.list_dir(spark, d):
-            if name.startswith(prefix):
-                sp.delete(spark, wh.join(d, name))
+        for name in fs.list_dir(d):
+            if name.startswith(prefix) or name.startswith(f".{prefix}"):
+                fs.delete(wh.join(d, name))
 
 
 def _count_rows(rows: DataFrame) -> dict[str, dict[str, dict]]:
@@ -375,14 +415,15 @@ def _write_dt_metrics(spark: SparkSession, warehouse: str, dts: set[str]) -> Non
 
 
 def _trace_partitions(spark: SparkSession, files: list[InputFile]) -> int:
-    """Shuffle partitions for the per-trace step: one per BYTES_PER_TRACE_PARTITION of input, at least 1, at
-    most spark.sql.shuffle.partitions (the cached result keeps this partitioning, so it must not be 200 for a
-    tiny batch)."""
+    """Shuffle partitions for the per-trace step: one per BYTES_PER_TRACE_PARTITION of input, at least the
+    default parallelism (every core busy), at most spark.sql.shuffle.partitions (the cached result keeps this
+    partitioning, so it must not be 200 for a tiny batch)."""
     cap = int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
+    floor = min(cap, spark.sparkContext.defaultParallelism)
     if any(f.size == 0 and wh.is_remote(f.path) for f in files):
         return cap
     total = sum(f.size for f in files)
-    return max(1, min(cap, -(-total // BYTES_PER_TRACE_PARTITION)))
+    return max(floor, min(cap, -(-total // BYTES_PER_TRACE_PARTITION)))
 
 
 @dataclass
@@ -430,32 +471,31 @@ def ingest(
         rejected = rows.where(F.col("reason").isNotNull()).select(
             *[F.col(c.name).cast(REJECTED_PROBES.spark_schema()[c.name].dataType) for c in REJECTED_PROBES.columns],
             "src")
-        # One file per output folder (not one per task and folder): fewer, larger files for the readers.
+        # One file per output folder (not one per task and folder): fewer, larger files for the readers. The
+        # staging folder was just deleted, so a plain append (no dynamic-overwrite renames) is enough.
         (probes.repartition("dt", "partition", "src").sortWithinPartitions("trace_id", "piece", "timestamp_utc")
-         .write.mode("overwrite").partitionBy("dt", "partition", "src").parquet(wh.join(stage, "probes")))
+         .write.mode("append").partitionBy("dt", "partition", "src").parquet(wh.join(stage, "probes")))
         (rejected.repartition("dt", "src")
-         .write.mode("overwrite").partitionBy("dt", "src").parquet(wh.join(stage, "rejected_probes")))
+         .write.mode("append").partitionBy("dt", "src").parquet(wh.join(stage, "rejected_probes")))
     finally:
         rows.unpersist()
     # Replace, per source file, what an earlier ingest of the same content wrote; then move the new files in.
-    staged = _list_files_recursive(spark, stage)
+    fs = _Files(spark, warehouse)
+    staged = fs.list_recursive(stage)
     new_dirs: dict[str, set[str]] = defaultdict(set)
-    for table in ("probes", "rejected_probes"):
-        root = wh.join(stage, table)
-        for f in staged:
-            if f"/{table}/" not in f:
-                continue
-            parts = _rel_parts(f, root)
+    for f in staged:
+        table, *parts = _staged_parts(f, stage)
+        if table in ("probes", "rejected_probes"):
             src = next((p[4:] for p in parts[:-1] if p.startswith("src=")), None)
             if src:
                 new_dirs[src].add(wh.join(warehouse, table, *[p for p in parts[:-1] if not p.startswith("src=")]))
     for f in files:
-        _delete_previous(spark, warehouse, f.sha, new_dirs.get(f.sha, set()))
+        _delete_previous(fs, warehouse, f.sha, new_dirs.get(f.sha, set()))
     moved: dict[str, list[str]] = defaultdict(list)
     for table in ("probes", "rejected_probes"):
-        for src, paths_ in _move_staged(spark, warehouse, stage, table).items():
+        for src, paths_ in _move_staged(fs, staged, warehouse, stage, table).items():
             moved[src] += paths_
-    sp.delete(spark, stage)
+    fs.delete(stage)
     dts: set[str] = set()
     for f in files:
         per_dt = counts.get(f.sha, {})

@@ -107,8 +107,9 @@ def csv_records(lines: DataFrame, files: list[InputFile]) -> DataFrame:
         width = len(header)
         schema = ", ".join(f"`c{i}` STRING" for i in range(width)) + ", `_corrupt` STRING"
         opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt", "escape": '"'}
-        part = lines.where(F.col("source_file").isin(paths) & (F.col("source_row") != 1))
-        rec = F.from_csv(F.col("line"), schema, opts)
+        part = (lines.where(F.col("source_file").isin(paths) & (F.col("source_row") != 1))
+                .select("*", F.from_csv(F.col("line"), schema, opts).alias("rec")))
+        rec = F.col("rec")
         index = {name.strip(): i for i, name in enumerate(header)}
         blank = _blank(F.col("line"))
         bad = blank | rec["_corrupt"].isNotNull()
@@ -134,11 +135,13 @@ def jsonl_records(lines: DataFrame, files: list[InputFile]) -> DataFrame:
     """Lines of JSONL files -> records (RECORDS_DDL); anything but one JSON object per line is `unparsable_line`.
     Numbers become their JSON text, so they may also be given as strings."""
     schema = ", ".join(f"`{c}` STRING" for c in FIELDS) + ", `_corrupt` STRING"
-    rec = F.from_json(F.col("line"), schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+    parsed = F.from_json(F.col("line"), schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+    rec = F.col("rec")
     text = F.trim(F.col("line"))
     blank = text == ""
     bad = blank | ~text.startswith("{") | ~text.endswith("}") | rec["_corrupt"].isNotNull() | rec.isNull()
-    return lines.where(F.col("source_file").isin([f.path for f in files])).select(
+    part = lines.where(F.col("source_file").isin([f.path for f in files])).select("*", parsed.alias("rec"))
+    return part.select(
         "source_file", "source_row", F.col("line").alias("raw"),
         *[F.when(~bad, rec[c]).alias(c) for c in FIELDS],
         F.when(bad, F.lit("unparsable_line")).alias("reason"),
@@ -161,26 +164,37 @@ def validate_records(records: DataFrame) -> DataFrame:
     Spark SQL version of `kernel.validate_records` (same checks, same order, first failure wins):
     unparsable_line (from the parser), missing_field, empty_trace_id, nan_coordinate, coordinate_out_of_range,
     unparsable_time / implausible_time. Times: ISO-8601 with a UTC offset or Z, epoch seconds (< 1e11) or ms.
+    Computed in three projections so that each costly value (number parsing, regexes, time parsing) is
+    evaluated once per row and then referenced by the checks.
     """
+    typed = records.select(
+        "source_file", "source_row", F.substring("raw", 1, kernel.RAW_MAX_CHARS).alias("raw"), "reason", "detail",
+        "trace_id", "timestamp", "lon", "lat", F.trim("timestamp").alias("ts_text"),
+        _number(F.col("lon")).alias("lon_deg"), _number(F.col("lat")).alias("lat_deg"),
+        _number(F.col("timestamp")).alias("t_num"),
+        *[_number(F.col(c)).alias(c) for c in kernel.OPTIONAL_FIELDS],
+    )
+    # Time: a finite number is epoch seconds (< 1e11) or milliseconds; otherwise ISO-8601 with an offset.
+    numeric = _finite(F.col("t_num"))
+    text = F.col("ts_text")
+    norm = F.regexp_replace(F.regexp_replace(text, "z$", "Z"), "([+-][0-9][0-9])$", "$1:00")
+    timed = typed.select(
+        *[c for c in typed.columns if c != "t_num"],
+        numeric.alias("numeric"),
+        F.when(F.abs("t_num") < kernel.EPOCH_MS_THRESHOLD, F.col("t_num")).otherwise(F.col("t_num") / 1000.0)
+        .alias("secs"),
+        (~numeric & text.rlike(_OFFSET_SQL)).alias("has_off"),
+    ).select("*", F.when(F.col("has_off"), norm.try_cast("timestamp")).alias("iso"))
     tid, ts_text, lon_t, lat_t = (F.col(c) for c in kernel.REQUIRED_FIELDS)
+    lon, lat, secs, iso = F.col("lon_deg"), F.col("lat_deg"), F.col("secs"), F.col("iso")
+    num_ok = F.col("numeric") & (secs >= _MIN_S) & (secs < _MAX_S)
+    iso_ok = iso.isNotNull() & (iso >= F.lit(kernel.MIN_TIME_UTC.to_pydatetime())) & (
+        iso < F.lit(kernel.MAX_TIME_UTC.to_pydatetime()))
+    ts = F.when(num_ok, F.timestamp_micros(F.bround(secs * 1e6).cast("long"))).when(iso_ok, iso)
 
     def missing(c: Column) -> Column:
         return c.isNull() | (F.trim(c) == "")
 
-    lon, lat = _number(lon_t), _number(lat_t)
-    # Time: a finite number is epoch seconds (< 1e11) or milliseconds; otherwise ISO-8601 with an offset.
-    t_num = _number(ts_text)
-    numeric = _finite(t_num)
-    secs = F.when(F.abs(t_num) < kernel.EPOCH_MS_THRESHOLD, t_num).otherwise(t_num / 1000.0)
-    num_ok = numeric & (secs >= _MIN_S) & (secs < _MAX_S)
-    text = F.trim(ts_text)
-    has_off = text.rlike(_OFFSET_SQL)
-    norm = F.regexp_replace(F.regexp_replace(text, "z$", "Z"), "([+-][0-9][0-9])$", "$1:00")
-    iso = F.when(~numeric & has_off, norm.try_cast("timestamp"))
-    iso_ok = iso.isNotNull() & (iso >= F.lit(kernel.MIN_TIME_UTC.to_pydatetime())) & (
-        iso < F.lit(kernel.MAX_TIME_UTC.to_pydatetime()))
-    ts = (F.when(num_ok, F.timestamp_micros(F.bround(secs * 1e6).cast("long")))
-          .when(iso_ok, iso))
     checks: list[tuple[Column, str, Column]] = [
         (F.col("reason").isNotNull(), "", F.col("detail")),
         (tid.isNull(), "missing_field", F.lit("trace_id is missing")),
@@ -192,29 +206,23 @@ def validate_records(records: DataFrame) -> DataFrame:
          F.concat(F.lit("lon="), lon_t, F.lit(" lat="), lat_t, F.lit(" not finite numbers"))),
         ((F.abs(lat) > 90) | (F.abs(lon) > 180) | ((lat == 0) & (lon == 0)), "coordinate_out_of_range",
          F.concat(F.lit("lon="), lon.cast("string"), F.lit(" lat="), lat.cast("string"))),
-        (numeric & ~num_ok, "implausible_time",
-         F.concat(F.lit("epoch "), text, F.lit(" is outside [2000, 2100)"))),
+        (F.col("numeric") & ~num_ok, "implausible_time",
+         F.concat(F.lit("epoch "), ts_text, F.lit(" is outside [2000, 2100)"))),
         (iso.isNotNull() & ~iso_ok, "implausible_time",
-         F.concat(F.lit("time "), text, F.lit(" is outside [2000, 2100)"))),
-        (ts.isNull() & has_off, "unparsable_time",
-         F.concat(F.lit("timestamp '"), text, F.lit("' is not valid ISO-8601"))),
-        (ts.isNull(), "unparsable_time",
-         F.concat(F.lit("timestamp '"), text, F.lit("' is not ISO-8601 with a UTC offset nor epoch s/ms"))),
+         F.concat(F.lit("time "), ts_text, F.lit(" is outside [2000, 2100)"))),
+        (F.col("has_off") & iso.isNull(), "unparsable_time",
+         F.concat(F.lit("timestamp '"), ts_text, F.lit("' is not valid ISO-8601"))),
+        (~num_ok & ~iso_ok, "unparsable_time",
+         F.concat(F.lit("timestamp '"), ts_text, F.lit("' is not ISO-8601 with a UTC offset nor epoch s/ms"))),
     ]
     reason: Column = F.lit(None).cast("string")
     detail: Column = F.lit(None).cast("string")
     for cond, why, text_ in reversed(checks):
         reason = F.when(cond, F.col("reason") if not why else F.lit(why)).otherwise(reason)
         detail = F.when(cond, text_).otherwise(detail)
-
-    def optional(c: str) -> Column:
-        v = _number(F.col(c))
-        return F.when(_finite(v), v)
-
-    return records.select(
-        "source_file", "source_row", F.substring("raw", 1, kernel.RAW_MAX_CHARS).alias("raw"),
-        F.trim(tid).alias("trace_id"), ts.alias("timestamp_utc"), lon.alias("lon_deg"), lat.alias("lat_deg"),
-        *[optional(c).alias(c) for c in kernel.OPTIONAL_FIELDS],
+    return timed.select(
+        "source_file", "source_row", "raw", F.trim(tid).alias("trace_id"), ts.alias("timestamp_utc"),
+        "lon_deg", "lat_deg", *[F.when(_finite(F.col(c)), F.col(c)).alias(c) for c in kernel.OPTIONAL_FIELDS],
         F.lit(None).cast("bigint").alias("prematched_segment_id"), reason.alias("reason"), detail.alias("detail"),
     )
 
