@@ -26,22 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     result = probes.transform(T.match_traces, network=network, partitions=args.partitions)
     try:
         # one action computes (and caches) the matching; the write then reads the cached result
-        counts = {(str(r["dt"]), r["partition"], r["key"]): int(r["n"])
-                  for r in result.transform(T.result_counts).collect()}
+        counts = T.result_counts(result)
         write_table(result.transform(T.traversal_rows), args.warehouse, "segment_traversals",
                     replace=[{"dt": d, "partition": p} for d in args.dates for p in args.partitions])
     finally:
         result.unpersist()
         network[1].destroy()
-    trav = {(d, p, k.removeprefix("traversals:") or None): v for (d, p, k), v in counts.items()
-            if k.startswith("traversals:")}
-    fixes = {k: v for k, v in counts.items() if not k[2].startswith("traversals:")}
     for d in args.dates:
         for p in args.partitions:
-            reasons = sorted({k[2] for k in trav if k[0] == str(d) and k[1] == p and k[2]} | set(REJECT_REASONS))
-            rejected = {r: trav.get((str(d), p, r), 0) for r in reasons}
-            kept = trav.get((str(d), p, None), 0)
-            f = {k[2]: v for k, v in fixes.items() if k[0] == str(d) and k[1] == p}
+            c = counts.get((str(d), p), {})
+            trav = {k.removeprefix("traversals:"): v for k, v in c.items() if k.startswith("traversals:")}
+            reasons = sorted({r for r in trav if r} | set(REJECT_REASONS))
+            rejected = {r: trav.get(r, 0) for r in reasons}
+            kept = trav.get("", 0)
+            f = {k: v for k, v in c.items() if not k.startswith("traversals:")}
             fixes_in = f.get("fixes_in", 0)
             unmatched = {s: f.get(f"fixes_{s}", 0) for s in FIX_STATUSES if s != "matched"}
             if f.get("fixes_kernel_error"):

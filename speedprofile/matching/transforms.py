@@ -1,7 +1,8 @@
 """Spark transforms of match_traces: probes (one row per fix) -> matched traversal rows + fix accounting.
 
-Grain in: one GPS fix of a trace piece (probes). Grain out: one row per traversal (kind='traversal') plus, per
-task, one row per home partition-day (kind='stats') carrying the summed fix accounting of its pieces in `stats`.
+Grain in: one GPS fix of a trace piece (probes). Grain out: one row per kept traversal (kind='traversal') plus, per
+task, one row per partition-day (kind='stats') whose `stats` sum the traversal counts per reject reason on the
+partition's segments and the fix accounting of the pieces homed there.
 Times UTC, metres, km/h.
 
 Border rule (see docs/matching.md): a job for partitions P reads the pieces homed in P and in their ring-1
@@ -238,7 +239,13 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
                 seg_part = np.where(sidx >= 0, matcher.net.seg_partition[np.maximum(sidx, 0)], None)
                 reason = trav["reject_reason"].copy()
                 reason[(reason == None) & ~trav["owned"]] = "owned_by_other_piece"  # noqa: E711
-                keep = np.array([p in emit for p in seg_part.tolist()], bool)
+                on_emit = np.array([p in emit for p in seg_part.tolist()], bool)
+                # every traversal on an emitted partition is counted (kept or per reason); kept ones are output
+                for p_, r_ in zip(seg_part[on_emit].tolist(), reason[on_emit].tolist(), strict=True):
+                    acc = stats.setdefault((dts[a], p_), {})
+                    k_ = "traversals:" + (r_ or "")
+                    acc[k_] = acc.get(k_, 0) + 1
+                keep = on_emit & (reason == None)  # noqa: E711
                 if keep.any():
                     trav = {k: v[keep] for k, v in trav.items()}
                     trav["partition"], trav["reject_reason"] = seg_part[keep], reason[keep]
@@ -259,6 +266,15 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
     return batches
 
 
+def match_tasks(spark: SparkSession) -> int:
+    """Tasks of the matching stage: two per core (load balance), at most spark.sql.shuffle.partitions.
+
+    Each task pays a fixed cost (a Python round trip, one cached block, one output file per partition written),
+    while matching a piece costs milliseconds; the result is cached, so adaptive execution cannot coalesce it."""
+    shuffle = int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
+    return max(1, min(shuffle, 2 * spark.sparkContext.defaultParallelism))
+
+
 def match_traces(probes: DataFrame, network: tuple[str, Broadcast], partitions: Iterable[str],
                  params: MatchParams | None = None) -> DataFrame:
     """probes -> result rows (RESULT_DDL), persisted: one shuffle puts each piece's fixes in one task, which
@@ -276,21 +292,24 @@ def match_traces(probes: DataFrame, network: tuple[str, Broadcast], partitions: 
         table = pa.Table.from_batches(batches)
         yield from match_table(table, token, bc, emit, params)
 
-    keyed = probes.select(*_PROBE_COLUMNS).repartition("dt", "partition", "trace_id", "piece")
+    keyed = probes.select(*_PROBE_COLUMNS).repartition(match_tasks(probes.sparkSession), "dt", "partition",
+                                                       "trace_id", "piece")
     return keyed.mapInArrow(fn, RESULT_DDL).persist(StorageLevel.MEMORY_AND_DISK)
 
 
-def result_counts(result: DataFrame) -> DataFrame:
-    """(dt, partition, key, n) in one job: `traversals:<reason|kept>` counts and the summed fix accounting keys."""
-    trav = (result.where(F.col("kind") == "traversal")
-            .select("dt", "partition", F.concat(F.lit("traversals:"), F.coalesce("reject_reason", F.lit("")))
-                    .alias("key"), F.lit(1).cast("bigint").alias("n")))
-    stats = (result.where(F.col("kind") == "stats")
-             .select("dt", "partition", F.explode("stats").alias("key", "n")))
-    return trav.unionByName(stats).groupBy("dt", "partition", "key").agg(F.sum("n").alias("n"))
+def result_counts(result: DataFrame) -> dict[tuple[str, str], dict[str, int]]:
+    """{(dt, partition): {key: n}} summed over the tasks' stats rows: `traversals:<reason>` counts of the matched
+    traversals on the partition's segments ('' = kept) and the fix accounting of the pieces homed there.
+
+    The first action on the result: it computes (and caches) the matching; the stats rows are a few per task."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for r in result.where(F.col("kind") == "stats").select("dt", "partition", "stats").collect():
+        acc = counts.setdefault((str(r["dt"]), r["partition"]), {})
+        for k, v in r["stats"].items():
+            acc[k] = acc.get(k, 0) + int(v)
+    return counts
 
 
 def traversal_rows(result: DataFrame) -> DataFrame:
-    """Emitted traversals in the segment_traversals schema (kept rows only)."""
-    kept = result.where((F.col("kind") == "traversal") & F.col("reject_reason").isNull())
-    return kept.select(*SEGMENT_TRAVERSALS.names)
+    """Kept traversals in the segment_traversals schema."""
+    return result.where(F.col("kind") == "traversal").select(*SEGMENT_TRAVERSALS.names)
