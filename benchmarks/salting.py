@@ -4,8 +4,11 @@ in a handful of buckets), with and without two-phase salting, in the same run.
 Reports, per variant, wall time and the largest-task / median-task ratio of the shuffle stages (task run time and
 shuffle records read, from Spark's task metrics via the status REST API), and checks that both give equal results.
 Two aggregation plans are measured: the `build_histograms` plan (Spark hash aggregation with map-side partial
-aggregation) and a grouped-kernel plan (whole key groups sent to one pandas task), where skew bites hardest.
-Run: .venv/bin/python benchmarks/salting.py [--rows 3000000]  -> benchmarks/results/salting.json
+aggregation: the hot key never reaches one task as raw rows, so salting only adds the detection pass) and a
+whole-group plan (`groupBy(segment_id).applyInPandas`: every row of a segment goes to one pandas call, as an
+exact-percentile plan would), where the hot segment is one task's work and salting (partial histograms per
+(segment, salt), then a merge) splits it.
+Run: .venv/bin/python benchmarks/salting.py [--rows 1000000] [--kernel-rows 200000]  -> benchmarks/results/salting.json
 """
 
 from __future__ import annotations
@@ -74,15 +77,15 @@ def stage_metrics(spark, job_group: str) -> dict:
 
 
 def kernel_histograms(df, hot):
-    """Grouped-kernel plan: each (segment, bucket[, salt]) group is built by the pandas kernel in one task."""
+    """Whole-group plan: each segment's rows (or each (segment, salt) piece of a hot segment) go to one pandas call,
+    which builds that segment's per-bucket histograms; salted pieces are merged afterwards (monoid)."""
     from pyspark.sql import functions as F
 
     from speedprofile.aggregate import kernels as K
     from speedprofile.aggregate import transforms as T
 
-    keys = ["segment_id", "tow_bucket"]
     if hot is not None:
-        df = df.join(F.broadcast(hot.select(*keys, "n_salts")), keys, "left").withColumn(
+        df = df.join(F.broadcast(hot.select("segment_id", "n_salts")), ["segment_id"], "left").withColumn(
             "salt", F.when(F.col("n_salts").isNull(), 0).otherwise(F.pmod(F.xxhash64("trace_id"), F.col("n_salts"))))
     else:
         df = df.withColumn("salt", F.lit(0))
@@ -93,16 +96,18 @@ def kernel_histograms(df, hot):
         out = K.histograms_of(pdf, keys=("segment_id", "tow_bucket", "salt"))
         return out.astype({"n_obs": "int64", "n_traces": "int64"})
 
-    part = df.select(*keys, "salt", "trace_id", "speed_kph", "duration_s", "traversed_m") \
-        .groupBy(*keys, "salt").applyInPandas(build, schema)
+    part = df.select("segment_id", "tow_bucket", "salt", "trace_id", "speed_kph", "duration_s", "traversed_m") \
+        .groupBy("segment_id", "salt").applyInPandas(build, schema)
+    keys = ("segment_id", "tow_bucket")
     return T.merge_histograms(part, keys=keys) if hot is not None else part.drop("salt")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=3_000_000)
+    ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--hot-share", type=float, default=0.35)
-    ap.add_argument("--kernel-rows", type=int, default=300_000, help="rows for the grouped-kernel plan (slower)")
+    ap.add_argument("--kernel-rows", type=int, default=200_000, help="rows for the whole-group plan (slower)")
+    ap.add_argument("--warmups", type=int, choices=(0, 1), default=1, help="run each variant once before measuring")
     args = ap.parse_args()
 
     from pyspark.sql import SparkSession
@@ -121,8 +126,8 @@ def main() -> None:
     path = f"{tmp}/bucketed"
     make_input(spark, path, args.rows, args.hot_share, 20_000, 2016)
     df = spark.read.parquet(path)
-    # the grouped-kernel plan pays a per-group overhead, so its input has fewer keys (200 segments x 24 buckets)
-    make_input(spark, f"{tmp}/small", args.kernel_rows, args.hot_share, 200, 24)
+    # the whole-group plan pays a per-call overhead, so its input has fewer keys (32 segments x 48 buckets)
+    make_input(spark, f"{tmp}/small", args.kernel_rows, args.hot_share, 32, 48)
     small = spark.read.parquet(f"{tmp}/small").cache()
     total = df.count()
     top = df.groupBy("segment_id").count().orderBy(F.desc("count")).first()
@@ -131,19 +136,21 @@ def main() -> None:
     print(f"input: {total} rows, hottest segment holds {report['hot_segment_share']:.1%}")
 
     plans = {"hash_aggregate": (lambda d, h: T.histogram_partials(d, h, keys=("segment_id", "tow_bucket")), df),
-             "grouped_kernel": (kernel_histograms, small)}
+             "whole_group": (kernel_histograms, small)}
     for plan, (fn, data) in plans.items():
         try:
             data.count()
             results: dict = {}
             outputs = {}
-            for variant in ("unsalted", "salted", "unsalted", "salted"):  # warm-up pass, then measured pass
+            for variant in ("unsalted", "salted", "unsalted", "salted")[2 - args.warmups * 2:]:
                 group = f"{plan}-{variant}-{time.monotonic_ns()}"
                 spark.sparkContext.setJobGroup(group, group)
                 t0 = time.perf_counter()
                 hot = None
                 if variant == "salted":
-                    hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket"), total_rows=data.count())
+                    keys = ("segment_id",) if plan == "whole_group" else ("segment_id", "tow_bucket")
+                    hot = T.hot_keys(data, 0.01 if plan == "hash_aggregate" else 0.2, None, 16, keys=keys,
+                                     total_rows=data.count())
                     n_hot = hot.count()
                 out = fn(data, hot)
                 rows = out.agg(F.sum("n_obs"), F.sum("n_traces"), F.count(F.lit(1))).first()

@@ -205,3 +205,37 @@ def agg_fixtures_root():
     from tests.plugins.aggregation import FIXTURES
 
     return FIXTURES
+
+
+def random_partition_histograms(seed: int, n_segments: int) -> pd.DataFrame:
+    """Window histogram rows of several segments: sparse random buckets, 1-5 observations, some parked cars."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_segments):
+        for b in rng.choice(2016, int(rng.integers(1, 300)), replace=False):
+            n = int(rng.integers(1, 6))
+            v = np.where(rng.random(n) < 0.1, rng.uniform(0.5, 3, n), rng.uniform(10, 120, n))
+            counts = np.bincount(K.speed_bin(v), minlength=N_SPEED_BINS)
+            rows.append({"segment_id": 10 + 3 * s, "tow_bucket": int(b), "bin_counts": counts.tolist(), "n_obs": n,
+                         "n_traces": int(rng.integers(1, n + 1)), "sum_speed_kph": float(v.sum()),
+                         "sum_duration_s": float((360.0 / v).sum()), "sum_traversed_m": 100.0 * n})
+    return pd.DataFrame(rows)
+
+
+def test_vectorised_estimates_equal_the_per_segment_kernel():
+    h = random_partition_histograms(3, 12)
+    priors = {int(s): (PRIOR if s % 2 else K.Prior(speed=35.0, p15=25.0, p85=45.0, mean=35.5, harmonic_mean=33.0,
+                                                   free_flow=50.0, n_obs=40, n_traces=9)) for s in h["segment_id"]}
+    for k in (1, 3, 5):
+        ref = pd.concat([K.estimate_segment(g, priors[int(s)], k).assign(segment_id=s)
+                         for s, g in h.groupby("segment_id")], ignore_index=True)
+        got = K.estimate_segments(h.sample(frac=1.0, random_state=k), priors, k, chunk=5)  # row order must not matter
+        ref = ref[got.columns]
+        assert len(got) == 12 * 2016 and {"observed", "neighbour_buckets", "hour_daytype"} <= set(got["source"])
+        for c in got.columns:
+            if got[c].dtype.kind == "f":  # sums may differ in the last bits (summation order)
+                np.testing.assert_allclose(got[c].to_numpy(), ref[c].to_numpy(), rtol=1e-9, atol=0, err_msg=c)
+            else:
+                assert (got[c].to_numpy() == ref[c].to_numpy()).all(), c
+    with pytest.raises(ValueError, match="duplicate"):
+        K.estimate_segments(pd.concat([h, h.head(1)]), priors)
