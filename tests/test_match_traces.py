@@ -265,3 +265,27 @@ def test_spark_app_reads_warehouse_by_uri(spark, match_warehouse, tmp_path):
     got = _traversals(spark, str(root), FIXTURE_DT)
     assert m["rows_out"] == len(got) > 0
     assert m["fixes_unmatched"].get("kernel_error", 0) == 0
+
+
+def test_spark_matching_runs_once_per_job(spark, match_warehouse):
+    """The write after the counts reads the cached result: the Python matching is not run a second time."""
+    from speedprofile.matching import transforms as T
+    from speedprofile.spark import read_table
+
+    probes = read_table(spark, match_warehouse, "probes", dates=[FIXTURE_DT], partitions=T.read_cells([FIXTURE_CELL]))
+    network = T.network_broadcast(spark, match_warehouse, [FIXTURE_CELL])
+    result = probes.transform(T.match_traces, network=network, partitions=[FIXTURE_CELL])
+    try:
+        counts = T.result_counts(result)
+        assert counts[(FIXTURE_DT, FIXTURE_CELL)]["pieces"] == 13
+        # the counts materialised every partition of the cache ...
+        infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
+        assert any(i.numCachedPartitions() == i.numPartitions() > 0 for i in infos)
+        # ... and the traversal rows are a scan of it (the MapInArrow below is the cached plan's lineage)
+        rows = result.transform(T.traversal_rows)
+        plan = rows._jdf.queryExecution().executedPlan().toString()
+        above_cache = plan.split("InMemoryRelation")[0]
+        assert "InMemoryTableScan" in above_cache and "MapInArrow" not in above_cache, plan
+    finally:
+        result.unpersist()
+        network[1].destroy()
