@@ -289,3 +289,79 @@ def test_spark_matching_runs_once_per_job(spark, match_warehouse):
     finally:
         result.unpersist()
         network[1].destroy()
+
+
+class _Net:
+    """Stands in for the broadcast handle: `.value` holds the Arrow IPC bytes, as on a worker."""
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+
+def _probe_table(match_probes):
+    import pyarrow as pa
+
+    from schemas.probes import PROBES
+
+    return pa.Table.from_pandas(match_probes[PROBES.names], schema=PROBES.arrow_schema(), preserve_index=False)
+
+
+def _ipc(table) -> bytes:
+    import pyarrow as pa
+
+    from speedprofile.matching import transforms as T
+
+    table = table.select(T.NETWORK_COLUMNS).sort_by([("partition", "ascending"), ("segment_id", "ascending")])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_task_arrow_pass_equals_per_piece_kernel(match_segments, match_probes):
+    """One task's Arrow pass over all pieces (shuffled rows) gives the per-piece kernel's traversals and counts."""
+    import pyarrow as pa
+    import pyarrow.compute
+
+    from speedprofile.matching import Matcher
+    from speedprofile.matching import transforms as T
+
+    table = _probe_table(match_probes.sample(frac=1.0, random_state=3))  # any row order within the task
+    batches = T.match_table(table, "t-eq", _Net(_ipc(match_segments)), frozenset([FIXTURE_CELL]), T.MatchParams())
+    tb = pa.Table.from_batches(batches)
+    out = tb.to_pandas()
+    trav = tb.filter(pa.compute.equal(tb.column("kind"), "traversal")).to_pandas()
+    m = Matcher(match_segments)
+    want = _kernel_rows(m, match_probes)
+    want = want[want["owned"] & want["reject_reason"].isna()]
+    key = ["trace_id", "piece", "seq"]
+    got = trav.sort_values(key).reset_index(drop=True)
+    want = want.sort_values(key).reset_index(drop=True)
+    assert got[[*key, "segment_id", "n_fixes", "is_complete"]].astype(str).values.tolist() == \
+        want[[*key, "segment_id", "n_fixes", "is_complete"]].astype(str).values.tolist()
+    np.testing.assert_array_equal(got["speed_kph"].to_numpy(), want["speed_kph"].to_numpy())
+    assert (got["enter_time_utc"].dt.tz_convert("UTC").to_numpy() == want["enter_time_utc"].to_numpy()).all()
+    stats = {}
+    for s in out.loc[out["kind"] == "stats", "stats"]:
+        for k, v in s:
+            stats[k] = stats.get(k, 0) + v
+    assert stats["pieces"] == match_probes.groupby(["trace_id", "piece"]).ngroups
+    assert stats["fixes_in"] == int((~match_probes["is_context"]).sum())
+    assert stats["traversals:"] == len(got)
+    assert stats["traversals:owned_by_other_piece"] == 2
+
+
+def test_task_counts_a_failing_piece_as_kernel_error(match_probes):
+    """A piece whose matching raises (here: an unreadable network) is counted under kernel_error; the task goes on."""
+    import pyarrow as pa
+
+    from speedprofile.matching import transforms as T
+
+    table = _probe_table(match_probes)
+    batches = T.match_table(table, "t-bad", _Net(b"not arrow"), frozenset([FIXTURE_CELL]), T.MatchParams())
+    out = pa.Table.from_batches(batches).to_pandas()
+    assert (out["kind"] == "stats").all()
+    stats = dict(out["stats"].iloc[0])
+    owned = int((~match_probes["is_context"]).sum())
+    assert stats["fixes_in"] == stats["fixes_kernel_error"] == owned
+    assert stats["pieces_kernel_error"] == stats["pieces"] == match_probes.groupby(["trace_id", "piece"]).ngroups
