@@ -121,7 +121,8 @@ def test_backfill_writes_exactly_the_requested_partition_days(airflow_services):
              lambda: db_rows(home, "SELECT dag_id FROM dag WHERE dag_id = ?", DAG_ID), 240,
              on_timeout=lambda: (home / "logs" / "dag-processor.out").read_text()[-3000:])
     run_airflow(home, ["dags", "unpause", DAG_ID], wh, port=port)
-    run_airflow(home, ["backfill", "create", "--dag-id", DAG_ID, "--from-date", SIM_DAYS[0], "--to-date", SIM_DAYS[1]],
+    run_airflow(home, ["backfill", "create", "--dag-id", DAG_ID, "--from-date", SIM_DAYS[0], "--to-date", SIM_DAYS[1],
+                      "--max-active-runs", "1"],
                 wh, port=port)
 
     def done():
