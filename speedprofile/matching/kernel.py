@@ -211,7 +211,7 @@ class Matcher:
         pm_col = fixes["prematched_segment_id"] if "prematched_segment_id" in fixes.columns else None
         has = pm_col.notna().to_numpy(bool)[order] if pm_col is not None else None
         ids = speeds = None
-        if has is not None and has.any():
+        if pm_col is not None and has is not None and has.any():
             ids = np.asarray(pm_col.where(pm_col.notna(), 0).astype("int64").to_numpy(), np.int64)[order]
             speeds = (fixes["speed_kph"].to_numpy(np.float64, na_value=np.nan)[order] if "speed_kph" in fixes.columns
                       else np.full(n, np.nan))
@@ -255,7 +255,7 @@ class Matcher:
         breaks = dict.fromkeys(BREAK_REASONS, 0)
         uidx = np.nonzero(usable)[0]
         trav: dict | None = None
-        if pm_has is not None and pm_has.any():
+        if pm_has is not None and pm_ids is not None and pm_has.any():
             if speeds is None:
                 speeds = np.full(n, np.nan)
             trav, st = self._prematched(uidx, pm_ids, pm_has, t_us, speeds)

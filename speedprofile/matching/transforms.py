@@ -236,10 +236,11 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
             trav = res.traversals
             if trav is not None:
                 sidx = matcher.net.index_of(trav["segment_id"])
-                seg_part = np.where(sidx >= 0, matcher.net.seg_partition[np.maximum(sidx, 0)], None)
+                seg_part = np.full(len(sidx), None, dtype=object)
+                seg_part[sidx >= 0] = matcher.net.seg_partition[sidx[sidx >= 0]]
                 reason = trav["reject_reason"].copy()
                 reason[(reason == None) & ~trav["owned"]] = "owned_by_other_piece"  # noqa: E711
-                on_emit = np.array([p in emit for p in seg_part.tolist()], bool)
+                on_emit = np.array([p in emit for p in seg_part.tolist()], dtype=np.bool_)
                 # every traversal on an emitted partition is counted (kept or per reason); kept ones are output
                 for p_, r_ in zip(seg_part[on_emit].tolist(), reason[on_emit].tolist(), strict=True):
                     acc = stats.setdefault((dts[a], p_), {})
@@ -271,7 +272,7 @@ def match_tasks(spark: SparkSession) -> int:
 
     Each task pays a fixed cost (a Python round trip, one cached block, one output file per partition written),
     while matching a piece costs milliseconds; the result is cached, so adaptive execution cannot coalesce it."""
-    shuffle = int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
+    shuffle = int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
     return max(1, min(shuffle, 2 * spark.sparkContext.defaultParallelism))
 
 
@@ -286,10 +287,10 @@ def match_traces(probes: DataFrame, network: tuple[str, Broadcast], partitions: 
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # a task gets whole pieces (the repartition keys); pieces may span batches, so take the task's rows at once
-        batches = list(batches)
-        if not batches:
+        got = list(batches)
+        if not got:
             return
-        table = pa.Table.from_batches(batches)
+        table = pa.Table.from_batches(got)
         yield from match_table(table, token, bc, emit, params)
 
     keyed = probes.select(*_PROBE_COLUMNS).repartition(match_tasks(probes.sparkSession), "dt", "partition",
