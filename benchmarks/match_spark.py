@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -159,10 +160,17 @@ def main() -> int:
     ap.add_argument("--interval-s", type=float, default=10.0)
     ap.add_argument("--reuse", action="store_true", help="keep the network, fleet and probes of an earlier run")
     ap.add_argument("--keep-output", help="copy the written segment_traversals table to this folder")
+    ap.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    wh, _ = prepare(args.vehicles, args.interval_s, args.reuse)
+    if args.prepare_only:
+        prepare(args.vehicles, args.interval_s, args.reuse)
+        return 0
+    # ingest runs in its own JVM, so the timed runs start from a JVM that has not run Spark jobs yet
+    subprocess.run([sys.executable, __file__, "--prepare-only", "--vehicles", str(args.vehicles),
+                    "--interval-s", str(args.interval_s), *(["--reuse"] if args.reuse else [])], check=True)
+    wh, _ = prepare(args.vehicles, args.interval_s, reuse=True)
     sp = spark_rate(wh)
     if args.keep_output:
         shutil.rmtree(args.keep_output, ignore_errors=True)
