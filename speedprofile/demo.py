@@ -25,7 +25,7 @@ TABLES = ("road_segments", "probes", "rejected_probes", "segment_traversals", "b
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--osm", default=os.environ.get("OSM") or None, help=f"OSM PBF (default {DEFAULT_OSM})")
     p.add_argument("--out", default="demo_out", help="demo folder: warehouse, simulated probes, maps")
-    p.add_argument("--vehicles", type=int, default=60, help="simulated vehicles (default 60)")
+    p.add_argument("--vehicles", type=int, default=250, help="simulated vehicles (default 250)")
     p.add_argument("--days", type=int, default=7, help="simulated days (default 7: one week)")
     p.add_argument("--start-date", default="2026-11-02", help="first simulated day (a Monday by default)")
     p.add_argument("--interval-s", type=float, default=10.0, help="GPS sampling interval (default 10 s)")
@@ -100,10 +100,11 @@ def cli(args: argparse.Namespace) -> int:
     m = metrics_totals(warehouse, "match_traces")
     if m.get("fixes_in"):
         print(f"  match rate           {m.get('fixes_matched', 0) / m['fixes_in']:>10.1%} of owned fixes matched")
-    est = published_share(warehouse)
+    est = published_share(warehouse, f"w1-{last}")
     if est:
-        print(f"  estimates            {est['rows']:>10,} rows; {est['observed_share']:.1%} of buckets with data "
-              f"published from their own observations (>= k traces)")
+        print(f"  estimates            {est['rows']:>10,} rows; {est['observed']:,} of {est['with_data']:,} buckets with "
+              f"observations ({est['observed_share']:.1%}) published from their own data (>= k traces), "
+              f"the rest backed off")
     mae = truth_error(warehouse, sim / "truth")
     if mae:
         print(f"  error vs truth       MAE {mae['mae_kph']:.2f} km/h over {mae['buckets']:,} observed buckets")
@@ -114,16 +115,20 @@ def cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def published_share(warehouse: str) -> dict | None:
+def published_share(warehouse: str, window: str) -> dict | None:
+    """Estimate rows, and how many of the buckets that had observations in the window were published as observed."""
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    root = Path(warehouse) / "speed_estimates"
-    if not root.exists():
+    est_root, hist_root = Path(warehouse) / "speed_estimates", Path(warehouse) / "speed_histograms"
+    if not est_root.exists() or not hist_root.exists():
         return None
-    t = ds.dataset(str(root), format="parquet", partitioning="hive").to_table(columns=["source", "n_traces"])
-    df = t.to_pandas()
-    with_data = df[df["n_traces"] > 0] if len(df) else df
-    return {"rows": len(df), "observed_share": float((with_data["source"] == "observed").mean()) if len(with_data) else 0.0}
+    est = ds.dataset(str(est_root), format="parquet", partitioning="hive")
+    observed = est.count_rows(filter=pc.field("source") == "observed")
+    hist = ds.dataset(str(hist_root), format="parquet", partitioning="hive")
+    with_data = hist.count_rows(filter=pc.field("window") == window)
+    return {"rows": est.count_rows(), "observed": observed, "with_data": with_data,
+            "observed_share": observed / with_data if with_data else 0.0}
 
 
 def truth_error(warehouse: str, truth_dir: Path) -> dict | None:
