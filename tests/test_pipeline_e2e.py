@@ -65,8 +65,11 @@ def test_row_accounting_holds_from_stage_to_stage(pipeline):
     wh = pipeline["wh"]
     probes = _table(wh, "probes")
     owned = probes[~probes["is_context"]]
+    # Pieces homed in a cell without roads (outside the network's partition list) are matched by no partition job.
+    in_network = owned["partition"].isin(pipeline["cells"])
     match = _metrics(wh, "match_traces")
-    assert sum(m["fixes_in"] for m in match) == len(owned)
+    assert sum(m["fixes_in"] for m in match) == int(in_network.sum())
+    assert in_network.mean() > 0.95
     for m in match:
         assert m["rows_in"] == m["rows_out"] + sum(m["rejected"].values())
     traversals = _table(wh, "segment_traversals")
