@@ -73,50 +73,50 @@ def _freeflow_constrained(filled: np.ndarray, ff: np.ndarray) -> tuple[np.ndarra
     return np.clip(np.round(free), 1, 255).astype(int), np.clip(np.round(cons), 1, 255).astype(int)
 
 
+def _keyed_profiles(warehouse: str, partitions: Sequence[str] | None, counts: dict[str, Any]):
+    """Gap-filled weekly profiles of the segments that have estimates and an OSM key; counts what is skipped."""
+    for segs, speeds, ff in weekly_profiles(warehouse, partitions):
+        filled, has = fill_week(speeds)
+        osm = segs["osm_way_id"].notna().to_numpy()
+        counts["segments_in"] += len(segs)
+        counts["skipped"]["no_estimates"] += int((~has).sum())
+        counts["skipped"]["no_osm_way_id"] += int((has & ~osm).sum())
+        keep = has & osm
+        if keep.any():
+            yield segs[keep], filled[keep], ff[keep]
+
+
+def _export_counts() -> dict[str, Any]:
+    return {"segments_in": 0, "rows_written": 0, "skipped": {"no_estimates": 0, "no_osm_way_id": 0}}
+
+
 def export_valhalla(warehouse: str, out_dir: Path, partitions: Sequence[str] | None = None) -> dict:
     """Write valhalla_historical_traffic.csv; returns row accounting."""
     path = out_dir / "valhalla_historical_traffic.csv"
-    counts: dict[str, Any] = {"segments_in": 0, "rows_written": 0, "skipped": {"no_estimates": 0, "no_osm_way_id": 0}}
+    counts = _export_counts()
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["osm_way_id", "from_node_id", "to_node_id", "freeflow_speed", "constrained_speed", "historical_speeds"])
-        for segs, speeds, ff in weekly_profiles(warehouse, partitions):
-            filled, has = fill_week(speeds)
-            osm = segs["osm_way_id"].notna().to_numpy()
-            counts["segments_in"] += len(segs)
-            counts["skipped"]["no_estimates"] += int((~has).sum())
-            counts["skipped"]["no_osm_way_id"] += int((has & ~osm).sum())
-            keep = has & osm
-            if not keep.any():
-                continue
-            coef = ps.compress(filled[keep])
-            free, cons = _freeflow_constrained(filled[keep], ff[keep])
-            s = segs[keep]
+        for s, filled, ff in _keyed_profiles(warehouse, partitions, counts):
+            coef = ps.compress(filled)
+            free, cons = _freeflow_constrained(filled, ff)
             for way, a, b, f, c, k in zip(s["osm_way_id"], s["from_node_id"], s["to_node_id"], free, cons, coef, strict=True):
                 w.writerow([int(way), int(a), int(b), int(f), int(c), ps.encode(k)])
-            counts["rows_written"] += int(keep.sum())
+            counts["rows_written"] += len(s)
     return {"file": str(path), **counts}
 
 
 def export_mapbox(warehouse: str, out_dir: Path, partitions: Sequence[str] | None = None) -> dict:
     """Write mapbox_typical.csv (node pair + 2016 integer speeds, Sunday 00:00 first, no header)."""
     path = out_dir / "mapbox_typical.csv"
-    counts: dict[str, Any] = {"segments_in": 0, "rows_written": 0, "skipped": {"no_estimates": 0, "no_osm_way_id": 0}}
+    counts = _export_counts()
     with open(path, "w", newline="") as fh:
-        for segs, speeds, _ in weekly_profiles(warehouse, partitions):
-            filled, has = fill_week(speeds)
-            osm = segs["osm_way_id"].notna().to_numpy()
-            counts["segments_in"] += len(segs)
-            counts["skipped"]["no_estimates"] += int((~has).sum())
-            counts["skipped"]["no_osm_way_id"] += int((has & ~osm).sum())
-            keep = has & osm
-            if not keep.any():
-                continue
-            block = np.column_stack([segs.loc[keep, "from_node_id"].to_numpy(np.int64),
-                                     segs.loc[keep, "to_node_id"].to_numpy(np.int64),
-                                     np.clip(np.round(filled[keep]), 0, None).astype(np.int64)])
+        for segs, filled, _ in _keyed_profiles(warehouse, partitions, counts):
+            block = np.column_stack([segs["from_node_id"].to_numpy(np.int64),
+                                     segs["to_node_id"].to_numpy(np.int64),
+                                     np.clip(np.round(filled), 0, None).astype(np.int64)])
             np.savetxt(fh, block, fmt="%d", delimiter=",")
-            counts["rows_written"] += int(keep.sum())
+            counts["rows_written"] += len(segs)
     return {"file": str(path), **counts}
 
 
