@@ -17,6 +17,7 @@ _ARROW = {
     "date": "date32",
     "timestamp": "timestamp[us, tz=UTC]",
     "binary": "binary",
+    "array<int16>": "list<int16>",
     "array<int64>": "list<int64>",
     "array<float64>": "list<float64>",
 }
@@ -32,6 +33,7 @@ _SPARK = {
     "date": "DATE",
     "timestamp": "TIMESTAMP",
     "binary": "BINARY",
+    "array<int16>": "ARRAY<SMALLINT>",
     "array<int64>": "ARRAY<BIGINT>",
     "array<float64>": "ARRAY<DOUBLE>",
 }
@@ -110,6 +112,7 @@ def _arrow_type(name: str):
         "date": pa.date32(),
         "timestamp": pa.timestamp("us", tz="UTC"),
         "binary": pa.binary(),
+        "array<int16>": pa.list_(pa.int16()),
         "array<int64>": pa.list_(pa.int64()),
         "array<float64>": pa.list_(pa.float64()),
     }[name]

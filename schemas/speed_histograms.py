@@ -13,12 +13,14 @@ SPEED_HISTOGRAMS = Table(
     partition_by=("partition", "window"),
     doc=(
         "window='d<YYYY-MM-DD>' holds one day's partial histograms; window='w<N>-<YYYY-MM-DD>' the merge of the "
-        "N*7 daily partials ending that day. Merge = element-wise sum of every numeric column (a commutative monoid)."
+        "N*7 daily partials ending that day. Merge = sum of the counts of equal bins and of every numeric column "
+        "(a commutative monoid). Histograms are sparse: only bins with observations are stored."
     ),
     columns=(
         Column("segment_id", "int64", "road segment"),
         Column("tow_bucket", "int16", "local time-of-week bucket 0..2015"),
-        Column("bin_counts", "array<int64>", "observations per speed bin (SPEED_BIN_EDGES_KPH)"),
+        Column("bin_ids", "array<int16>", "speed bins holding observations, ascending (index into SPEED_BIN_EDGES_KPH)"),
+        Column("bin_counts", "array<int64>", "observations in each bin of bin_ids (same length; sparse histogram)"),
         Column("n_obs", "int64", "observations (traversals)"),
         Column("n_traces", "int64", "distinct trace pieces (exact: a piece belongs to one day)"),
         Column("sum_speed_kph", "float64", "sum of speeds, for the arithmetic mean"),

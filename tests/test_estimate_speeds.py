@@ -29,7 +29,8 @@ def hist_rows(cells: dict[int, list[tuple[float, str]]]) -> pd.DataFrame:
         counts = np.zeros(N_SPEED_BINS, dtype=np.int64)
         for v, _ in obs:
             counts[K.speed_bin(v)] += 1
-        rows.append({"tow_bucket": b, "bin_counts": counts.tolist(), "n_obs": len(obs),
+        ids, nonzero = K.sparse_bins(counts)
+        rows.append({"tow_bucket": b, "bin_ids": ids, "bin_counts": nonzero, "n_obs": len(obs),
                      "n_traces": len({t for _, t in obs}), "sum_speed_kph": sum(v for v, _ in obs),
                      "sum_duration_s": sum(360.0 / v for v, _ in obs), "sum_traversed_m": 100.0 * len(obs)})
     return pd.DataFrame(rows)
@@ -216,7 +217,8 @@ def random_partition_histograms(seed: int, n_segments: int) -> pd.DataFrame:
             n = int(rng.integers(1, 6))
             v = np.where(rng.random(n) < 0.1, rng.uniform(0.5, 3, n), rng.uniform(10, 120, n))
             counts = np.bincount(K.speed_bin(v), minlength=N_SPEED_BINS)
-            rows.append({"segment_id": 10 + 3 * s, "tow_bucket": int(b), "bin_counts": counts.tolist(), "n_obs": n,
+            ids, nonzero = K.sparse_bins(counts)
+            rows.append({"segment_id": 10 + 3 * s, "tow_bucket": int(b), "bin_ids": ids, "bin_counts": nonzero, "n_obs": n,
                          "n_traces": int(rng.integers(1, n + 1)), "sum_speed_kph": float(v.sum()),
                          "sum_duration_s": float((360.0 / v).sum()), "sum_traversed_m": 100.0 * n})
     return pd.DataFrame(rows)

@@ -119,40 +119,187 @@ def speed_bin(speed_kph: np.ndarray | float) -> np.ndarray:
     return np.clip(idx, 0, N_SPEED_BINS - 1)
 
 
+HIST_BINS = ("bin_ids", "bin_counts")
 HIST_SUMS = ("n_obs", "n_traces", "sum_speed_kph", "sum_duration_s", "sum_traversed_m")
 
 
+def sparse_bins(dense: np.ndarray | list) -> tuple[list[int], list[int]]:
+    """(bin_ids, bin_counts) of a dense per-bin count vector: the bins holding observations, ascending."""
+    c = np.asarray(dense, dtype=np.int64)
+    ids = np.flatnonzero(c)
+    return ids.tolist(), c[ids].tolist()
+
+
+def dense_from_flat(row: np.ndarray, bin_ids: np.ndarray, bin_counts: np.ndarray, n_rows: int) -> np.ndarray:
+    """(n_rows, N_SPEED_BINS) int64 counts from flattened sparse entries (row index, bin, count) of many rows."""
+    row = np.asarray(row, dtype=np.int64)
+    ids = np.asarray(bin_ids, dtype=np.int64)
+    cnt = np.asarray(bin_counts, dtype=np.int64)
+    if len(ids) != len(cnt) or len(ids) != len(row):
+        raise ValueError("speed_histograms: bin_ids and bin_counts must have the same length in every row")
+    if len(ids) and (ids.min() < 0 or ids.max() >= N_SPEED_BINS):
+        raise ValueError(f"speed_histograms: bin_ids must lie in 0..{N_SPEED_BINS - 1}")
+    out = np.zeros((n_rows, N_SPEED_BINS), dtype=np.int64)
+    np.add.at(out, (row, ids), cnt)
+    return out
+
+
+def dense_counts(bin_ids, bin_counts) -> np.ndarray:
+    """(rows, N_SPEED_BINS) int64 counts from per-row sparse lists (e.g. the two list columns of a pandas frame)."""
+    ids = [np.asarray(x, dtype=np.int64) for x in bin_ids]
+    cnt = [np.asarray(x, dtype=np.int64) for x in bin_counts]
+    if any(len(a) != len(b) for a, b in zip(ids, cnt, strict=True)):
+        raise ValueError("speed_histograms: bin_ids and bin_counts must have the same length in every row")
+    lens = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
+    def flat(xs):
+        return (np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64))
+    return dense_from_flat(np.repeat(np.arange(len(ids)), lens), flat(ids), flat(cnt), len(ids))
+
+
 def histograms_of(traversals: pd.DataFrame, keys: tuple[str, ...] = ("segment_id", "tow_bucket")) -> pd.DataFrame:
-    """Histogram rows per key from bucketed traversals: bin counts, n_obs, distinct traces, sums."""
+    """Reference histogram rows per key from bucketed traversals: sparse bins, n_obs, distinct traces, sums."""
     df = traversals.assign(_bin=speed_bin(traversals["speed_kph"].to_numpy()))
     rows = []
     for key, g in df.groupby(list(keys), sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        counts = np.bincount(g["_bin"].to_numpy(), minlength=N_SPEED_BINS).astype(np.int64)
+        ids, counts = sparse_bins(np.bincount(g["_bin"].to_numpy(), minlength=N_SPEED_BINS))
         rows.append({
             **dict(zip(keys, key, strict=True)),
-            "bin_counts": counts.tolist(),
+            "bin_ids": ids,
+            "bin_counts": counts,
             "n_obs": len(g),
             "n_traces": int(g["trace_id"].nunique()),
             "sum_speed_kph": float(g["speed_kph"].sum()),
             "sum_duration_s": float(g["duration_s"].sum()),
             "sum_traversed_m": float(g["traversed_m"].sum()),
         })
-    return pd.DataFrame(rows, columns=[*keys, "bin_counts", *HIST_SUMS])
+    return pd.DataFrame(rows, columns=[*keys, *HIST_BINS, *HIST_SUMS])
 
 
 def merge_histograms(*frames: pd.DataFrame, keys: tuple[str, ...] = ("segment_id", "tow_bucket")) -> pd.DataFrame:
-    """Monoid merge: element-wise sum of bin counts and every count/sum column, per key."""
+    """Reference monoid merge: per key, counts of equal bins add up, and so does every count/sum column."""
     df = pd.concat(frames, ignore_index=True)
     rows = []
     for key, g in df.groupby(list(keys), sort=True):
         key = key if isinstance(key, tuple) else (key,)
+        ids, counts = sparse_bins(dense_counts(g["bin_ids"], g["bin_counts"]).sum(axis=0))
         rows.append({
             **dict(zip(keys, key, strict=True)),
-            "bin_counts": np.sum(np.stack(g["bin_counts"].map(np.asarray).to_list()), axis=0).astype(np.int64).tolist(),
+            "bin_ids": ids,
+            "bin_counts": counts,
             **{c: g[c].sum() for c in HIST_SUMS},
         })
-    return pd.DataFrame(rows, columns=[*keys, "bin_counts", *HIST_SUMS])
+    return pd.DataFrame(rows, columns=[*keys, *HIST_BINS, *HIST_SUMS])
+
+
+# ---------------------------------------------------------------- Arrow kernels (one Spark task's rows)
+
+def _key_codes(col) -> np.ndarray:
+    """Integer codes of one key column (pyarrow): the values for integers/dates, dictionary indices otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if col.null_count:
+        raise ValueError("histogram keys must not be null")
+    if pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if pa.types.is_date(col.type):
+        return np.asarray(col.cast(pa.int32()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    enc = pc.dictionary_encode(col)
+    enc = enc.combine_chunks() if hasattr(enc, "combine_chunks") else enc
+    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _group_rows(table, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows sorted by key: (order, key id per sorted row, position of each key's first sorted row)."""
+    codes = [_key_codes(table.column(k)) for k in keys]
+    order = np.lexsort(codes[::-1]) if codes else np.arange(table.num_rows)
+    n = table.num_rows
+    new = np.zeros(n, dtype=bool)
+    if n:
+        new[0] = True
+    for c in codes:
+        s = c[order]
+        new[1:] |= s[1:] != s[:-1]
+    kid = np.cumsum(new) - 1
+    return order, kid, np.flatnonzero(new)
+
+
+def _histogram_batch(table, keys, order, first, kid, codes, counts, sums):
+    """Assemble one output table: key columns, sparse bins from (kid*N_SPEED_BINS + bin) codes, sums."""
+    import pyarrow as pa
+
+    n_keys = len(first)
+    off = np.zeros(n_keys + 1, dtype=np.int32)
+    np.cumsum(np.bincount(codes // N_SPEED_BINS, minlength=n_keys), out=off[1:])
+    cols = {k: table.column(k).take(pa.array(order[first])) for k in keys}
+    cols["bin_ids"] = pa.ListArray.from_arrays(pa.array(off), pa.array((codes % N_SPEED_BINS).astype(np.int16)))
+    cols["bin_counts"] = pa.ListArray.from_arrays(pa.array(off), pa.array(counts.astype(np.int64)))
+    for c, v in sums.items():
+        cols[c] = pa.array(v.astype(np.int64) if c.startswith("n_") else v.astype(np.float64))
+    return pa.table(cols)
+
+
+def histogram_table(table, keys: tuple[str, ...]):
+    """Histogram rows per key of bucketed traversals (a pyarrow Table holding every row of its keys).
+
+    Needs keys, trace_id, speed_kph, duration_s, traversed_m. Output: keys, bin_ids, bin_counts, HIST_SUMS, one row
+    per key; n_traces counts distinct trace_id per key exactly.
+    """
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return None
+    order, kid, first = _group_rows(table, keys)
+    n_keys = len(first)
+    def col(c):
+        return (np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=float)[order])
+    speed = col("speed_kph")
+    codes, counts = np.unique(kid * N_SPEED_BINS + speed_bin(speed), return_counts=True)
+    trace = _key_codes(pc.fill_null(table.column("trace_id"), ""))[order]
+    n_trace_codes = int(trace.max()) + 1
+    distinct = np.unique(kid * n_trace_codes + trace)
+    sums = {
+        "n_obs": np.bincount(kid, minlength=n_keys),
+        "n_traces": np.bincount(distinct // n_trace_codes, minlength=n_keys),
+        "sum_speed_kph": np.bincount(kid, weights=speed, minlength=n_keys),
+        "sum_duration_s": np.bincount(kid, weights=col("duration_s"), minlength=n_keys),
+        "sum_traversed_m": np.bincount(kid, weights=col("traversed_m"), minlength=n_keys),
+    }
+    return _histogram_batch(table, keys, order, first, kid, codes, counts, sums)
+
+
+def merge_histogram_table(table, keys: tuple[str, ...]):
+    """Monoid merge of histogram rows (a pyarrow Table holding every row of its keys): one row per key."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return None
+    order, kid, first = _group_rows(table, keys)
+    n_keys = len(first)
+    ids_col = table.column("bin_ids").combine_chunks()
+    cnt_col = table.column("bin_counts").combine_chunks()
+    if ids_col.null_count or cnt_col.null_count:
+        raise ValueError("speed_histograms: bin_ids and bin_counts must not be null")
+    if not np.array_equal(pc.list_value_length(ids_col).to_numpy(zero_copy_only=False),
+                          pc.list_value_length(cnt_col).to_numpy(zero_copy_only=False)):
+        raise ValueError("speed_histograms: bin_ids and bin_counts must have the same length in every row")
+    parent = np.asarray(pc.list_parent_indices(ids_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    ids = np.asarray(pc.list_flatten(ids_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    cnt = np.asarray(pc.list_flatten(cnt_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= N_SPEED_BINS):
+        raise ValueError(f"speed_histograms: bin_ids must lie in 0..{N_SPEED_BINS - 1}")
+    row_kid = np.empty(table.num_rows, dtype=np.int64)
+    row_kid[order] = kid
+    codes, inverse = np.unique(row_kid[parent] * N_SPEED_BINS + ids, return_inverse=True)
+    # float64 accumulation is exact for integer totals below 2**53
+    counts = np.rint(np.bincount(inverse, weights=cnt.astype(float), minlength=len(codes))).astype(np.int64)
+    sums = {}
+    for c in HIST_SUMS:
+        v = np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=float)
+        acc = np.bincount(row_kid, weights=v, minlength=n_keys)
+        sums[c] = np.rint(acc).astype(np.int64) if c.startswith("n_") else acc
+    return _histogram_batch(table, keys, order, first, kid, codes, counts, sums)
 
 
 # ---------------------------------------------------------------- statistics on one histogram
@@ -288,7 +435,7 @@ def class_prior(road_class: str, hist: pd.DataFrame | None, min_traces: int = MI
 
 def _arrays(hist: pd.DataFrame) -> dict[str, np.ndarray]:
     return {
-        "counts": np.stack([np.asarray(x, dtype=np.int64) for x in hist["bin_counts"]]),
+        "counts": dense_counts(hist["bin_ids"], hist["bin_counts"]),
         "hour": (hist["tow_bucket"].to_numpy() % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR,
         **{c: hist[c].to_numpy(dtype=float) for c in HIST_SUMS},
     }
@@ -300,7 +447,7 @@ def _dense(hist: pd.DataFrame) -> dict[str, np.ndarray]:
     if ((b < 0) | (b >= N_BUCKETS)).any():
         raise ValueError("tow_bucket out of range")
     out = {"counts": np.zeros((N_BUCKETS, N_SPEED_BINS), dtype=np.int64)}
-    np.add.at(out["counts"], b, np.stack([np.asarray(x, dtype=np.int64) for x in hist["bin_counts"]]))
+    np.add.at(out["counts"], b, dense_counts(hist["bin_ids"], hist["bin_counts"]))
     for c in HIST_SUMS:
         out[c] = np.zeros(N_BUCKETS)
         np.add.at(out[c], b, hist[c].to_numpy(dtype=float))
@@ -502,7 +649,7 @@ def iter_estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_tra
                            counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS):
     """Vectorised estimate_segment for many segments: all 2016 buckets of every segment in `hist`.
 
-    hist: one row per (segment_id, tow_bucket) with bin_counts (or `counts`, the same as a (rows, bins) array) and
+    hist: one row per (segment_id, tow_bucket) with bin_ids/bin_counts (or `counts`, the dense (rows, bins) array) and
     HIST_SUMS; priors: Prior per segment_id. Same rules and results as estimate_segment (kept as the per-segment
     reference; float sums may differ in the last bits from the summation order). Yields one frame per block of
     `chunk` segments, ordered by segment_id, tow_bucket.
@@ -512,8 +659,7 @@ def iter_estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_tra
     if ((b < 0) | (b >= N_BUCKETS)).any():
         raise ValueError("tow_bucket out of range")
     if counts is None:
-        counts = (np.stack([np.asarray(x, dtype=np.int64) for x in hist["bin_counts"]]) if len(hist)
-                  else np.zeros((0, N_SPEED_BINS), dtype=np.int64))
+        counts = dense_counts(hist["bin_ids"], hist["bin_counts"])
     seg_ids, seg_idx = np.unique(seg, return_inverse=True)
     if len(np.unique(seg_idx * N_BUCKETS + b)) != len(b):
         raise ValueError("duplicate (segment_id, tow_bucket) histogram rows: merge them first")

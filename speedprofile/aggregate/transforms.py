@@ -16,12 +16,10 @@ from pyspark.sql import functions as F
 from schemas.bucketed_traversals import BUCKET_MINUTES, BUCKETED_TRAVERSALS, N_BUCKETS
 from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_PLAUSIBLE_KPH
 from schemas.speed_estimates import MIN_TRACES, SPEED_ESTIMATES
-from schemas.speed_histograms import N_SPEED_BINS
 from speedprofile.aggregate import kernels as K
 
 HIST_KEYS = ("partition", "segment_id", "tow_bucket")
 SUM_COLUMNS = ("n_obs", "n_traces", "sum_speed_kph", "sum_duration_s", "sum_traversed_m")
-BIN_COLUMNS = tuple(f"b{i:03d}" for i in range(N_SPEED_BINS))
 
 
 # ---------------------------------------------------------------- bucket_traversals
@@ -82,12 +80,6 @@ def reject_counts(tagged: DataFrame) -> DataFrame:
 
 # ---------------------------------------------------------------- build_histograms
 
-def with_speed_bin(df: DataFrame) -> DataFrame:
-    """Adds `bin`: index into SPEED_BIN_EDGES_KPH, last bin open-ended (same rule as kernels.speed_bin)."""
-    idx = F.floor(F.col("speed_kph") / K.BIN_WIDTH).cast("int")
-    return df.withColumn("bin", F.least(F.greatest(idx, F.lit(0)), F.lit(N_SPEED_BINS - 1)))
-
-
 HOT_KEY_SAMPLE_ROWS = 200_000  # hot-key detection counts a sample of about this many rows
 
 
@@ -116,50 +108,55 @@ def hot_keys(df: DataFrame, share: float, salt_buckets: int | None, shuffle_part
     return df.sparkSession.createDataFrame(rows, schema)
 
 
+HIST_INPUT = ("trace_id", "speed_kph", "duration_s", "traversed_m")
+HIST_OUTPUT_DDL = ("bin_ids array<smallint>, bin_counts array<bigint>, n_obs bigint, n_traces bigint, "
+                   "sum_speed_kph double, sum_duration_s double, sum_traversed_m double")
+
+
+def _per_key(df: DataFrame, keys: Sequence[str], kernel, n_tasks: int | None = None) -> DataFrame:
+    """Hash-distribute rows by key into n_tasks (default spark.sql.shuffle.partitions) and run an Arrow kernel on
+    each task's rows at once (every row of a key is in one task): one shuffle, no per-row Python."""
+    import pyarrow as pa
+
+    n = n_tasks or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    schema = f"{', '.join(f'{k} {df.schema[k].dataType.simpleString()}' for k in keys)}, {HIST_OUTPUT_DDL}"
+    key_tuple = tuple(keys)
+
+    def run(batches):
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        out = kernel(pa.Table.from_batches(batches), key_tuple)
+        if out is not None:
+            yield from out.to_batches()
+
+    return df.repartition(n, *keys).mapInArrow(run, schema)
+
+
 def histogram_partials(bucketed: DataFrame, hot: DataFrame | None = None,
                        keys: Sequence[str] = ("dt", *HIST_KEYS)) -> DataFrame:
-    """Histogram per key over bucketed traversals; hot keys aggregated in two phases with a salt.
+    """Sparse histogram per key over bucketed traversals (kernels.histogram_table); hot keys in two phases.
 
-    The salt of a row is pmod(xxhash64(trace_id), n_salts), so one trace's rows share a salt and the distinct-trace
-    counts of the salts add up exactly: the salted result equals the unsalted one.
-    Output: keys, bin_counts (array, SPEED_BIN_EDGES_KPH), n_obs, n_traces, sum_speed_kph, sum_duration_s,
+    Without `hot`: one shuffle by key, then the Arrow kernel. With `hot` (keys + n_salts): a hot key's rows are
+    spread over n_salts salts, salt = pmod(xxhash64(trace_id), n_salts), so one trace's rows share a salt and the
+    distinct-trace counts of the salts add up exactly; phase 1 aggregates per (key, salt), phase 2 merges the
+    salted partials (kernels.merge_histogram_table). The salted result equals the unsalted one.
+    Output: keys, bin_ids, bin_counts (SPEED_BIN_EDGES_KPH), n_obs, n_traces, sum_speed_kph, sum_duration_s,
     sum_traversed_m.
     """
-    df = with_speed_bin(bucketed)
-    if hot is not None:
-        df = df.join(F.broadcast(hot.select(*keys, "n_salts")), list(keys), "left")
-        df = df.withColumn("_hot", F.col("n_salts").isNotNull())
-        df = df.withColumn("salt", F.when(F.col("_hot"), F.pmod(F.xxhash64("trace_id"), F.col("n_salts")).cast("int"))
-                           .otherwise(F.lit(0)))
-    else:
-        df = df.withColumn("salt", F.lit(0))
-    aggs = [
-        F.count(F.lit(1)).alias("n_obs"),
-        F.count_distinct("trace_id").alias("n_traces"),
-        F.sum("speed_kph").alias("sum_speed_kph"),
-        F.sum("duration_s").alias("sum_duration_s"),
-        F.sum("traversed_m").alias("sum_traversed_m"),
-        *[F.sum(F.when(F.col("bin") == i, 1).otherwise(0)).cast("long").alias(c) for i, c in enumerate(BIN_COLUMNS)],
-    ]
-    if hot is not None:
-        # only the hot keys' salted partials need the second phase; `_hot` is a function of the key
-        phase1 = df.groupBy(*keys, "_hot", "salt").agg(*aggs)
-        phase2 = (phase1.where(F.col("_hot")).groupBy(*keys)
-                  .agg(*[F.sum(c).alias(c) for c in (*SUM_COLUMNS, *BIN_COLUMNS)]))
-        phase1 = phase1.where(~F.col("_hot")).drop("_hot", "salt").unionByName(phase2)
-    else:
-        phase1 = df.groupBy(*keys).agg(*aggs)
-    return phase1.select(*keys, F.array(*BIN_COLUMNS).alias("bin_counts"),
-                         *[F.col(c).cast("long") if c.startswith("n_") else F.col(c) for c in SUM_COLUMNS])
+    df = bucketed.select(*keys, *HIST_INPUT)
+    if hot is None:
+        return _per_key(df, keys, K.histogram_table)
+    df = df.join(F.broadcast(hot.select(*keys, "n_salts")), list(keys), "left")
+    df = df.withColumn("salt", F.when(F.col("n_salts").isNotNull(), F.pmod(F.xxhash64("trace_id"), F.col("n_salts")))
+                       .otherwise(F.lit(-1)).cast("int")).drop("n_salts")
+    phase1 = _per_key(df, (*keys, "salt"), K.histogram_table)
+    return merge_histograms(phase1.drop("salt"), keys)
 
 
 def merge_histograms(hist: DataFrame, keys: Sequence[str] = HIST_KEYS) -> DataFrame:
-    """Monoid merge of histogram rows sharing a key: element-wise sum of bin_counts and of every count/sum."""
-    aggs = [F.sum(F.col("bin_counts")[i]).alias(c) for i, c in enumerate(BIN_COLUMNS)]
-    aggs += [F.sum(c).alias(c) for c in SUM_COLUMNS]
-    merged = hist.groupBy(*keys).agg(*aggs)
-    return merged.select(*keys, F.array(*[F.col(c).cast("long") for c in BIN_COLUMNS]).alias("bin_counts"),
-                         *[F.col(c).cast("long") if c.startswith("n_") else F.col(c) for c in SUM_COLUMNS])
+    """Monoid merge of histogram rows sharing a key: counts of equal bins add up, and so does every count/sum."""
+    return _per_key(hist.select(*keys, "bin_ids", "bin_counts", *SUM_COLUMNS), keys, K.merge_histogram_table)
 
 
 # ---------------------------------------------------------------- estimate_speeds
@@ -191,12 +188,13 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
     """
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     spark = hist.sparkSession
     n = n_tasks or int(spark.conf.get("spark.sql.shuffle.partitions"))
     cls = segments.select("segment_id", "road_class")
     df = (hist.join(cls, "segment_id", "left").fillna({"road_class": "unknown"})
-          .select("partition", "segment_id", "road_class", "tow_bucket", "bin_counts", *SUM_COLUMNS)
+          .select("partition", "segment_id", "road_class", "tow_bucket", "bin_ids", "bin_counts", *SUM_COLUMNS)
           .repartition(n, "partition", "segment_id"))
     out_schema = SPEED_ESTIMATES.spark_schema()
     arrow_schema = SPEED_ESTIMATES.arrow_schema()
@@ -207,12 +205,17 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
         if not batches:
             return
         table = pa.Table.from_batches(batches).combine_chunks()
-        lists = table.column("bin_counts").chunk(0) if table.num_rows else None
-        offsets = lists.offsets.to_numpy()
-        if (np.diff(offsets) != N_SPEED_BINS).any() or lists.null_count:
-            raise ValueError(f"speed_histograms.bin_counts must hold {N_SPEED_BINS} counts per row")
-        counts = lists.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].reshape(-1, N_SPEED_BINS)
-        pdf = table.drop(["bin_counts"]).to_pandas()
+        ids = table.column("bin_ids").combine_chunks()
+        cnt = table.column("bin_counts").combine_chunks()
+        if ids.null_count or cnt.null_count:
+            raise ValueError("speed_histograms: bin_ids and bin_counts must not be null")
+        if not np.array_equal(pc.list_value_length(ids).to_numpy(zero_copy_only=False),
+                              pc.list_value_length(cnt).to_numpy(zero_copy_only=False)):
+            raise ValueError("speed_histograms: bin_ids and bin_counts must have the same length in every row")
+        counts = K.dense_from_flat(pc.list_parent_indices(ids).to_numpy(zero_copy_only=False),
+                                   pc.list_flatten(ids).to_numpy(zero_copy_only=False),
+                                   pc.list_flatten(cnt).to_numpy(zero_copy_only=False), table.num_rows)
+        pdf = table.drop(["bin_ids", "bin_counts"]).to_pandas()
         for part, idx in pdf.groupby("partition", sort=True).indices.items():
             g = pdf.iloc[idx]
             classes = dict(zip(g["segment_id"], g["road_class"], strict=True))
