@@ -17,7 +17,7 @@ STAGE = "bucket_traversals"
 def main(argv: list[str] | None = None) -> int:
     from speedprofile.aggregate import kernels as K
     from speedprofile.aggregate import transforms as T
-    from speedprofile.spark import get_session, read_table, write_metrics, write_table
+    from speedprofile.spark import counted, get_session, read_table, write_metrics, write_table
 
     args = parse_job_args(argv, __doc__.splitlines()[0])
     spark = get_session(STAGE)
@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     zones = [r[0] for r in segments.select("timezone").distinct().collect()]
     tagged = T.tag_rejects(traversals, segments, [z for z in zones if K.is_valid_timezone(z)])
 
-    counts = {(str(r["dt"]), r["partition"], r["reject_reason"]): r["count"]
-              for r in T.reject_counts(tagged).collect()}
+    # rows per (dt, partition, reason) are counted while the write runs (one pass over the input)
+    tagged, get_counts = counted(tagged, {"dt": args.dates, "partition": args.partitions,
+                                          "reject_reason": [None, *REJECT_REASONS]}, STAGE)
     write_table(tagged.transform(T.bucket_rows), args.warehouse, "bucketed_traversals",
                 replace=[{"dt": d, "partition": p} for d in args.dates for p in args.partitions])
+    counts = {(str(d), p, r): n for (d, p, r), n in get_counts().items()}
     for d in args.dates:
         for p in args.partitions:
             rejected = {r: counts.get((str(d), p, r), 0) for r in REJECT_REASONS}

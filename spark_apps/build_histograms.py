@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from speedprofile.aggregate import transforms as T
-    from speedprofile.spark import get_session, read_table, write_metrics, write_table
+    from speedprofile.spark import counted, get_session, read_table, write_metrics, write_table
 
     args = parse_job_args(argv, __doc__.splitlines()[0], add_flags)
     if args.window_weeks < 1:
@@ -72,22 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     valid = (F.col("segment_id").isNotNull() & F.col("trace_id").isNotNull() & F.col("tow_bucket").between(0, 2015)
              & F.col("speed_kph").isNotNull() & ~F.isnan("speed_kph") & F.col("duration_s").isNotNull()
              & F.col("traversed_m").isNotNull())
-    counted = (bucketed.withColumn("_ok", valid).groupBy("dt", "partition", "_ok").count().collect())
-    rows_in: dict[tuple[str, str, bool], int] = {(str(r["dt"]), r["partition"], r["_ok"]): r["count"] for r in counted}
-    good = bucketed.where(valid)
+    # rows per (dt, partition, valid) are counted while the daily partials are written (one pass over the input)
+    observed, get_counts = counted(bucketed.withColumn("_ok", F.coalesce(valid, F.lit(False))),
+                                   {"dt": args.dates, "partition": args.partitions, "_ok": [True, False]}, STAGE)
+    good = observed.where(F.col("_ok")).drop("_ok")
 
     hot = None
     n_hot = 0
     if salt is not False:
         shuffle = int(spark.conf.get("spark.sql.shuffle.partitions"))
-        total = sum(n for (_, _, ok), n in rows_in.items() if ok)
-        hot_df = T.hot_keys(good, args.hot_key_share, salt, shuffle, total_rows=total)
+        hot_df = T.hot_keys(bucketed.where(valid), args.hot_key_share, salt, shuffle, total_rows=bucketed.count())
         n_hot = hot_df.count()  # a local frame collected on the driver
         hot = hot_df if n_hot else None
     partials = (T.histogram_partials(good, hot)
                 .withColumn("window", F.concat(F.lit("d"), F.col("dt").cast("string"))).drop("dt"))
     write_table(partials, wh, "speed_histograms",
                 replace=[{"partition": p, "window": daily_name(d)} for d in args.dates for p in args.partitions])
+    rows_in = {(str(d), p, ok): n for (d, p, ok), n in get_counts().items()}
 
     end = args.dates[-1]
     days = [end - timedelta(days=i) for i in range(args.window_weeks * 7)]

@@ -7,7 +7,7 @@ spark-submit / spark-defaults, never from here.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 
 from pyspark.sql import DataFrame, SparkSession
@@ -184,3 +184,53 @@ def read_metrics(spark: SparkSession | None, warehouse: str, stage: str, dt: obj
         return json.loads(read_text(spark, path))
     except FileNotFoundError:
         return None
+
+
+OBSERVED_COUNT_LIMIT = 256  # above this many key combinations, count with a separate aggregation pass
+
+
+def counted(df: DataFrame, key_values: dict[str, Sequence[object]], name: str,
+            limit: int = OBSERVED_COUNT_LIMIT) -> tuple[DataFrame, Callable[[], dict[tuple, int]]]:
+    """Row counts per combination of key values, gathered while the next action on the returned frame runs.
+
+    key_values: column -> the values it can take (None allowed, matched null-safely). Returns (frame, get); after
+    one action on `frame` (e.g. its write), get() gives {(v1, v2, ...): rows} for every combination, so the stage
+    accounts for its input without a second pass. With more than `limit` combinations get() runs one grouped count
+    of `df` instead. get() raises if some row matched no listed combination (the counts would not add up).
+    """
+    import itertools
+
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    cols = list(key_values)
+    combos = list(itertools.product(*(list(v) for v in key_values.values())))
+    if len(combos) > limit:
+        def grouped() -> dict[tuple, int]:
+            rows = df.groupBy(*cols).count().collect()
+            got = {tuple(r[c] for c in cols): r["count"] for r in rows}
+            extra = set(got) - set(combos)
+            if extra:
+                raise ValueError(f"{name}: rows with unexpected {cols} values {sorted(map(str, extra))[:5]}")
+            return {c: got.get(c, 0) for c in combos}
+        return df, grouped
+
+    obs = Observation(name)
+
+    def cond(combo: tuple):
+        c = F.lit(True)
+        for col, v in zip(cols, combo, strict=True):
+            c = c & (F.col(col).isNull() if v is None else F.col(col).eqNullSafe(F.lit(v)))
+        return c
+
+    exprs = [F.count_if(cond(combo)).alias(f"c{i}") for i, combo in enumerate(combos)]
+    observed = df.observe(obs, F.count(F.lit(1)).alias("rows"), *exprs)
+
+    def get() -> dict[tuple, int]:
+        m = obs.get
+        out = {combo: int(m[f"c{i}"]) for i, combo in enumerate(combos)}
+        if sum(out.values()) != m["rows"]:
+            raise ValueError(f"{name}: {m['rows'] - sum(out.values())} rows outside the listed {cols} values")
+        return out
+
+    return observed, get

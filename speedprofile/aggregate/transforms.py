@@ -73,11 +73,6 @@ def bucket_rows(tagged: DataFrame) -> DataFrame:
     return df.select(*[F.col(c).cast(BUCKETED_TRAVERSALS.spark_schema()[c].dataType) for c in BUCKETED_TRAVERSALS.names])
 
 
-def reject_counts(tagged: DataFrame) -> DataFrame:
-    """Rows per (dt, partition, reject_reason); reason null = kept."""
-    return tagged.groupBy("dt", "partition", "reject_reason").count()
-
-
 # ---------------------------------------------------------------- build_histograms
 
 HOT_KEY_SAMPLE_ROWS = 200_000  # hot-key detection counts a sample of about this many rows
