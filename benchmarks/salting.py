@@ -3,12 +3,10 @@ in a handful of buckets), with and without two-phase salting, in the same run.
 
 Reports, per variant, wall time and the largest-task / median-task ratio of the shuffle stages (task run time and
 shuffle records read, from Spark's task metrics via the status REST API), and checks that both give equal results.
-Two aggregation plans are measured: the `build_histograms` plan (Spark hash aggregation with map-side partial
-aggregation: the hot key never reaches one task as raw rows, so salting only adds the detection pass) and a
-whole-group plan (`groupBy(segment_id).applyInPandas`: every row of a segment goes to one pandas call, as an
-exact-percentile plan would), where the hot segment is one task's work and salting (partial histograms per
-(segment, salt), then a merge) splits it.
-Run: .venv/bin/python benchmarks/salting.py [--rows 1000000] [--kernel-rows 200000]  -> benchmarks/results/salting.json
+The plan is the `build_histograms` one (rows shuffled by segment x bucket, every row of a key handed to one Arrow
+kernel call): unsalted, the hot key is one task's work; salted, it is spread over n_salts tasks by
+pmod(xxhash64(trace_id), n_salts) and the salted partials are merged in a second phase.
+Run: .venv/bin/python benchmarks/salting.py [--rows 1000000]  -> benchmarks/results/salting.json
 """
 
 from __future__ import annotations
@@ -76,37 +74,10 @@ def stage_metrics(spark, job_group: str) -> dict:
     return worst or {}
 
 
-def kernel_histograms(df, hot):
-    """Whole-group plan: each segment's rows (or each (segment, salt) piece of a hot segment) go to one pandas call,
-    which builds that segment's per-bucket histograms; salted pieces are merged afterwards (monoid)."""
-    from pyspark.sql import functions as F
-
-    from speedprofile.aggregate import kernels as K
-    from speedprofile.aggregate import transforms as T
-
-    if hot is not None:
-        df = df.join(F.broadcast(hot.select("segment_id", "n_salts")), ["segment_id"], "left").withColumn(
-            "salt", F.when(F.col("n_salts").isNull(), 0).otherwise(F.pmod(F.xxhash64("trace_id"), F.col("n_salts"))))
-    else:
-        df = df.withColumn("salt", F.lit(0))
-    schema = ("segment_id long, tow_bucket short, salt long, bin_counts array<bigint>, n_obs long, n_traces long, "
-              "sum_speed_kph double, sum_duration_s double, sum_traversed_m double")
-
-    def build(pdf):
-        out = K.histograms_of(pdf, keys=("segment_id", "tow_bucket", "salt"))
-        return out.astype({"n_obs": "int64", "n_traces": "int64"})
-
-    part = df.select("segment_id", "tow_bucket", "salt", "trace_id", "speed_kph", "duration_s", "traversed_m") \
-        .groupBy("segment_id", "salt").applyInPandas(build, schema)
-    keys = ("segment_id", "tow_bucket")
-    return T.merge_histograms(part, keys=keys) if hot is not None else part.drop("salt")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--hot-share", type=float, default=0.35)
-    ap.add_argument("--kernel-rows", type=int, default=200_000, help="rows for the whole-group plan (slower)")
     ap.add_argument("--warmups", type=int, choices=(0, 1), default=1, help="run each variant once before measuring")
     args = ap.parse_args()
 
@@ -126,17 +97,12 @@ def main() -> None:
     path = f"{tmp}/bucketed"
     make_input(spark, path, args.rows, args.hot_share, 20_000, 2016)
     df = spark.read.parquet(path)
-    # the whole-group plan pays a per-call overhead, so its input has fewer keys (32 segments x 48 buckets)
-    make_input(spark, f"{tmp}/small", args.kernel_rows, args.hot_share, 32, 48)
-    small = spark.read.parquet(f"{tmp}/small").cache()
     total = df.count()
     top = df.groupBy("segment_id").count().orderBy(F.desc("count")).first()
-    report = {"rows": total, "hot_segment_share": top["count"] / total, "shuffle_partitions": 16,
-              "kernel_plan_rows": args.kernel_rows, "plans": {}}
+    report = {"rows": total, "hot_segment_share": top["count"] / total, "shuffle_partitions": 16, "plans": {}}
     print(f"input: {total} rows, hottest segment holds {report['hot_segment_share']:.1%}")
 
-    plans = {"hash_aggregate": (lambda d, h: T.histogram_partials(d, h, keys=("segment_id", "tow_bucket")), df),
-             "whole_group": (kernel_histograms, small)}
+    plans = {"build_histograms": (lambda d, h: T.histogram_partials(d, h, keys=("segment_id", "tow_bucket")), df)}
     for plan, (fn, data) in plans.items():
         try:
             data.count()
@@ -148,9 +114,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 hot = None
                 if variant == "salted":
-                    keys = ("segment_id",) if plan == "whole_group" else ("segment_id", "tow_bucket")
-                    hot = T.hot_keys(data, 0.01 if plan == "hash_aggregate" else 0.2, None, 16, keys=keys,
-                                     total_rows=data.count())
+                    hot = T.hot_keys(data, 0.01, None, 16, keys=("segment_id", "tow_bucket"), total_rows=data.count())
                     n_hot = hot.count()
                 out = fn(data, hot)
                 rows = out.agg(F.sum("n_obs"), F.sum("n_traces"), F.count(F.lit(1))).first()

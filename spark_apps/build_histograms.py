@@ -1,10 +1,10 @@
 """build_histograms: bucketed_traversals -> speed_histograms. For every date D..D2 the daily partial
 (window='d<date>') per segment x tow_bucket, then the rolling window ending at D2 (window='w<N>-<D2>') as the
-element-wise sum of the N*7 daily partials D2-7N+1..D2 already in the table (old traversals are never re-read).
+monoid merge of the N*7 daily partials D2-7N+1..D2 already in the table (old traversals are never re-read).
 
 With --salt-buckets auto|N, hot keys (>= --hot-key-share of the input rows, found by a count pass) are aggregated
-in two phases with a salt. Default off: this plan's map-side partial aggregation already spreads a hot key
-(benchmarks/salting.py), so salting only adds the detection pass.
+in two phases with a salt. Default off: a segment x bucket key is small next to a task's share of a partition-day,
+and the detection pass plus the second phase cost more than the skew they remove (benchmarks/salting.py).
 Run: spark-submit spark_apps/build_histograms.py --warehouse W --date D [--to-date D2] --partition A,B
 [--window-weeks 4] [--salt-buckets auto|off|N] [--hot-key-share 0.01]
 """
@@ -23,8 +23,8 @@ STAGE = "build_histograms"
 def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-weeks", type=int, default=4, help="rolling window length in weeks (default 4)")
     p.add_argument("--salt-buckets", default="off",
-                   help="salts per hot key: off, auto (sized from its row count) or a number (default off: partial "
-                        "aggregation already spreads hot keys, see docs/estimation.md)")
+                   help="salts per hot key: off, auto (sized from its row count) or a number (default off: on "
+                        "measured skew the extra passes cost more than they save, see docs/estimation.md)")
     p.add_argument("--hot-key-share", type=float, default=0.01,
                    help="a segment x bucket key holding at least this share of the day's rows is hot (default 0.01)")
 

@@ -243,10 +243,9 @@ def _histogram_batch(table, keys, order, first, kid, codes, counts, sums):
 def histogram_table(table, keys: tuple[str, ...]):
     """Histogram rows per key of bucketed traversals (a pyarrow Table holding every row of its keys).
 
-    Needs keys, trace_id, speed_kph, duration_s, traversed_m. Output: keys, bin_ids, bin_counts, HIST_SUMS, one row
-    per key; n_traces counts distinct trace_id per key exactly.
+    Needs keys, trace_id (string, or an int64 code per trace), speed_kph, duration_s, traversed_m. Output: keys,
+    bin_ids, bin_counts, HIST_SUMS, one row per key; n_traces counts distinct trace_id values per key.
     """
-    import pyarrow.compute as pc
 
     if table.num_rows == 0:
         return None
@@ -256,12 +255,17 @@ def histogram_table(table, keys: tuple[str, ...]):
         return (np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=float)[order])
     speed = col("speed_kph")
     codes, counts = np.unique(kid * N_SPEED_BINS + speed_bin(speed), return_counts=True)
-    trace = _key_codes(pc.fill_null(table.column("trace_id"), ""))[order]
-    n_trace_codes = int(trace.max()) + 1
-    distinct = np.unique(kid * n_trace_codes + trace)
+    traces = table.column("trace_id")
+    if traces.null_count:
+        raise ValueError("histogram input: trace_id must not be null")
+    trace = _key_codes(traces)[order]
+    by_trace = np.lexsort((trace, kid))  # rows of a key stay contiguous; equal traces become adjacent
+    k, tr = kid[by_trace], trace[by_trace]
+    first_of_trace = np.ones(len(k), dtype=bool)
+    first_of_trace[1:] = (k[1:] != k[:-1]) | (tr[1:] != tr[:-1])
     sums = {
         "n_obs": np.bincount(kid, minlength=n_keys),
-        "n_traces": np.bincount(distinct // n_trace_codes, minlength=n_keys),
+        "n_traces": np.bincount(k[first_of_trace], minlength=n_keys),
         "sum_speed_kph": np.bincount(kid, weights=speed, minlength=n_keys),
         "sum_duration_s": np.bincount(kid, weights=col("duration_s"), minlength=n_keys),
         "sum_traversed_m": np.bincount(kid, weights=col("traversed_m"), minlength=n_keys),
