@@ -48,7 +48,9 @@ def make_histograms(n_segments: int, seed: int = 7) -> tuple[pd.DataFrame, np.nd
     counts = np.stack(counts).astype(np.int64)
     hist = pd.DataFrame({"segment_id": seg, "tow_bucket": bucket, "n_obs": n_obs, "n_traces": n_tr,
                          "sum_speed_kph": sums[:, 0], "sum_duration_s": sums[:, 1], "sum_traversed_m": sums[:, 2]})
-    hist["bin_counts"] = list(counts)
+    sparse = [K.sparse_bins(c) for c in counts]
+    hist["bin_ids"] = [np.asarray(i, dtype=np.int16) for i, _ in sparse]
+    hist["bin_counts"] = [np.asarray(c, dtype=np.int64) for _, c in sparse]
     return hist, counts
 
 
@@ -112,8 +114,7 @@ def spark_plans(hist: pd.DataFrame, n_segments: int) -> dict:
     spark.sparkContext.setLogLevel("ERROR")
     path = tempfile.mkdtemp(prefix="bench-estimate-") + "/hist"
     pdf = hist.assign(partition="p", segment_id=hist["segment_id"].astype("int64"),
-                      tow_bucket=hist["tow_bucket"].astype("int16"),
-                      bin_counts=[np.asarray(x, dtype=np.int64) for x in hist["bin_counts"]])
+                      tow_bucket=hist["tow_bucket"].astype("int16"))
     spark.createDataFrame(pdf).write.parquet(path)
     h = spark.read.parquet(path)
     segs = spark.createDataFrame(pd.DataFrame({"segment_id": np.arange(n_segments, dtype=np.int64),
