@@ -21,8 +21,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_job_args(argv, __doc__.splitlines()[0])
     spark = get_session(STAGE)
-    # one Parquet writer per (dt, partition) folder open at once instead of sorting every task's rows by folder
-    spark.conf.set("spark.sql.maxConcurrentOutputFileWriters", "16")
     traversals = read_table(spark, args.warehouse, "segment_traversals", dates=args.dates, partitions=args.partitions)
     segments = read_table(spark, args.warehouse, "road_segments", partitions=args.partitions)
     segments = segments.select("segment_id", "partition", "timezone")
