@@ -205,9 +205,9 @@ def _key_codes(col) -> np.ndarray:
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
     if pa.types.is_date(col.type):
         return np.asarray(col.cast(pa.int32()).to_numpy(zero_copy_only=False), dtype=np.int64)
-    enc = pc.dictionary_encode(col)
-    enc = enc.combine_chunks() if hasattr(enc, "combine_chunks") else enc
-    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if isinstance(col, pa.ChunkedArray):  # one dictionary for the whole column, whatever the batches
+        col = col.combine_chunks()
+    return np.asarray(pc.dictionary_encode(col).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _group_rows(table, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
