@@ -225,7 +225,27 @@ def _group_rows(table, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, kid, np.flatnonzero(new)
 
 
-def _histogram_batch(table, keys, order, first, kid, codes, counts, sums):
+def sparse_entries(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flattened (row index, bin, count) entries of the bin_ids/bin_counts lists of a histogram table (pyarrow),
+    validated: no null lists, equal lengths per row, bins in 0..N_SPEED_BINS-1."""
+    import pyarrow.compute as pc
+
+    ids_col = table.column("bin_ids").combine_chunks()
+    cnt_col = table.column("bin_counts").combine_chunks()
+    if ids_col.null_count or cnt_col.null_count:
+        raise ValueError("speed_histograms: bin_ids and bin_counts must not be null")
+    if not np.array_equal(pc.list_value_length(ids_col).to_numpy(zero_copy_only=False),
+                          pc.list_value_length(cnt_col).to_numpy(zero_copy_only=False)):
+        raise ValueError("speed_histograms: bin_ids and bin_counts must have the same length in every row")
+    parent = np.asarray(pc.list_parent_indices(ids_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    ids = np.asarray(pc.list_flatten(ids_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    cnt = np.asarray(pc.list_flatten(cnt_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= N_SPEED_BINS):
+        raise ValueError(f"speed_histograms: bin_ids must lie in 0..{N_SPEED_BINS - 1}")
+    return parent, ids, cnt
+
+
+def _histogram_batch(table, keys, order, first, codes, counts, sums):
     """Assemble one output table: key columns, sparse bins from (kid*N_SPEED_BINS + bin) codes, sums."""
     import pyarrow as pa
 
@@ -270,29 +290,17 @@ def histogram_table(table, keys: tuple[str, ...]):
         "sum_duration_s": np.bincount(kid, weights=col("duration_s"), minlength=n_keys),
         "sum_traversed_m": np.bincount(kid, weights=col("traversed_m"), minlength=n_keys),
     }
-    return _histogram_batch(table, keys, order, first, kid, codes, counts, sums)
+    return _histogram_batch(table, keys, order, first, codes, counts, sums)
 
 
 def merge_histogram_table(table, keys: tuple[str, ...]):
     """Monoid merge of histogram rows (a pyarrow Table holding every row of its keys): one row per key."""
-    import pyarrow.compute as pc
 
     if table.num_rows == 0:
         return None
     order, kid, first = _group_rows(table, keys)
     n_keys = len(first)
-    ids_col = table.column("bin_ids").combine_chunks()
-    cnt_col = table.column("bin_counts").combine_chunks()
-    if ids_col.null_count or cnt_col.null_count:
-        raise ValueError("speed_histograms: bin_ids and bin_counts must not be null")
-    if not np.array_equal(pc.list_value_length(ids_col).to_numpy(zero_copy_only=False),
-                          pc.list_value_length(cnt_col).to_numpy(zero_copy_only=False)):
-        raise ValueError("speed_histograms: bin_ids and bin_counts must have the same length in every row")
-    parent = np.asarray(pc.list_parent_indices(ids_col).to_numpy(zero_copy_only=False), dtype=np.int64)
-    ids = np.asarray(pc.list_flatten(ids_col).to_numpy(zero_copy_only=False), dtype=np.int64)
-    cnt = np.asarray(pc.list_flatten(cnt_col).to_numpy(zero_copy_only=False), dtype=np.int64)
-    if len(ids) and (ids.min() < 0 or ids.max() >= N_SPEED_BINS):
-        raise ValueError(f"speed_histograms: bin_ids must lie in 0..{N_SPEED_BINS - 1}")
+    parent, ids, cnt = sparse_entries(table)
     row_kid = np.empty(table.num_rows, dtype=np.int64)
     row_kid[order] = kid
     codes, inverse = np.unique(row_kid[parent] * N_SPEED_BINS + ids, return_inverse=True)
@@ -303,7 +311,7 @@ def merge_histogram_table(table, keys: tuple[str, ...]):
         v = np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=float)
         acc = np.bincount(row_kid, weights=v, minlength=n_keys)
         sums[c] = np.rint(acc).astype(np.int64) if c.startswith("n_") else acc
-    return _histogram_batch(table, keys, order, first, kid, codes, counts, sums)
+    return _histogram_batch(table, keys, order, first, codes, counts, sums)
 
 
 # ---------------------------------------------------------------- statistics on one histogram

@@ -183,7 +183,6 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
     """
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     spark = hist.sparkSession
     n = n_tasks or int(spark.conf.get("spark.sql.shuffle.partitions"))
@@ -200,16 +199,7 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
         if not batches:
             return
         table = pa.Table.from_batches(batches).combine_chunks()
-        ids = table.column("bin_ids").combine_chunks()
-        cnt = table.column("bin_counts").combine_chunks()
-        if ids.null_count or cnt.null_count:
-            raise ValueError("speed_histograms: bin_ids and bin_counts must not be null")
-        if not np.array_equal(pc.list_value_length(ids).to_numpy(zero_copy_only=False),
-                              pc.list_value_length(cnt).to_numpy(zero_copy_only=False)):
-            raise ValueError("speed_histograms: bin_ids and bin_counts must have the same length in every row")
-        counts = K.dense_from_flat(pc.list_parent_indices(ids).to_numpy(zero_copy_only=False),
-                                   pc.list_flatten(ids).to_numpy(zero_copy_only=False),
-                                   pc.list_flatten(cnt).to_numpy(zero_copy_only=False), table.num_rows)
+        counts = K.dense_from_flat(*K.sparse_entries(table), table.num_rows)
         pdf = table.drop(["bin_ids", "bin_counts"]).to_pandas()
         for part, idx in pdf.groupby("partition", sort=True).indices.items():
             g = pdf.iloc[idx]
