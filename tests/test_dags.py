@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from speedprofile.quality import QualityError, Thresholds, gate, probes_status
+from speedprofile.stages import partition_day_stages, spark_stage_names
+from speedprofile.stages import stage as stage_of
 from speedprofile.warehouse import metrics_path
 from tests.plugins.orchestration import (
     E2E_CELL,
@@ -28,8 +29,7 @@ from tests.plugins.orchestration import (
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 CELLS = ["87392c8a1ffffff", "87392c8a3ffffff", "87392c8a5ffffff"]
-STAGES = ["match_traces", "bucket_traversals", "build_histograms", "estimate_speeds"]
-TASK_ORDER = ["wait_for_probes"] + [t for s in STAGES for t in (s, f"check_{s}")] + ["publish"]
+STAGES = list(spark_stage_names())
 
 
 def load_dagbag(monkeypatch, warehouse: Path | None):
@@ -69,12 +69,20 @@ def test_default_warehouse_parses_without_env(monkeypatch):
     assert bag.import_errors == {}
 
 
-def test_task_order_is_a_single_chain(dagbag):
+def test_tasks_follow_the_registry_dependency_graph(dagbag):
     dag = dagbag.dags[f"speed_profile__{CELLS[0]}"]
-    assert sorted(dag.task_ids) == sorted(TASK_ORDER)
-    for up, down in itertools.pairwise(TASK_ORDER):
-        assert dag.task_dict[up].downstream_task_ids == {down}, up
+    expected_ids = {"wait_for_probes"}
+    for st in partition_day_stages(runner=None):
+        expected_ids |= {st.name} | ({st.gate_task} if st.gate else set())
+        ups = {"wait_for_probes" if stage_of(u).scope == "day" else (stage_of(u).gate_task or u) for u in st.upstream}
+        assert dag.task_dict[st.name].upstream_task_ids == ups, st.name
+        if st.gate:
+            assert dag.task_dict[st.gate_task].upstream_task_ids == {st.name}
+    assert set(dag.task_ids) == expected_ids
     assert dag.task_dict["wait_for_probes"].upstream_task_ids == set()
+    # today's registry is a line: probes -> match -> bucket -> histograms -> estimate -> publish
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order == ["wait_for_probes"] + [t for s in STAGES for t in (s, f"check_{s}")] + ["publish_estimates"]
 
 
 def test_stage_tasks_submit_the_stage_app_with_warehouse_date_partition(dagbag, tmp_path):
@@ -91,8 +99,8 @@ def test_stage_tasks_submit_the_stage_app_with_warehouse_date_partition(dagbag, 
         assert op._conn_id == "spark_default"
         args = [env.from_string(str(a)).render(**ctx) for a in op.application_args]
         expected = ["--warehouse", str((tmp_path / "wh").resolve()), "--date", "2024-03-05", "--partition", cell]
-        if stage in ("build_histograms", "estimate_speeds"):
-            expected += ["--window-weeks", "4"]
+        for f in stage_of(stage).flags:
+            expected += [f.flag, str(f.default)]
         assert args == expected
 
 
@@ -136,6 +144,46 @@ def test_stage_outlets_are_one_asset_per_table_and_partition(dagbag):
     assert [a.name for a in dag.task_dict["wait_for_probes"].inlets] == ["speedprofile.probes"]
 
 
+def test_each_partition_dag_lives_in_exactly_one_shard_file(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    cells = [f"87392c8{i:x}{j}ffffff" for i in range(16) for j in (1, 3, 5)]
+    write_partitions(tmp_path / "wh", cells)
+    monkeypatch.setenv("SPEEDPROFILE_WAREHOUSE", str(tmp_path / "wh"))
+    seen: dict[str, str] = {}
+    for f in sorted(DAGS.glob("speed_profile_shard_*.py")):
+        bag = DagBag(dag_folder=str(f))
+        assert bag.import_errors == {}
+        for dag_id in bag.dags:
+            assert dag_id not in seen, f"{dag_id} in {seen.get(dag_id)} and {f.name}"
+            seen[dag_id] = f.name
+    assert sorted(seen) == sorted(f"speed_profile__{c}" for c in cells)
+    assert len(set(seen.values())) > 8  # spread over the shard files, not piled into one
+
+
+def test_a_task_run_parses_only_its_own_dag(tmp_path):
+    """With Airflow's parsing context set (as for a task run), a shard file builds just the DAG being run."""
+    cells = [f"87392c8{i:x}1ffffff" for i in range(16)]
+    write_partitions(tmp_path / "wh", cells)
+    code = (
+        "import importlib.util, sys\n"
+        "from airflow.sdk import DAG\n"
+        "n = 0\n"
+        f"for f in sorted(__import__('pathlib').Path({str(DAGS)!r}).glob('speed_profile_shard_*.py')):\n"
+        "    spec = importlib.util.spec_from_file_location(f.stem, f)\n"
+        "    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "    n += sum(isinstance(v, DAG) for v in vars(mod).values())\n"
+        "    print(*[k for k, v in vars(mod).items() if isinstance(v, DAG)])\n"
+        "print(n)\n"
+    )
+    env = {"SPEEDPROFILE_WAREHOUSE": str(tmp_path / "wh"), "PATH": "/usr/bin:/bin",
+           "AIRFLOW_HOME": str(tmp_path / "airflow"), "_AIRFLOW_PARSING_CONTEXT_DAG_ID": f"speed_profile__{cells[5]}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    assert lines[-1] == "1" and f"speed_profile__{cells[5]}" in lines
+
+
 def test_dag_modules_import_no_pyspark_or_pandas(tmp_path):
     write_partitions(tmp_path / "wh", CELLS[:1])
     code = (
@@ -146,7 +194,8 @@ def test_dag_modules_import_no_pyspark_or_pandas(tmp_path):
         "    spec = importlib.util.spec_from_file_location(f.stem, f)\n"
         "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "new = set(sys.modules) - before\n"
-        "print(sorted(m for m in new if m.split('.')[0] in ('pyspark', 'pandas', 'numpy', 'pyarrow', 'speedprofile')))\n"
+        "print(sorted(m for m in new if m.split('.')[0] in ('pyspark', 'pandas', 'numpy', 'pyarrow', 'speedprofile')\n"
+        "             and m not in ('speedprofile', 'speedprofile.stages', 'speedprofile.orchestration')))\n"
         "print('pyspark' in sys.modules)\n"
     )
     env = {"SPEEDPROFILE_WAREHOUSE": str(tmp_path / "wh"), "PATH": "/usr/bin:/bin",

@@ -1,0 +1,5 @@
+"""Airflow DAGs `speed_profile__<cell>` of the partitions whose cell hashes to shard 10 of 16 (docs/airflow.md)."""
+
+from speedprofile.orchestration import build_shard
+
+build_shard(globals(), 10)
