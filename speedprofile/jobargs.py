@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import date
 
 from speedprofile.errors import UserError
+from speedprofile.validate import cells
 from speedprofile.warehouse import date_range, default_warehouse
 
 
@@ -26,7 +27,7 @@ def job_parser(description: str) -> argparse.ArgumentParser:
 def parse_job_args(
     argv: list[str] | None, description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
 ) -> argparse.Namespace:
-    """Parse app flags; adds `.dates` (list[date]) and `.partitions` (list[str])."""
+    """Parse app flags; adds `.dates` (list[date]) and `.partitions` (list[str] of validated H3 cells)."""
     p = job_parser(description)
     if extra:
         extra(p)
@@ -35,9 +36,7 @@ def parse_job_args(
         args.dates = date_range(args.date, args.to_date)
     except ValueError as exc:
         raise UserError(f"bad date: {exc}") from exc
-    args.partitions = [c.strip() for c in args.partition.split(",") if c.strip()]
-    if not args.partitions:
-        raise UserError("--partition names no cell")
+    args.partitions = cells(args.partition, what="--partition")
     return args
 
 

@@ -11,13 +11,16 @@ import argparse
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from speedprofile import validate
 from speedprofile.errors import UserError
-from speedprofile.warehouse import date_range, is_remote, read_partitions
+from speedprofile.warehouse import date_range, is_remote, partition_cells, partitions_file
 
 # The stage apps `run` drives, in order (network build and ingest produce its inputs).
 STAGES = ("match_traces", "bucket_traversals", "build_histograms", "estimate_speeds")
@@ -97,6 +100,7 @@ def run_stages(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    partitions = validate.cells(partitions, network_cells(warehouse))
     days = date_range(date, to_date)
     d0, d1 = str(days[0]), str(days[-1])
     logs = Path(log_dir or default_log_dir(warehouse))
@@ -107,13 +111,72 @@ def run_stages(
         log = logs / f"{stage}_{d0}_{d1}.log"
         t0 = time.monotonic()
         with open(log, "w") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env()).returncode
+            rc = run_child(cmd, fh, submit_env(), stage)
         timings[stage] = time.monotonic() - t0
         if rc != 0:
             tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
             raise UserError(f"stage {stage} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]")
         echo(f"{stage:<18} ok  {timings[stage]:6.1f} s  {d0}..{d1}  {len(partitions)} partition(s)")
     return timings
+
+
+class StageInterrupted(UserError):
+    """`run` got SIGTERM/SIGINT: the running spark-submit's process group was stopped; exit code 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+STOP_GRACE_S = 20.0  # after forwarding the signal, SIGKILL the spark-submit's process group if still running
+
+
+def run_child(cmd: list[str], out, env: dict[str, str], stage: str, grace_s: float = STOP_GRACE_S) -> int:
+    """Run one spark-submit in its own process group; SIGTERM/SIGINT to this process are forwarded to the whole
+    group (driver JVM, Python driver, local executors' workers), which gets `grace_s` seconds before SIGKILL;
+    then StageInterrupted is raised. Returns the exit code otherwise."""
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in handled} if main_thread else {}
+    deadline: float | None = None
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + grace_s
+                elif deadline is not None and time.monotonic() > deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    except BaseException:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if received:
+        # whatever the group leader left behind (Python workers, a daemonized child) goes too
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        name = signal.Signals(received[0]).name
+        raise StageInterrupted(f"stage {stage} stopped by {name}: spark-submit (pid {proc.pid}) and its "
+                               "children were ended", received[0])
+    return rc
 
 
 def default_log_dir(warehouse: str) -> str:
@@ -123,19 +186,36 @@ def default_log_dir(warehouse: str) -> str:
     return os.path.join(warehouse, "_logs")
 
 
+def network_cells(warehouse: str) -> list[str] | None:
+    """Cells of the local partition list (validated); None for an object-store warehouse (checked by the apps)."""
+    if is_remote(warehouse):
+        return None
+    try:
+        return partition_cells(warehouse)
+    except FileNotFoundError as exc:
+        raise UserError(f"no partition list at {partitions_file(warehouse)}: run `speedprofile network build` "
+                        "first") from exc
+
+
 def resolve_partitions(warehouse: str, partition: str | None, all_: bool) -> list[str]:
+    """--all: every cell of the partition list; else the --partition cells, each an H3 cell of the network."""
     if all_:
-        try:
-            return [p["cell"] for p in read_partitions(warehouse)["partitions"]]
-        except FileNotFoundError as exc:
-            raise UserError(f"no partition list at {exc.filename}: run `speedprofile network build` first") from exc
-    cells = [c.strip() for c in (partition or "").split(",") if c.strip()]
-    if not cells:
-        raise UserError("--partition names no cell")
-    return cells
+        cells = network_cells(warehouse)
+        if cells is None:
+            raise UserError("--all needs a local partition list; name the cells with --partition")
+        return cells
+    return validate.cells(partition or "", network_cells(warehouse))
 
 
 def cli(args: argparse.Namespace) -> int:
+    try:
+        return _cli(args)
+    except StageInterrupted as exc:
+        print(f"speedprofile: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _cli(args: argparse.Namespace) -> int:
     partitions = resolve_partitions(args.warehouse, args.partition, args.all)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if args.dry_run:

@@ -41,7 +41,7 @@ def test_master_and_conf_are_passed_to_spark_submit(tmp_path):
 
 
 def test_unknown_stage_and_missing_partition_list_are_one_line_errors(tmp_path, capsys):
-    wh = _warehouse_with_partitions(tmp_path, ["c1"])
+    wh = _warehouse_with_partitions(tmp_path, ["871f1a000ffffff"])
     assert main(["run", "--warehouse", wh, "--date", "2026-11-02", "--all", "--stages", "nope"]) == 2
     assert "unknown stage" in capsys.readouterr().err
     assert main(["run", "--warehouse", str(tmp_path / "empty"), "--date", "2026-11-02", "--all"]) == 2
@@ -52,10 +52,10 @@ def test_unknown_stage_and_missing_partition_list_are_one_line_errors(tmp_path, 
 
 
 def test_failing_stage_names_its_log(tmp_path):
-    wh = _warehouse_with_partitions(tmp_path, ["c1"])
+    wh = _warehouse_with_partitions(tmp_path, ["871f1a000ffffff"])
     proc = subprocess.run(
         [sys.executable, "-m", "speedprofile.cli", "run", "--warehouse", wh, "--date", "2026-11-02",
-         "--partition", "c1", "--stages", "match_traces", "--master", "bogus://nowhere"],
+         "--partition", "871f1a000ffffff", "--stages", "match_traces", "--master", "bogus://nowhere"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2
