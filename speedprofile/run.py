@@ -132,16 +132,16 @@ STOP_GRACE_S = 20.0  # after forwarding the signal, SIGKILL the spark-submit's p
 
 
 def run_child(cmd: list[str], out, env: dict[str, str], stage: str, grace_s: float = STOP_GRACE_S) -> int:
-    """Run one spark-submit in its own process group; SIGTERM/SIGINT to this process are forwarded to the whole
-    group (driver JVM, Python driver, local executors' workers), which gets `grace_s` seconds before SIGKILL;
-    then StageInterrupted is raised. Returns the exit code otherwise."""
+    """Run one spark-submit in its own process group; on SIGTERM/SIGINT to this process the whole group (driver
+    JVM, Python driver, local executors' workers) gets SIGTERM (a SIGINT may be ignored by a background JVM), then
+    `grace_s` seconds before SIGKILL; then StageInterrupted is raised. Returns the exit code otherwise."""
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     received: list[int] = []
 
     def forward(signum, _frame):
         received.append(signum)
         try:
-            os.killpg(proc.pid, signum)
+            os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
 

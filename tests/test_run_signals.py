@@ -1,0 +1,91 @@
+"""SIGTERM or SIGINT to a real `speedprofile run` stops its spark-submit and every process below it (driver JVM,
+Python driver), and `run` exits non-zero (128 + signal) with one line; nothing keeps running as an orphan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CELL = "871f1a000ffffff"
+
+pytestmark = pytest.mark.slow
+
+
+def processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, process group, command line) of every live (non-zombie) process."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        out[int(entry.name)] = (int(fields[1]), int(fields[2]), cmdline)
+    return out
+
+
+def descendants(pid: int, procs: dict[int, tuple[int, int, str]]) -> set[int]:
+    found, frontier = set(), {pid}
+    while frontier:
+        children = {p for p, (ppid, _, _) in procs.items() if ppid in frontier} - found
+        found |= children
+        frontier = children
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_spark_submit_group_and_exits_non_zero(tmp_path, signum):
+    root = tmp_path / "wh"
+    (root / "road_segments").mkdir(parents=True)
+    (root / "road_segments" / "_partitions.json").write_text(
+        json.dumps({"h3_res": 7, "partitions": [{"cell": CELL}]}))
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "speedprofile.cli", "run", "--warehouse", str(root), "--date", "2026-11-02",
+         "--partition", CELL, "--master", "local[1]", "--conf", "spark.ui.enabled=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )
+    try:
+        # Wait until the stage's Python driver runs under the spark-submit JVM (a grandchild of `run`).
+        deadline, driver, group = time.time() + 300, None, None
+        while time.time() < deadline and run.poll() is None and driver is None:
+            procs = processes()
+            for pid in descendants(run.pid, procs):
+                ppid, pgrp, cmd = procs[pid]
+                if "spark_apps/match_traces.py" in cmd and ppid != run.pid and "java" not in cmd.split()[0]:
+                    driver, group = pid, pgrp
+            time.sleep(0.05)
+        assert driver is not None, f"no stage driver seen (run exited {run.poll()}): {run.communicate()[1][-2000:]}"
+        assert group != os.getpgid(run.pid), "spark-submit should run in its own process group"
+        below = descendants(run.pid, processes())
+        assert len(below) >= 2  # the spark-submit JVM and the Python driver at least
+
+        os.kill(run.pid, signum)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+    assert run.returncode == 128 + signum, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"stopped by {signal.Signals(signum).name}" in lines[0], err
+    # Nothing of the stage is left: not the spark-submit's process group, not any process seen below `run`.
+    time.sleep(0.5)
+    procs = processes()
+    left = {p for p, (_, pgrp, _) in procs.items() if pgrp == group} | (below & set(procs))
+    assert not left, {p: procs[p][2][:120] for p in left}
