@@ -20,10 +20,13 @@ from pathlib import Path
 
 from speedprofile import validate
 from speedprofile.errors import UserError
+from speedprofile.stages import spark_stage_names
+from speedprofile.stages import stage as registered
 from speedprofile.warehouse import date_range, is_remote, partition_cells, partitions_file
 
-# The stage apps `run` drives, in order (network build and ingest produce its inputs).
-STAGES = ("match_traces", "bucket_traversals", "build_histograms", "estimate_speeds")
+# The stage apps `run` drives, in dependency order, from the stage registry (network build and ingest produce
+# its inputs).
+STAGES = spark_stage_names()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of: " + ", ".join(STAGES))
     p.add_argument("--master", default=os.environ.get("SPEEDPROFILE_SPARK_MASTER"), help="Spark master URL")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra spark-submit --conf")
-    p.add_argument("--window-weeks", type=int, default=4, help="rolling histogram window, weeks (default 4)")
+    for f in {f.param: f for s in STAGES for f in registered(s).flags}.values():
+        p.add_argument(f.flag, type=type(f.default), default=f.default, help=f"{f.help} (default {f.default})")
     p.add_argument("--log-dir", default=None, help="where stage logs go (default <warehouse>/_logs; ./speedprofile-logs for s3a:// warehouses)")
     p.add_argument("--dry-run", action="store_true", help="print the spark-submit commands only")
 
@@ -70,8 +74,9 @@ def stage_command(
         cmd += ["--conf", kv]
     cmd += [app_path(stage), "--warehouse", warehouse, "--date", date, "--to-date", to_date,
             "--partition", ",".join(partitions)]
-    if stage in ("build_histograms", "estimate_speeds"):
-        cmd += ["--window-weeks", str(window_weeks)]
+    values = {"window_weeks": window_weeks}
+    for f in registered(stage).flags:
+        cmd += [f.flag, str(values.get(f.param, f.default))]
     return cmd
 
 
@@ -94,9 +99,10 @@ def submit_env() -> dict[str, str]:
 def run_stages(
     warehouse: str, date: str, to_date: str | None, partitions: list[str], stages: list[str] | tuple[str, ...] = STAGES,
     master: str | None = None, confs: list[str] | None = None, window_weeks: int = 4,
-    log_dir: str | None = None, echo=print,
+    log_dir: str | None = None, echo=print, progress: bool = False,
 ) -> dict[str, float]:
-    """Run the stages in order; returns seconds per stage. Raises UserError naming the log on failure."""
+    """Run the stages in order; returns seconds per stage. Raises UserError naming the log on failure.
+    With `progress`, a bar (or plain lines off a terminal) counts stage x partition-days done, rows/s and ETA."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
@@ -106,18 +112,99 @@ def run_stages(
     logs = Path(log_dir or default_log_dir(warehouse))
     logs.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    for stage in [s for s in STAGES if s in stages]:
+    todo = [s for s in STAGES if s in stages]
+    bar = _StageProgress(warehouse, todo, [str(d) for d in days], partitions, echo) if progress else None
+    for stage in todo:
         cmd = stage_command(stage, warehouse, d0, d1, partitions, master, confs, window_weeks)
         log = logs / f"{stage}_{d0}_{d1}.log"
         t0 = time.monotonic()
+        if bar:
+            bar.start(stage, log)
         with open(log, "w") as fh:
             rc = run_child(cmd, fh, submit_env(), stage)
         timings[stage] = time.monotonic() - t0
+        if bar:
+            bar.finish(stage, ok=rc == 0)
         if rc != 0:
+            if bar:
+                bar.close()
             tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
             raise UserError(f"stage {stage} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]")
-        echo(f"{stage:<18} ok  {timings[stage]:6.1f} s  {d0}..{d1}  {len(partitions)} partition(s)")
+        line = f"{stage:<18} ok  {timings[stage]:6.1f} s  {d0}..{d1}  {len(partitions)} partition(s)  log: {log}"
+        bar.write(line) if bar else echo(line)
+    if bar:
+        bar.close()
     return timings
+
+
+class _StageProgress:
+    """Progress of a `run`: units are stage x partition-day; a partition-day counts as done when the stage has
+    written its metrics file (polled every 2 s, local warehouses), the rest when the stage exits."""
+
+    def __init__(self, warehouse: str, stages: list[str], days: list[str], partitions: list[str], echo):
+        import threading
+
+        from speedprofile.progress import Progress
+
+        self.warehouse, self.days, self.partitions = warehouse, days, partitions
+        self.per_stage = len(days) * len(partitions)
+        self.bar = Progress(len(stages) * self.per_stage, unit="partition-day", desc="run")
+        self.lock = threading.Lock()
+        self.stop: threading.Event | None = None
+        self.counted = 0
+
+    def _done_files(self, stage: str, since: float) -> tuple[int, int]:
+        from speedprofile.quality import read_json
+        from speedprofile.warehouse import metrics_path
+
+        n = rows = 0
+        if is_remote(self.warehouse):
+            return 0, 0
+        for d in self.days:
+            for p in self.partitions:
+                path = metrics_path(self.warehouse, stage, d, p)
+                try:
+                    if os.path.getmtime(path) < since:
+                        continue
+                except OSError:
+                    continue
+                n += 1
+                m = read_json(path) or {}
+                rows += int(m.get("rows_in") or m.get("histogram_rows_in") or 0)
+        return n, rows
+
+    def start(self, stage: str, log: Path) -> None:
+        import threading
+
+        self.stage, self.since, self.counted, self.rows = stage, time.time(), 0, 0
+        self.stop = threading.Event()
+        stop = self.stop
+
+        def poll() -> None:
+            while not stop.wait(2.0):
+                self._sync(final=False)
+
+        threading.Thread(target=poll, daemon=True).start()
+
+    def _sync(self, final: bool) -> None:
+        n, rows = self._done_files(self.stage, self.since - 1)
+        with self.lock:
+            n = self.per_stage if final else min(n, self.per_stage - 1)
+            if n > self.counted or (final and rows > self.rows):
+                self.bar.update(n - self.counted, rows=max(0, rows - self.rows), note=self.stage)
+                self.counted, self.rows = n, max(rows, self.rows)
+
+    def finish(self, stage: str, ok: bool) -> None:
+        if self.stop:
+            self.stop.set()
+        if ok:
+            self._sync(final=True)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class StageInterrupted(UserError):
@@ -225,6 +312,6 @@ def _cli(args: argparse.Namespace) -> int:
                                          args.master, args.conf, args.window_weeks)))
         return 0
     timings = run_stages(args.warehouse, args.date, args.to_date, partitions, stages, args.master, args.conf,
-                         args.window_weeks, args.log_dir)
+                         args.window_weeks, args.log_dir, progress=True)
     print(f"run: {len(timings)} stage(s) in {sum(timings.values()):.1f} s")
     return 0
