@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from speedprofile import stages as registry
 from speedprofile import warehouse as wh
 
 # Where match_traces reports its match rate: an explicit rate, else matched / base.
@@ -296,11 +297,34 @@ def _estimate_speeds(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks
     r.in_range("speed_estimates", "confidence", out, 0.0, 1.0)
 
 
+def _accounting(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
+    """The default gate of a stage (registry gate "accounting"): its accounting balances and matches its tables."""
+    st = registry.stage(r.res.stage)
+    src, dst = st.inputs[0], st.outputs[0]
+    src_rows = table_stats(_table_dir(wh_, src, dt, p)).rows if registry.producer(src) else None
+    out = table_stats(_table_dir(wh_, dst, dt, p)).rows
+    rows_in, rows_out = r.key("rows_in"), r.key("rows_out")
+    r.balance("rows_out", rows_in, rows_out, _rejected(r.metrics))
+    if src_rows is not None:
+        r.same("metrics rows_in", rows_in, f"{src} rows", src_rows)
+        r.not_empty(src, src_rows, st.name, dst, out)
+    r.same("metrics rows_out", rows_out, f"{dst} rows", out)
+
+
+def _table_dir(wh_: str, table: str, dt: str, p: str) -> str:
+    """Folder of a table's partition-day, or of its partition when the table has no dt key."""
+    prod = registry.producer(table)
+    keys = prod.keys if prod else ("dt", "partition")
+    return day_dir(wh_, table, dt, p) if "dt" in keys else wh.partition_path(wh_, table, partition=p)
+
+
+# Gate kinds the registry's `gate` field names (speedprofile/stages.py).
 GATES = {
     "match_traces": _match_traces,
     "bucket_traversals": _bucket_traversals,
     "build_histograms": _build_histograms,
     "estimate_speeds": _estimate_speeds,
+    "accounting": _accounting,
 }
 
 
@@ -317,8 +341,10 @@ def match_rate(metrics: dict) -> float | None:
 def gate(stage: str, warehouse: str, dt: str | date, partition: str, thresholds: Thresholds | None = None,
          window_weeks: int = 4) -> GateResult:
     """Check one stage's output for one partition-day; raises QualityError listing every broken rule."""
-    if stage not in GATES:
-        raise ValueError(f"no quality gate for stage {stage!r}; known: {', '.join(GATES)}")
+    kind = registry.STAGES[stage].gate if stage in registry.STAGES else None
+    if kind not in GATES or registry.STAGES[stage].scope != "partition_day":
+        gated = [s.name for s in registry.partition_day_stages(None) if s.gate]
+        raise ValueError(f"no partition-day quality gate for stage {stage!r}; known: {', '.join(gated)}")
     dt = str(dt)
     res = GateResult(stage, dt, partition)
     mfile = wh.metrics_path(warehouse, stage, dt, partition)
@@ -326,7 +352,7 @@ def gate(stage: str, warehouse: str, dt: str | date, partition: str, thresholds:
     if metrics is None:
         res.problems.append(f"metrics missing: {stage} wrote no row accounting at {mfile}")
     else:
-        GATES[stage](_Rules(res, metrics, mfile), warehouse, dt, partition, thresholds or Thresholds(), window_weeks)
+        GATES[kind](_Rules(res, metrics, mfile), warehouse, dt, partition, thresholds or Thresholds(), window_weeks)
     if res.problems:
         raise QualityError(f"quality gate after {stage} failed for dt={dt} partition={partition}:\n  - "
                            + "\n  - ".join(res.problems))
