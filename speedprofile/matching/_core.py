@@ -160,7 +160,8 @@ def find_candidates(px, py, radius, kmax, gx0, gy0, cell, ncy, grid_keys, grid_p
 
 @njit(cache=True, nogil=True)
 def thin_points(px, py, t, min_move, max_hold_s):
-    """Keep a point when it is at least min_move metres from the last kept one (or max_hold_s later); first/last kept."""
+    """Keep a point when it is at least min_move metres from the last kept one (or, when max_hold_s > 0, max_hold_s
+    later); first and last kept. A standstill thus collapses into its first fix; the caller keeps its duration."""
     n = px.shape[0]
     keep = np.zeros(n, np.bool_)
     if n == 0:
@@ -170,7 +171,7 @@ def thin_points(px, py, t, min_move, max_hold_s):
     for i in range(1, n):
         dx = px[i] - px[last]
         dy = py[i] - py[last]
-        if dx * dx + dy * dy >= min_move * min_move or t[i] - t[last] > max_hold_s:
+        if dx * dx + dy * dy >= min_move * min_move or (max_hold_s > 0.0 and t[i] - t[last] > max_hold_s):
             keep[i] = True
             last = i
     keep[n - 1] = True
@@ -209,12 +210,80 @@ def _route(sa, oa, sb, ob, lim_total, back_tol, uturn_penalty, out_ptr, out_seg,
 
 
 @njit(cache=True, nogil=True)
-def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, bound_factor, bound_slack, bound_min, max_speed, max_gap_s,
-            uturn_penalty, back_tol, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
+def _start_chain(score, cdist, i, c, inv2s2):
+    for b in range(c):
+        score[i, b] = -cdist[i, b] * cdist[i, b] * inv2s2
+
+
+@njit(cache=True, nogil=True)
+def _transition(src, i, factor, score, back, px, py, t, cnt, cseg, coff, cdist, inv2s2, beta, beta_per_m,
+                bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, back_tol, out_ptr, out_seg, seg_from,
+                seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, mark, stamp, n_targets):
+    """Score the candidates of point i from those of point src; returns the route bound used, or -1 if none fits."""
+    c = cnt[i]
+    gx = px[i] - px[src]
+    gy = py[i] - py[src]
+    gc = np.sqrt(gx * gx + gy * gy)
+    bound = factor * min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[src]) + bound_slack)
+    inv_beta = 1.0 / max(beta, beta_per_m * gc)
+    ok = False
+    for a in range(cnt[src]):
+        sa_score = score[src, a]
+        if sa_score == NEG_INF:
+            continue
+        sa = cseg[src, a]
+        oa = coff[src, a]
+        rem = seg_len[sa] - oa
+        nt = 0
+        if bound - rem >= 0.0:
+            nt = dijkstra(seg_to[sa], bound - rem, out_ptr, out_seg, seg_to, seg_len, dist, pred,
+                          touched, hk, hv, mark, stamp, n_targets)
+        for b in range(c):
+            sb = cseg[i, b]
+            ob = coff[i, b]
+            route = np.inf
+            if sb == sa and ob >= oa - back_tol:
+                route = max(ob - oa, 0.0)
+            if sb == seg_rev[sa] and sb >= 0:
+                r = abs(seg_len[sa] - ob - oa) + uturn_penalty
+                if r < route:
+                    route = r
+            if nt > 0:
+                dn = dist[seg_from[sb]]
+                if dn < np.inf:
+                    r = rem + dn + ob
+                    if sb == seg_rev[sa] and seg_from[sb] == seg_to[sa]:
+                        r += uturn_penalty  # turning round at the end node
+                    if r < route:
+                        route = r
+            if route > bound:
+                continue
+            v = sa_score - abs(route - gc) * inv_beta - cdist[i, b] * cdist[i, b] * inv2s2
+            if v > score[i, b]:
+                score[i, b] = v
+                back[i, b] = a
+                ok = True
+        for k in range(nt):
+            dist[touched[k]] = np.inf
+    return bound if ok else -1.0
+
+
+@njit(cache=True, nogil=True)
+def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, bound_factor, bound_slack, bound_min,
+            max_speed, max_gap_s, gap_join_m, skip_max_s, recover_factor, uturn_penalty, back_tol, out_ptr, out_seg,
+            seg_from, seg_to, seg_len, seg_rev, n_nodes):
     """Newson & Krumm HMM over the points with candidates.
 
+    t_end[i] is the last time point i's position was observed (thinned fixes near it extend it). A time gap
+    (t[i] - t_end[prev] > max_gap_s) breaks the path unless the fixes are within gap_join_m of each other (a
+    pause of the logger while standing). When no transition from the previous point fits, in order: the previous
+    point is tried as a one-fix spike (connect from the one before it); the bound is widened by recover_factor;
+    then point i is skipped as an outlier, as are the following points until one connects, for at most
+    skip_max_s. If none does, the path breaks at the first skipped point and matching resumes from there.
+
     Returns (chosen candidate per point or -1, predecessor point per point or -1 = chain start, break flags:
-    1 = time gap, 2 = no plausible transition, 3 = outlier skipped). Points without candidates are left out.
+    1 = time gap, 2 = no plausible transition, 3 = outlier skipped, route bound used per point). Points without
+    candidates are left out.
     """
     n = px.shape[0]
     kmax = cseg.shape[1]
@@ -222,6 +291,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, bound_fa
     back = np.full((n, kmax), -1, np.int64)
     pred_pt = np.full(n, -1, np.int64)
     brk = np.zeros(n, np.int8)
+    pt_bound = np.zeros(n, np.float64)
     nseg = seg_len.shape[0]
     dist = np.full(n_nodes, np.inf)
     pred = np.full(n_nodes, -1, np.int64)
@@ -232,90 +302,106 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, bound_fa
     mark = np.full(n_nodes, -1, np.int64)
     prev = -1
     prevprev = -1
-    for i in range(n):
-        c = cnt[i]
-        if c == 0:
-            continue
-        if prev < 0 or t[i] - t[prev] > max_gap_s:
-            for b in range(c):
-                score[i, b] = -cdist[i, b] * cdist[i, b] * inv2s2
-            if prev >= 0:
-                brk[i] = 1
+    pend = -1  # first point skipped since prev (pending outlier run)
+    stamp = 0  # marks the start nodes of the current point's candidates (Dijkstra stops once all are settled)
+    i = 0
+    while True:
+        if i >= n:
+            if pend < 0:
+                break
+            # the trace ended inside a skipped run: resume from its first point as a new path
+            for k in range(pend, n):
+                brk[k] = 0
+            i = pend
+            _start_chain(score, cdist, i, cnt[i], inv2s2)
+            brk[i] = 2
             prevprev = -1
             prev = i
+            pend = -1
+            i += 1
             continue
-        ok = False
-        src = prev
+        c = cnt[i]
+        if c == 0:
+            i += 1
+            continue
+        if prev >= 0 and t[i] - t_end[prev] > max_gap_s:
+            gx = px[i] - px[prev]
+            gy = py[i] - py[prev]
+            if pend >= 0:
+                for k in range(pend, i):
+                    brk[k] = 0
+                i = pend
+                _start_chain(score, cdist, i, cnt[i], inv2s2)
+                brk[i] = 2
+                prevprev = -1
+                prev = i
+                pend = -1
+                i += 1
+                continue
+            if gx * gx + gy * gy > gap_join_m * gap_join_m:
+                _start_chain(score, cdist, i, c, inv2s2)
+                brk[i] = 1
+                prevprev = -1
+                prev = i
+                i += 1
+                continue
+        if prev < 0:
+            _start_chain(score, cdist, i, c, inv2s2)
+            prev = i
+            i += 1
+            continue
+        stamp += 1
         n_targets = 0
         for b in range(c):
             v = seg_from[cseg[i, b]]
-            if mark[v] != i:
-                mark[v] = i
+            if mark[v] != stamp:
+                mark[v] = stamp
                 n_targets += 1
-        for attempt in range(2):
-            if attempt == 1:
-                # the previous point may be an outlier: try to connect from the one before it
-                if prevprev < 0 or t[i] - t[prevprev] > max_gap_s:
-                    break
-                src = prevprev
-            gx = px[i] - px[src]
-            gy = py[i] - py[src]
-            gc = np.sqrt(gx * gx + gy * gy)
-            bound = min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[src]) + bound_slack)
-            inv_beta = 1.0 / max(beta, beta_per_m * gc)
-            for a in range(cnt[src]):
-                sa_score = score[src, a]
-                if sa_score == NEG_INF:
-                    continue
-                sa = cseg[src, a]
-                oa = coff[src, a]
-                rem = seg_len[sa] - oa
-                nt = 0
-                if bound - rem >= 0.0:
-                    nt = dijkstra(seg_to[sa], bound - rem, out_ptr, out_seg, seg_to, seg_len, dist, pred,
-                                  touched, hk, hv, mark, i, n_targets)
-                for b in range(c):
-                    sb = cseg[i, b]
-                    ob = coff[i, b]
-                    route = np.inf
-                    if sb == sa and ob >= oa - back_tol:
-                        route = max(ob - oa, 0.0)
-                    if sb == seg_rev[sa] and sb >= 0:
-                        r = abs(seg_len[sa] - ob - oa) + uturn_penalty
-                        if r < route:
-                            route = r
-                    if nt > 0:
-                        dn = dist[seg_from[sb]]
-                        if dn < np.inf:
-                            r = rem + dn + ob
-                            if sb == seg_rev[sa] and seg_from[sb] == seg_to[sa]:
-                                r += uturn_penalty  # turning round at the end node
-                            if r < route:
-                                route = r
-                    if route > bound:
-                        continue
-                    v = sa_score - abs(route - gc) * inv_beta - cdist[i, b] * cdist[i, b] * inv2s2
-                    if v > score[i, b]:
-                        score[i, b] = v
-                        back[i, b] = a
-                        ok = True
-                for k in range(nt):
-                    dist[touched[k]] = np.inf
-            if ok:
-                break
-        if ok:
+        src = prev
+        bound = _transition(prev, i, 1.0, score, back, px, py, t, cnt, cseg, coff, cdist, inv2s2, beta, beta_per_m,
+                            bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, back_tol, out_ptr, out_seg,
+                            seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, mark, stamp, n_targets)
+        if bound < 0.0 and pend < 0 and prevprev >= 0 and t[i] - t_end[prevprev] <= max_gap_s:
+            # the previous point may be a spike: connect from the one before it
+            src = prevprev
+            bound = _transition(prevprev, i, 1.0, score, back, px, py, t, cnt, cseg, coff, cdist, inv2s2, beta,
+                                beta_per_m, bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, back_tol,
+                                out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv,
+                                mark, stamp, n_targets)
+        if bound < 0.0 and recover_factor > 1.0:
+            src = prev
+            bound = _transition(prev, i, recover_factor, score, back, px, py, t, cnt, cseg, coff, cdist, inv2s2, beta,
+                                beta_per_m, bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, back_tol,
+                                out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv,
+                                mark, stamp, n_targets)
+        if bound >= 0.0:
             pred_pt[i] = src
-            if src == prevprev:
+            pt_bound[i] = bound
+            if src == prevprev and src != prev:
                 brk[prev] = 3
-                # the outlier is dropped: the chain continues from prevprev
+                # the spike is dropped: the chain continues from prevprev
                 prev = prevprev
-                prevprev = pred_pt[prevprev]
-        else:
-            for b in range(c):
-                score[i, b] = -cdist[i, b] * cdist[i, b] * inv2s2
-            brk[i] = 2
-        prevprev = prev
+            prevprev = prev
+            prev = i
+            pend = -1
+            i += 1
+            continue
+        if pend < 0:
+            pend = i
+        if t[i] - t_end[prev] <= skip_max_s:
+            brk[i] = 3  # skipped for now; stays an outlier if a later point connects to prev
+            i += 1
+            continue
+        # nothing connected within skip_max_s: break at the first skipped point and resume from there
+        for k in range(pend, i + 1):
+            brk[k] = 0
+        i = pend
+        _start_chain(score, cdist, i, cnt[i], inv2s2)
+        brk[i] = 2
+        prevprev = -1
         prev = i
+        pend = -1
+        i += 1
     # backtrack every chain from its best end state
     chosen = np.full(n, -1, np.int64)
     on_path = np.zeros(n, np.bool_)
@@ -339,7 +425,7 @@ def viterbi(px, py, t, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, bound_fa
             if pj >= 0:
                 cur = back[j, cur]
             j = pj
-    return chosen, pred_pt, brk
+    return chosen, pred_pt, brk, pt_bound
 
 
 @njit(cache=True, nogil=True)
@@ -350,11 +436,12 @@ def _grow_f(a, n):
 
 
 @njit(cache=True, nogil=True)
-def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bound_min, max_speed, back_tol,
-               uturn_penalty, px, py, t, out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
+def build_path(order, pred_pt, cseg, coff, chosen, pt_bound, back_tol, uturn_penalty, out_ptr, out_seg, seg_from,
+               seg_to, seg_len, seg_rev, n_nodes):
     """Legs (segment, from offset, to offset, chain, path position at start) along the matched chains.
 
-    `order` lists matched points in time order. Returns legs and, per matched point, its position (metres along
+    `order` lists matched points in time order; pt_bound is the route bound the Viterbi pass used to reach each
+    point. Returns legs and, per matched point, its position (metres along
     its chain's path) and chain number.
     """
     m = order.shape[0]
@@ -395,11 +482,7 @@ def build_path(order, pred_pt, cseg, coff, chosen, bound_factor, bound_slack, bo
         if q > 0 and j >= 0 and j == order[q - 1]:
             sa = cseg[j, chosen[j]]
             oa_raw = coff[j, chosen[j]]
-            gx = px[i] - px[j]
-            gy = py[i] - py[j]
-            gc = np.sqrt(gx * gx + gy * gy)
-            bound = min(max(bound_factor * gc + bound_slack, bound_min), max_speed * (t[i] - t[j]) + bound_slack)
-            _route_m, kind, nt = _route(sa, oa_raw, sb, ob, bound, back_tol, uturn_penalty, out_ptr, out_seg,
+            _route_m, kind, nt = _route(sa, oa_raw, sb, ob, pt_bound[i], back_tol, uturn_penalty, out_ptr, out_seg,
                                      seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, True,
                                      mark, q)
         if kind == -1:

@@ -50,10 +50,13 @@ class MatchParams:
     bound_slack_m: float = 100.0
     bound_min_m: float = 300.0
     max_route_kph: float = 250.0  # ... and at most this speed x the time between the fixes + bound_slack_m
+    recover_factor: float = 1.0  # no transition fits: retry with the bound times this before skipping/breaking
+    skip_max_s: float = 30.0     # fixes that connect to nothing are skipped as outliers for up to this long
+    gap_join_m: float = 100.0    # a time gap does not break the path when the fixes are this close (a pause)
     uturn_penalty_m: float = 100.0  # extra metres charged for turning round (mid-segment or at a node)
     back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
     thin_m: float = 8.0          # skip fixes closer than this to the last kept one; 0 = keep all
-    max_hold_s: float = 30.0     # ... but keep at least one fix every max_hold_s
+    max_hold_s: float = 0.0      # ... but keep at least one fix every max_hold_s (0 = a standstill is one fix)
     complete_tol_m: float = 0.5  # a traversal counts as complete when it covers the segment to within this
     min_traversal_m: float = 1.0  # partial legs shorter than this are not traversals (a path starting on a node)
     min_plausible_kph: float = MIN_PLAUSIBLE_KPH
@@ -128,22 +131,25 @@ class Matcher:
         n = len(lon)
         x, y = net.project(lon, lat)
         t_s = np.asarray(t_s, np.float64)
-        keep = _core.thin_points(x, y, t_s, p.thin_m, p.max_hold_s) if p.thin_m > 0 else np.ones(n, bool)
+        keep = _core.thin_points(x, y, t_s, *_floats(p.thin_m, p.max_hold_s)) if p.thin_m > 0 else np.ones(n, bool)
         kidx = np.nonzero(keep)[0]
         kx, ky, kt = x[kidx], y[kidx], t_s[kidx]
+        # last time each kept fix's position was seen: the fixes thinned onto it (a standstill) extend it
+        kt_end = t_s[np.concatenate([kidx[1:] - 1, [n - 1]])] if n else kt
         cnt, cseg, coff, cdist = _core.find_candidates(
-            kx, ky, p.radius_m, p.max_candidates, net.gx0, net.gy0, net.cell_m, net.ncy, net.grid_keys,
+            kx, ky, float(p.radius_m), int(p.max_candidates), net.gx0, net.gy0, net.cell_m, net.ncy, net.grid_keys,
             net.grid_ptr, net.grid_items, net.pc_seg, net.pc_x0, net.pc_y0, net.pc_x1, net.pc_y1, net.pc_off0,
             net.seg_scale, net.seg_len)
-        chosen, pred_pt, brk = _core.viterbi(
-            kx, ky, kt, cnt, cseg, coff, cdist, p.sigma_m, p.beta_m, p.beta_per_m, p.bound_factor, p.bound_slack_m,
-            p.bound_min_m, p.max_route_kph / 3.6, p.max_gap_s, p.uturn_penalty_m, p.back_tol_m, net.out_ptr, net.out_seg, net.seg_from,
-            net.seg_to, net.seg_len, net.seg_rev, net.n_nodes)
+        chosen, pred_pt, brk, pt_bound = _core.viterbi(
+            kx, ky, kt, kt_end, cnt, cseg, coff, cdist, *_floats(
+                p.sigma_m, p.beta_m, p.beta_per_m, p.bound_factor, p.bound_slack_m, p.bound_min_m,
+                p.max_route_kph / 3.6, p.max_gap_s, p.gap_join_m, p.skip_max_s, p.recover_factor, p.uturn_penalty_m,
+                p.back_tol_m), net.out_ptr, net.out_seg, net.seg_from, net.seg_to,
+            net.seg_len, net.seg_rev, net.n_nodes)
         order = np.nonzero(chosen >= 0)[0]
         lseg, lo0, lo1, lchain, ls0, pos, pchain = _core.build_path(
-            order, pred_pt, cseg, coff, chosen, p.bound_factor, p.bound_slack_m, p.bound_min_m, p.max_route_kph / 3.6,
-            p.back_tol_m, p.uturn_penalty_m, kx, ky, kt, net.out_ptr, net.out_seg, net.seg_from, net.seg_to, net.seg_len,
-            net.seg_rev, net.n_nodes)
+            order, pred_pt, cseg, coff, chosen, pt_bound, *_floats(p.back_tol_m, p.uturn_penalty_m), net.out_ptr, net.out_seg,
+            net.seg_from, net.seg_to, net.seg_len, net.seg_rev, net.n_nodes)
         # per kept point outcome
         k_status = np.where(cnt == 0, "off_network", "outlier").astype(object)
         k_seg = np.full(len(kidx), -1, np.int64)
@@ -360,6 +366,11 @@ class Matcher:
             "_exit_us": np.round(exit_).astype(np.int64),
         }
         return trav, st
+
+
+def _floats(*values) -> tuple[float, ...]:
+    """Parameters as Python floats: one compiled signature of the kernels whatever numeric types were passed."""
+    return tuple(float(v) for v in values)
 
 
 def _interp_leave(x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
