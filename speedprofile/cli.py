@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("speedprofile.serve.exports", "Valhalla / Mapbox / GeoJSON exports"),
     "bench match": ("speedprofile.matching.bench", "map-matching accuracy and throughput on Kubicka 2015"),
     "demo": ("speedprofile.demo", "the whole pipeline on Porto + a simulated fleet"),
+    "stages": ("speedprofile.stages", "the stage registry: apps, tables, keys, gates, upstream stages"),
 }
 
 

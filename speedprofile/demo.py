@@ -14,12 +14,12 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from speedprofile import stages
 from speedprofile.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OSM = REPO.parent / "shared" / "data" / "osm_porto" / "porto.osm.pbf"
-TABLES = ("road_segments", "probes", "rejected_probes", "segment_traversals", "bucketed_traversals",
-          "speed_histograms", "speed_estimates")
+TABLES = tuple(stages.tables())  # every warehouse table a registered stage writes, in dependency order
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -67,7 +67,8 @@ REGISTRY: tuple[Stage, ...] = (
     ),
     Stage(
         name="ingest_probes", runner="spark", cli_verb="ingest",
-        inputs=("raw_probe_files",), outputs=("probes", "rejected_probes"), keys=("dt", "partition"), scope="day",
+        inputs=("raw_probe_files",), outputs=("probes", "rejected_probes", "rejected_files"), keys=("dt", "partition"),
+        scope="day",
         upstream=("build_network",), gate="ingest_probes",
         doc="CSV, JSONL, Parquet, GPX, trips-json files -> probes; bad rows -> rejected_probes",
         grain="one GPS fix / one rejected input row + reason",
@@ -180,3 +181,23 @@ def _ancestors(name: str) -> set[str]:
         seen.add(u)
         todo += STAGES[u].upstream
     return seen
+
+
+def add_arguments(p) -> None:
+    """`speedprofile stages`: flags."""
+    p.add_argument("--json", action="store_true", help="one JSON object per stage instead of a table")
+
+
+def cli(args) -> int:
+    """Print the registry: one line (or JSON object) per stage, dependency order."""
+    import json
+    from dataclasses import asdict
+
+    for s in in_order():
+        if args.json:
+            print(json.dumps({**asdict(s), "app": s.app, "gate_task": s.gate_task}))
+        else:
+            ups = ",".join(s.upstream) or "-"
+            print(f"{s.name:<18} {s.runner:<7} {','.join(s.inputs):<38} -> {','.join(s.outputs):<40} "
+                  f"keys {','.join(s.keys) or '-':<15} after {ups:<18} gate {s.gate or '-'}")
+    return 0
