@@ -26,8 +26,12 @@ VERBS: dict[str, tuple[str, str]] = {
     "publish": ("speedprofile.serve.publish", "load estimates + geometry into PostgreSQL/PostGIS"),
     "export": ("speedprofile.serve.exports", "Valhalla / Mapbox / GeoJSON exports"),
     "bench match": ("speedprofile.matching.bench", "map-matching accuracy and throughput on Kubicka 2015"),
+    "server start": ("speedprofile.server", "start a long-lived Spark Connect server for the stages (127.0.0.1)"),
+    "server stop": ("speedprofile.server", "stop the Spark Connect server"),
+    "server status": ("speedprofile.server", "is the Spark Connect server answering"),
     "demo": ("speedprofile.demo", "the whole pipeline on Porto + a simulated fleet"),
     "stages": ("speedprofile.stages", "the stage registry: apps, tables, keys, gates, upstream stages"),
+    "status": ("speedprofile.status", "partition x day x stage: done / failed gate / missing, rows, freshness"),
 }
 
 
