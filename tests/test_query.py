@@ -95,3 +95,62 @@ def test_query_postgis_matches_warehouse(serve_warehouse, postgis_dsn, capsys):
                  "--lon", "-8.6063", "--at", "Fri 12:00"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("nearest road") and "both directions" in lines[0] and len(lines) == 3
+
+
+def _with_service_aisle(root):
+    """The fixture warehouse plus an unnamed service aisle (no estimates) 8 m east of Rua de Santa Catarina."""
+    import pandas as pd
+
+    from tests.plugins.serve import estimates_frame, write_warehouse
+
+    segs = fixture_segments()
+    aisle = {**segs[0], "segment_id": 301, "osm_way_id": 9301, "from_node_id": 9001, "to_node_id": 9002,
+             "reverse_segment_id": None, "road_class": "service", "name": None, "is_oneway": True,
+             "lon": [-8.6059, -8.6059], "lat": [41.1465, 41.1475]}
+    est = pd.concat([estimates_frame(s) for s in segs], ignore_index=True)
+    return write_warehouse(root, [*segs, aisle], est)
+
+
+def test_point_query_prefers_the_nearest_road_with_estimates_and_says_so(tmp_path, capsys):
+    wh = _with_service_aisle(tmp_path / "wh")
+    assert main(["query", "--warehouse", str(wh), "--lat", "41.147", "--lon", "-8.6058", "--at", "Fri 12:00"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("nearest road with estimates, ") and "both directions" in lines[0]
+    assert "(the nearest road, (unnamed) service segment 301 at 8 m, has none)" in lines[0]
+    assert [ln.split("(segment ")[1].split(",")[0] for ln in lines[1:]] == ["101", "102"]
+    assert all("km/h" in ln for ln in lines[1:])
+    # within a 5 m radius there is no road with estimates: the nearest road is answered, and the header says so
+    assert main(["query", "--warehouse", str(wh), "--lat", "41.147", "--lon", "-8.6058", "--at", "Fri 12:00",
+                 "--radius-m", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "no road with estimates within 5 m" in lines[0] and "one-way" in lines[0]
+    assert lines[1].startswith("(unnamed) (segment 301, service,") and lines[1].endswith("no estimate")
+
+
+def test_backed_off_answer_says_what_it_rests_on(serve_warehouse):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.plugins.serve import WINDOW
+
+    b = parse_time_of_week("Tue 03:00")
+    (p,) = query_warehouse(str(serve_warehouse), b, segment_id=203)
+    # no histograms in this warehouse: the own count is not known, only that it was below the threshold
+    assert p.own_traces is None
+    assert ("backed off: fewer than 3 own traces in this bucket; borrowed from the road-class prior of tertiary "
+            "roads (0 traces), source road_class_prior") in p.line()
+    assert " 0 traces, confidence" not in p.line()  # the borrowed sample is not presented as the segment's own
+    for cell, rows in (("8739220f0ffffff", {"segment_id": [105], "tow_bucket": [b], "n_traces": [1]}),
+                       ("87392201affffff", {"segment_id": [201], "tow_bucket": [b], "n_traces": [9]})):
+        folder = serve_warehouse / "speed_histograms" / f"partition={cell}" / f"window={WINDOW}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({k: pa.array(v, pa.int16() if k == "tow_bucket" else pa.int64())
+                                 for k, v in rows.items()}), folder / "part-0.parquet")
+    (a,) = query_warehouse(str(serve_warehouse), b, segment_id=105)
+    assert a.own_traces == 1 and a.source == "neighbour_buckets"
+    assert (f"backed off: 1 own trace in this bucket (3 needed); borrowed from this segment's neighbouring 5-minute "
+            f"buckets ({a.n_traces} traces)") in a.line()
+    (p,) = query_warehouse(str(serve_warehouse), b, segment_id=203)
+    assert p.own_traces == 0 and "backed off: 0 own traces in this bucket (3 needed)" in p.line()
+    (o,) = query_warehouse(str(serve_warehouse), parse_time_of_week("Fri 12:00"), segment_id=101)
+    assert o.source == "observed" and "backed off" not in o.line()

@@ -122,3 +122,20 @@ def point_segment_distance_m(segments: pd.DataFrame, lon: float, lat: float) -> 
     if single.any():
         out[single] = np.hypot(x[starts[single]] - px, y[starts[single]] - py)
     return out
+
+
+def own_traces(warehouse: str, partition: str, window: str, segment_id: int, bucket: int) -> int | None:
+    """The segment's own distinct traces in one bucket of the histogram window its estimate came from: 0 when the
+    window has no histogram row for it, None when that window is not in the warehouse (nothing to tell)."""
+    import pyarrow.dataset as ds
+
+    folder = wh.partition_path(warehouse, "speed_histograms", partition=partition, window=window)
+    if wh.is_remote(warehouse) or not os.path.isdir(folder):
+        return None
+    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+             if f.endswith(".parquet") and not f.startswith(("_", "."))]
+    if not files:
+        return None
+    flt = (ds.field("segment_id") == int(segment_id)) & (ds.field("tow_bucket") == int(bucket))
+    t = ds.dataset(files, format="parquet").to_table(columns=["n_traces"], filter=flt)
+    return int(sum(v for v in t.column("n_traces").to_pylist() if v is not None))
