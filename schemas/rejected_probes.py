@@ -11,12 +11,16 @@ REASONS = (
     "coordinate_out_of_range",  # |lat| > 90, |lon| > 180, or exactly (0, 0)
     "unparsable_time",      # timestamp not ISO-8601 / epoch s / epoch ms
     "implausible_time",     # before 2000-01-01 or after 2100-01-01 UTC
+    "future_time",          # later than the run's clock + FUTURE_SKEW_S (a device clock or time zone error)
+    "outside_network",      # H3 cell neither a partition of the network nor next to one (e.g. lat/lon swapped)
     "duplicate_fix",        # same trace_id, timestamp, lon, lat as an earlier row
     "conflicting_fix",      # same trace_id and timestamp as an earlier row but another position
     "speed_spike",          # isolated fix implying > SPIKE_KPH to and from its neighbours
     "unknown_link",         # trips-json link id not in the warehouse's road_segments
+    "already_ingested",     # same trace_id, timestamp, lon, lat as a fix already in probes (from any file)
 )
 SPIKE_KPH = 160.0
+FUTURE_SKEW_S = 900.0  # a fix may be at most this many seconds later than the clock of the ingest run
 
 REJECTED_PROBES = Table(
     name="rejected_probes",

@@ -142,7 +142,8 @@ def _spark_parsed(spark, names: list[str]):
     from speedprofile.ingest import transforms
     from speedprofile.ingest.pipeline import describe_inputs
 
-    files = describe_inputs(None, [str(INPUT / n) for n in names])
+    files, refused = describe_inputs(None, [str(INPUT / n) for n in names])
+    assert not refused
     lines = transforms.read_text_lines(spark, files)
     recs = [transforms.csv_records(lines, [f for f in files if f.format == "csv"])]
     if any(f.format == "jsonl" for f in files):

@@ -233,12 +233,13 @@ def _to_float(values: pd.Series) -> pd.Series:
     return out
 
 
-def validate_records(rec: pd.DataFrame) -> pd.DataFrame:
+def validate_records(rec: pd.DataFrame, max_time_utc: pd.Timestamp | None = None) -> pd.DataFrame:
     """Record frame -> parsed frame (PARSED_COLUMNS): typed values, and reason/detail for every bad record.
 
     Checks in order (first failure wins): unparsable_line (set by the parser), missing_field, empty_trace_id,
-    nan_coordinate, coordinate_out_of_range, unparsable_time / implausible_time. lon/lat may be absent only when
-    prematched_segment_id is set (trips-json without coordinates; filled from road_segments later).
+    nan_coordinate, coordinate_out_of_range, unparsable_time / implausible_time, future_time (later than
+    `max_time_utc`, when given). lon/lat may be absent only when prematched_segment_id is set (trips-json without
+    coordinates; filled from road_segments later).
     """
     rec = rec.reset_index(drop=True)
     n = len(rec)
@@ -283,6 +284,11 @@ def validate_records(rec: pd.DataFrame) -> pd.DataFrame:
     flag(t_bad & (t_reason == "unparsable_time"), "unparsable_time", t_detail.fillna(""))
     flag(t_bad & (t_reason == "implausible_time"), "implausible_time", t_detail.fillna(""))
     flag(t_bad & (t_reason == "missing_field"), "missing_field", "timestamp is missing")
+    if max_time_utc is not None:
+        limit = pd.Timestamp(max_time_utc).tz_convert("UTC") if pd.Timestamp(max_time_utc).tzinfo else \
+            pd.Timestamp(max_time_utc, tz="UTC")
+        late = (ts > limit).fillna(False).astype(bool)
+        flag(late, "future_time", (future_detail(t, limit) for t in ts))
 
     out = pd.DataFrame({
         "source_file": rec["source_file"].astype("object"),
@@ -302,6 +308,13 @@ def validate_records(rec: pd.DataFrame) -> pd.DataFrame:
     assert set(out["reason"].dropna()) <= set(REASONS), set(out["reason"].dropna())
     assert len(out) == n
     return out
+
+
+def future_detail(t: object, limit: pd.Timestamp) -> str:
+    """Detail of a future_time reject (same text in the Spark SQL check)."""
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    shown = pd.Timestamp(t).strftime(fmt) if t is not None and not pd.isna(t) else "?"
+    return f"time {shown} is later than {limit.strftime(fmt)} (run clock + allowed skew)"
 
 
 def epoch_seconds(ts: pd.Series) -> np.ndarray:
@@ -484,11 +497,13 @@ def clean_and_cut(
     max_gap_s: float = MAX_GAP_S,
     context_fixes: int = CONTEXT_FIXES,
     spike_kph: float = SPIKE_KPH,
+    cells: np.ndarray | None = None,
 ) -> TraceCut:
     """Dedupe, spike removal and border cutting of many valid traces at once (vectorised; loops only at changes).
 
     Rows must be sorted by (trace, time, source file, source row); `trace_start` is True at each trace's first
     row, `t_us` is UTC microseconds since the epoch, lon/lat WGS84 degrees. Same rules as `process_trace`.
+    `cells` (uint64 H3 cell of every row at h3_res) saves computing them again when the caller has them.
     """
     from h3.api import basic_int
 
@@ -549,8 +564,11 @@ def clean_and_cut(
     g = len(good)
     tg = t_us[good]
     start_g = trace_start[good]
-    cells = [basic_int.latlng_to_cell(a, o, h3_res) for a, o in zip(lat[good].tolist(), lon[good].tolist(), strict=True)]
-    cell_arr = np.array(cells, dtype="uint64") if g else np.zeros(0, dtype="uint64")
+    if cells is not None:
+        cell_arr = np.asarray(cells, dtype="uint64")[good]
+    else:
+        cell_arr = cells_of(lon[good], lat[good], h3_res)
+    cells_list: list[int] = cell_arr.tolist()
     gap = np.zeros(g, dtype=bool)
     change = np.zeros(g, dtype=bool)
     if g > 1:
@@ -562,7 +580,7 @@ def clean_and_cut(
     home = 0
     near: set[int] = set()
     for i in np.flatnonzero(start_g | gap | change).tolist():
-        c = cells[i]
+        c = cells_list[i]
         if start_g[i] or gap[i]:
             piece_start[i] = True
         elif c != home and c not in near:
@@ -578,7 +596,7 @@ def clean_and_cut(
     trace_of_piece = np.cumsum(start_g)[p_starts] - 1 if n_pieces else np.zeros(0, dtype="int64")
     first_piece_of_trace = np.flatnonzero(start_g[p_starts]) if n_pieces else np.zeros(0, dtype="int64")
     piece_no = (np.arange(n_pieces) - first_piece_of_trace[trace_of_piece]).astype("int32")
-    homes = [basic_int.int_to_str(cells[i]) for i in p_starts.tolist()]
+    homes = [basic_int.int_to_str(cells_list[i]) for i in p_starts.tolist()]
     piece_day = tg[p_starts] // DAY_US
 
     # Context copies across spatial cuts: the last fixes of the previous piece and the first of the next one.
@@ -611,6 +629,26 @@ def clean_and_cut(
     )
 
 
+def cells_of(lon: np.ndarray, lat: np.ndarray, h3_res: int) -> np.ndarray:
+    """H3 cell (uint64) of every position (WGS84 degrees)."""
+    from h3.api import basic_int
+
+    cells = [basic_int.latlng_to_cell(a, o, h3_res) for a, o in zip(np.asarray(lat).tolist(), np.asarray(lon).tolist(),
+                                                                     strict=True)]
+    return np.array(cells, dtype="uint64") if cells else np.zeros(0, dtype="uint64")
+
+
+def network_area(partition_cells: Iterable[str]) -> np.ndarray:
+    """Sorted uint64 H3 cells where a fix can be used: every partition of the network and its ring-1 neighbours
+    (the matcher job of a partition also matches the pieces homed next to it)."""
+    from h3.api import basic_int
+
+    area: set[int] = set()
+    for c in partition_cells:
+        area.update(basic_int.grid_disk(basic_int.str_to_int(c), 1))
+    return np.array(sorted(area), dtype="uint64")
+
+
 def parsed_arrow_schema():
     """Arrow types of PARSED (the schema `transforms.PARSED_DDL` declares to Spark)."""
     import pyarrow as pa
@@ -636,11 +674,12 @@ def trace_out_arrow_schema():
     ])
 
 
-def trace_rows_arrow(table, h3_res: int, **rules):
+def trace_rows_arrow(table, h3_res: int, network: np.ndarray | None = None, **rules):
     """Parsed records (Arrow table, PARSED columns, sorted by trace_id, time, source file, source row) -> TRACE_OUT.
 
-    Records with a reason pass through as rejected rows (dt = date of their fix); the others go through
-    `clean_and_cut`. Every trace must be complete in `table`.
+    Records with a reason pass through as rejected rows (dt = date of their fix); so do fixes whose H3 cell is
+    not in `network` (sorted uint64 cells, see `network_area`; None = no check) as `outside_network`. The others
+    go through `clean_and_cut`. Every trace must be complete in `table`.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -650,6 +689,23 @@ def trace_rows_arrow(table, h3_res: int, **rules):
     bad_mask = pc.is_valid(table.column("reason"))
     bad = table.filter(bad_mask)
     ok = table.filter(pc.invert(bad_mask))
+    cells = cells_of(ok.column("lon_deg").to_numpy(zero_copy_only=False),
+                     ok.column("lat_deg").to_numpy(zero_copy_only=False), h3_res)
+    if network is not None and ok.num_rows:
+        outside = ~np.isin(cells, network, assume_unique=False)
+        if outside.any():
+            from h3.api import basic_int
+
+            out_rows = ok.filter(pa.array(outside))
+            detail = [f"H3 cell {basic_int.int_to_str(c)} is neither a partition of the network nor next to one"
+                      for c in cells[outside].tolist()]
+            out_rows = out_rows.set_column(out_rows.schema.get_field_index("reason"), "reason",
+                                           pa.array(["outside_network"] * len(detail), out_rows.schema.field("reason").type))
+            out_rows = out_rows.set_column(out_rows.schema.get_field_index("detail"), "detail",
+                                           pa.array(detail, out_rows.schema.field("detail").type))
+            bad = pa.concat_tables([bad, out_rows.cast(bad.schema)])
+            ok = ok.filter(pa.array(~outside))
+            cells = cells[~outside]
     n = ok.num_rows
     tid = ok.column("trace_id")
     trace_start = np.ones(n, dtype=bool)
@@ -659,7 +715,7 @@ def trace_rows_arrow(table, h3_res: int, **rules):
     cut = clean_and_cut(
         trace_start, t_us,
         ok.column("lon_deg").to_numpy(zero_copy_only=False), ok.column("lat_deg").to_numpy(zero_copy_only=False),
-        h3_res, **rules,
+        h3_res, cells=cells, **rules,
     )
     take = pa.array(cut.pos, pa.int64())
     n_probe = cut.n_probe_rows

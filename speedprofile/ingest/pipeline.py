@@ -1,43 +1,68 @@
-"""The ingest job: list and sniff input files, parse, clean and cut traces, write `probes` / `rejected_probes`.
+"""The ingest job: scan input files one by one, parse, clean and cut traces, write `probes` / `rejected_probes`.
 
-Idempotency unit = one input file, keyed by the SHA-256 of its bytes (`src` = first 16 hex digits). Its output
-files are named `src-<src>-<part>.parquet` inside the Hive partition folders, and a manifest
-`<warehouse>/_ingest/files/<src>.json` lists them: re-ingesting the same content first deletes what it wrote
-before, so the same file never doubles rows, while another file for the same day adds to it.
+Per file: each input file is scanned as a stream (`formats.scan_file`: hash, limits, format); a file that fails
+is refused as a whole into `rejected_files` with a reason, and the other files go on. The run fails only when
+no file could be ingested.
+
+Idempotency, two levels. The unit of replacement is one input file, keyed by the SHA-256 of its bytes (`src` =
+first 16 hex digits): its output files are named `src-<src>-<part>.parquet` inside the Hive partition folders
+and a manifest `<warehouse>/_ingest/files/<src>.json` lists them, so re-ingesting the same bytes replaces what
+they wrote before. Across files, the unit is the fix: a fix whose (trace_id, timestamp_utc, lon, lat) is already
+in `probes` (written from any other file) is rejected as `already_ingested`; one with the same trace and time
+but another position (a correction) as `conflicting_fix`: the fix delivered first stays.
 Row accounting per dt: `<warehouse>/_ingest/counts/dt=<D>/<src>.json` per file, summed into
 `_metrics/ingest_probes/dt=<D>/all.json` (dt=unknown for rejects whose time could not be read).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
 import shutil
 import time
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from functools import reduce
+from typing import BinaryIO, cast
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from schemas import PROBES, REJECTED_PROBES
-from schemas.rejected_probes import REASONS
+from schemas import PROBES, REJECTED_FILES, REJECTED_PROBES
+from schemas.rejected_probes import FUTURE_SKEW_S, REASONS
 from speedprofile import spark as sp
 from speedprofile import warehouse as wh
 from speedprofile.errors import UserError
-from speedprofile.ingest import formats, transforms
-from speedprofile.ingest.formats import InputFile
+from speedprofile.ingest import formats, kernel, transforms
+from speedprofile.ingest.formats import FileRejected, IngestLimits, InputFile
 
 STAGE = "ingest_probes"
-HEAD_BYTES = 65536
-BYTES_PER_TRACE_PARTITION = 32 << 20
+BYTES_PER_TRACE_PARTITION = 128 << 20
+ARROW_BATCH_ROWS = 100_000  # rows per Arrow batch between the JVM and the per-trace kernel
 UNKNOWN_DT = "unknown"  # metrics label for rejected rows without a readable time (Hive default dt partition)
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    """One input file refused as a whole (a `rejected_files` row)."""
+
+    path: str
+    reason: str
+    detail: str
+    size_bytes: int | None = None
+
+    @property
+    def key(self) -> str:
+        """File name key in rejected_files: the same path refused again replaces its row."""
+        return hashlib.sha256(self.path.encode()).hexdigest()[:16]
+
+    def line(self) -> str:
+        return f"{self.path}: {self.detail} ({self.reason}; quarantined in rejected_files)"
 
 
 @dataclass
@@ -53,6 +78,7 @@ class IngestResult:
     seconds: float = 0.0
     ignored_files: list[str] = field(default_factory=list)
     duplicate_files: list[str] = field(default_factory=list)
+    rejected_files: list[RejectedFile] = field(default_factory=list)
 
     @property
     def rows_rejected(self) -> int:
@@ -63,13 +89,14 @@ class IngestResult:
         return self.rows_in / self.seconds if self.seconds > 0 else 0.0
 
     def summary_lines(self) -> list[str]:
-        """One summary line, then one line per rejection reason with a non-zero count."""
+        """One summary line, then one line per rejection reason with a non-zero count and per refused file."""
         lines = [
             f"ingested {self.files} file(s): {self.rows_in} rows in, {self.rows_kept} kept, "
             f"{self.rows_rejected} rejected, {self.context_rows} context copies; "
             f"{self.seconds:.1f} s, {self.rows_per_second:,.0f} rows/s"
         ]
         lines += [f"  rejected {reason}: {n}" for reason, n in self.rejected.items() if n]
+        lines += [f"  refused file {r.line()}" for r in self.rejected_files]
         if self.ignored_files:
             lines.append(f"  ignored {len(self.ignored_files)} file(s) with unknown extensions in directories")
         if self.duplicate_files:
@@ -82,8 +109,8 @@ def landing_path(warehouse: str, day: str) -> str:
     return wh.join(warehouse, "landing", f"dt={day}")
 
 
-def h3_resolution(spark: SparkSession | None, warehouse: str) -> int:
-    """H3 resolution of the warehouse partitions (road_segments/_partitions.json)."""
+def partition_list(spark: SparkSession | None, warehouse: str) -> dict:
+    """The warehouse's partition list (road_segments/_partitions.json): {"h3_res": int, "partitions": [...]}."""
     path = wh.partitions_file(warehouse)
     try:
         if wh.is_remote(path):
@@ -94,11 +121,18 @@ def h3_resolution(spark: SparkSession | None, warehouse: str) -> int:
             doc = json.loads(sp.read_text(spark, path))
         else:
             doc = wh.read_partitions(warehouse)
-        return int(doc["h3_res"])
+        int(doc["h3_res"])
+        [p["cell"] for p in doc.get("partitions", [])]
+        return doc
     except FileNotFoundError:
         raise UserError(f"no {path}: build the road network first (speedprofile network build)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a valid partition list ({exc})") from exc
+
+
+def h3_resolution(spark: SparkSession | None, warehouse: str) -> int:
+    """H3 resolution of the warehouse partitions (road_segments/_partitions.json)."""
+    return int(partition_list(spark, warehouse)["h3_res"])
 
 
 def list_inputs(spark: SparkSession | None, paths: list[str]) -> tuple[list[str], list[str]]:
@@ -147,91 +181,72 @@ def list_inputs(spark: SparkSession | None, paths: list[str]) -> tuple[list[str]
     return unique, ignored
 
 
-def _local_head_and_hash(path: str) -> tuple[bytes, str]:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        first = fh.read(1 << 20)
-        h.update(first)
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    if first[:2] == b"\x1f\x8b":
-        try:
-            with gzip.open(path, "rb") as gz:
-                head = gz.read(HEAD_BYTES)
-        except (OSError, EOFError) as exc:
-            raise UserError(f"{path}: cannot decompress ({exc})") from exc
-    else:
-        head = first[:HEAD_BYTES]
-    return head, h.hexdigest()
+class _HadoopStream:
+    """A remote file (Hadoop FileSystem, e.g. s3a://) as a Python binary stream, read in chunks."""
+
+    def __init__(self, spark: SparkSession, path: str):
+        fs, hpath = sp._fs(spark, path)
+        self._jvm = spark.sparkContext._jvm
+        self.size = int(fs.getFileStatus(hpath).getLen())
+        self._in = fs.open(hpath)
+        self._buf = self._jvm.java.lang.reflect.Array.newInstance(self._jvm.java.lang.Byte.TYPE, formats.CHUNK_BYTES)
+
+    def read(self, n: int = -1) -> bytes:
+        n = formats.CHUNK_BYTES if n is None or n < 0 or n > formats.CHUNK_BYTES else n
+        got = self._in.read(self._buf, 0, n)
+        if got <= 0:
+            return b""
+        return bytes(self._jvm.java.util.Arrays.copyOf(self._buf, got))
+
+    def close(self) -> None:
+        self._in.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _remote_heads_and_hashes(spark: SparkSession | None, paths: list[str]) -> dict[str, tuple[bytes, str]]:
-    if not paths:
-        return {}
-    if spark is None:
-        raise UserError("reading remote inputs needs a Spark session")
-    rows = (
-        spark.read.format("binaryFile").load(paths)
-        .select("path", F.expr(f"substring(content, 1, {HEAD_BYTES})").alias("head"), F.sha2("content", 256).alias("sha"))
-        .collect()
-    )
-    out = {}
-    for r in rows:
-        head = bytes(r["head"])
-        if head[:2] == b"\x1f\x8b":
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, HEAD_BYTES)
-        out[r["path"]] = (head, r["sha"])
-    return out
-
-
-def _read_bytes(spark: SparkSession, path: str) -> bytes:
-    if not wh.is_remote(path):
-        with open(path, "rb") as fh:
-            return formats.decompress(path, fh.read())
-    row = spark.read.format("binaryFile").load(path).select("content").first()
-    return formats.decompress(path, bytes(row["content"]))
-
-
-def describe_inputs(spark: SparkSession | None, paths: list[str], fmt: str = "auto") -> list[InputFile]:
-    """Detect and check the format of every file (one-line UserError for a wrong or unreadable file)."""
-    remote = _remote_heads_and_hashes(spark, [p for p in paths if wh.is_remote(p)])
-    out = []
+def describe_inputs(
+    spark: SparkSession | None, paths: list[str], fmt: str = "auto", limits: IngestLimits | None = None,
+) -> tuple[list[InputFile], list[RejectedFile]]:
+    """Scan every file once, streaming (format, limits, content hash) -> (accepted files, refused files)."""
+    limits = limits or IngestLimits()
+    files: list[InputFile] = []
+    refused: list[RejectedFile] = []
     for p in paths:
-        if wh.is_remote(p):
-            key = next((k for k in remote if k == p or k.endswith(p.split("://", 1)[-1])), None)
-            if key is None:
-                raise UserError(f"{p}: cannot read file")
-            head, sha = remote[key]
-        else:
-            try:
-                head, sha = _local_head_and_hash(p)
-            except OSError as exc:
-                raise UserError(f"{p}: cannot read file ({exc.strerror or exc})") from exc
-        f = formats.sniff_format(p, head, fmt)
-        header: tuple[str, ...] = ()
-        if f == "csv":
-            text = head.decode("utf-8", "replace")
-            if not text.strip():
-                raise UserError(f"{p}: file is empty")
-            header = formats.check_csv_header(p, text.splitlines()[0])
-        elif f == "jsonl":
-            formats.check_jsonl_head(p, head)
-        elif f == "parquet" and head[:4] != b"PAR1":
-            raise UserError(f"{p}: not a Parquet file (no PAR1 magic)")
-        elif f == "gpx" and b"<gpx" not in head:
-            raise UserError(f"{p}: not a GPX file (no <gpx> element)")
-        elif f == "trips-json" and not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
-            raise UserError(f"{p}: not a trips-json file (does not start with a JSON object)")
-        size = os.path.getsize(p) if not wh.is_remote(p) else 0
-        out.append(InputFile(path=p, format=f, header=header, sha=sha[:16], size=size))
-    return out
+        size: int | None = None
+        stream: BinaryIO
+        try:
+            if wh.is_remote(p):
+                if spark is None:
+                    raise UserError(f"reading {p} needs a Spark session")
+                remote = _HadoopStream(spark, p)
+                size = remote.size
+                stream = cast(BinaryIO, remote)
+            else:
+                local = p.removeprefix("file://")
+                size = os.path.getsize(local)
+                stream = open(local, "rb")
+            with stream:
+                found = formats.scan_file(p, stream, size, limits, fmt)
+        except FileRejected as exc:
+            refused.append(RejectedFile(p, exc.reason, exc.detail, size))
+            continue
+        except OSError as exc:
+            refused.append(RejectedFile(p, "unreadable_file", f"cannot read file ({exc.strerror or exc})", size))
+            continue
+        files.append(InputFile(path=p, format=found.format, header=found.header, sha=found.sha256[:16],
+                               size=found.size_bytes, data_bytes=found.data_bytes))
+    return files, refused
 
 
-def parse_inputs(spark: SparkSession, files: list[InputFile]) -> DataFrame:
+def parse_inputs(spark: SparkSession, files: list[InputFile], max_time_utc: pd.Timestamp | None = None) -> DataFrame:
     """All input files -> one parsed frame (PARSED_DDL).
 
     CSV and JSONL are read and validated by Spark (native line reader, `from_csv` / `from_json`, SQL checks);
-    Parquet, GPX and trips-json are parsed per file on the driver and validated by the pandas kernel.
+    Parquet, GPX and trips-json are parsed file by file in executor tasks and validated by the pandas kernel.
     """
     frames: list[DataFrame] = []
     text = [f for f in files if f.format in formats.TEXT_FORMATS]
@@ -244,22 +259,20 @@ def parse_inputs(spark: SparkSession, files: list[InputFile]) -> DataFrame:
             records.append(transforms.csv_records(lines, csv))
         if jsonl:
             records.append(transforms.jsonl_records(lines, jsonl))
-        frames.append(transforms.validate_records(reduce(DataFrame.unionByName, records)))
-    parsed_here = [formats.FILE_PARSERS[f.format](f.path, _read_bytes(spark, f.path))
-                   for f in files if f.format not in formats.TEXT_FORMATS]
-    parsed_here = [r for r in parsed_here if len(r)]
-    if parsed_here:
-        frames.append(transforms.parsed_from_records(spark, pd.concat(parsed_here, ignore_index=True)))
+        frames.append(transforms.validate_records(reduce(DataFrame.unionByName, records), max_time_utc))
+    others = [f for f in files if f.format not in formats.TEXT_FORMATS]
+    if others:
+        frames.append(transforms.parse_files(spark, others, max_time_utc))
     if not frames:
         return spark.createDataFrame([], transforms.PARSED_DDL)
     return reduce(DataFrame.unionByName, frames)
 
 
 def _with_src(df: DataFrame, files: list[InputFile]) -> DataFrame:
-    pairs = []
-    for f in files:
-        pairs += [F.lit(f.path), F.lit(f.sha)]
-    return df.withColumn("src", F.create_map(*pairs)[F.col("source_file")])
+    """Add `src` (content hash prefix of the row's input file) by a broadcast join on source_file."""
+    spark = df.sparkSession
+    srcs = spark.createDataFrame([(f.path, f.sha) for f in files], "source_file STRING, src STRING")
+    return df.join(F.broadcast(srcs), "source_file", "left")
 
 
 def _stage_dir(warehouse: str, files: list[InputFile]) -> str:
@@ -420,82 +433,171 @@ def _trace_partitions(spark: SparkSession, files: list[InputFile]) -> int:
     partitioning, so it must not be 200 for a tiny batch)."""
     cap = int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
     floor = min(cap, spark.sparkContext.defaultParallelism)
-    if any(f.size == 0 and wh.is_remote(f.path) for f in files):
-        return cap
-    total = sum(f.size for f in files)
+    total = sum(max(f.data_bytes, f.size) for f in files)
     return max(floor, min(cap, -(-total // BYTES_PER_TRACE_PARTITION)))
 
 
 @dataclass
 class Prepared:
-    """Checked inputs of one run: partition resolution, files (unique content) and what was set aside."""
+    """Checked inputs of one run: partitions, files (unique content) and what was set aside or refused."""
 
     h3_res: int
+    network: np.ndarray  # sorted uint64 H3 cells where fixes are kept (kernel.network_area)
     files: list[InputFile]
     ignored: list[str]
     duplicates: list[InputFile]
+    refused: list[RejectedFile]
 
 
-def prepare(spark: SparkSession | None, warehouse: str, paths: list[str], fmt: str = "auto") -> Prepared:
-    """Check the warehouse and every input file before any Spark work (no session needed for local paths)."""
-    h3_res = h3_resolution(spark, warehouse)
+def prepare(
+    spark: SparkSession | None, warehouse: str, paths: list[str], fmt: str = "auto",
+    limits: IngestLimits | None = None,
+) -> Prepared:
+    """Check the warehouse and scan every input file before any Spark work (no session needed for local paths).
+
+    Missing paths and a warehouse without a network are errors; a bad file is only refused (Prepared.refused).
+    """
+    doc = partition_list(spark, warehouse)
     listed, ignored = list_inputs(spark, paths)
+    accepted, refused = describe_inputs(spark, listed, fmt, limits)
     files: list[InputFile] = []
     duplicates: list[InputFile] = []
     shas: set[str] = set()
-    for f in describe_inputs(spark, listed, fmt):
+    for f in accepted:
         (duplicates if f.sha in shas else files).append(f)
         shas.add(f.sha)
-    return Prepared(h3_res, files, ignored, duplicates)
+    network = kernel.network_area(p["cell"] for p in doc.get("partitions", []))
+    return Prepared(int(doc["h3_res"]), network, files, ignored, duplicates, refused)
+
+
+def record_refused(spark: SparkSession | None, warehouse: str, refused: list[RejectedFile],
+                   accepted: list[InputFile], at: pd.Timestamp) -> None:
+    """Write one `rejected_files` row per refused file (`rf-<key>.parquet`, replacing an earlier refusal of the
+    same path) and drop the rows of paths that are accepted now."""
+    root = wh.table_path(warehouse, REJECTED_FILES.name)
+    for f in accepted:
+        gone = wh.join(root, f"rf-{RejectedFile(f.path, '', '').key}.parquet")
+        if wh.is_remote(gone):
+            if spark is not None:
+                sp.delete(spark, gone)
+        elif os.path.exists(gone):
+            os.remove(gone)
+    if not refused:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for r in refused:
+        table = pa.table({
+            "source_file": [r.path], "reason": [r.reason], "detail": [r.detail], "size_bytes": [r.size_bytes],
+            "rejected_at_utc": pa.array([at.to_pydatetime()], pa.timestamp("us", tz="UTC")),
+        }, schema=REJECTED_FILES.arrow_schema())
+        dest = wh.join(root, f"rf-{r.key}.parquet")
+        if not wh.is_remote(dest):
+            os.makedirs(root, exist_ok=True)
+            pq.write_table(table, dest + ".tmp")
+            os.replace(dest + ".tmp", dest)
+            continue
+        if spark is None:
+            raise UserError(f"writing {dest} needs a Spark session")
+        stage = wh.join(warehouse, "_staging", STAGE, f"rf-{r.key}")
+        (spark.createDataFrame(table.to_pandas(), REJECTED_FILES.spark_schema()).coalesce(1)
+         .write.mode("overwrite").parquet(stage))
+        fs = _Files(spark, warehouse)
+        part = next(f for f in fs.list_recursive(stage) if f.rsplit("/", 1)[-1].startswith("part-"))
+        fs.move(part, dest)
+        fs.delete(stage)
+
+
+def refused_error(refused: list[RejectedFile]) -> UserError:
+    """The one-line error when no input file could be ingested."""
+    if len(refused) == 1:
+        return UserError(refused[0].line())
+    return UserError(f"all {len(refused)} input files were refused (see rejected_files); first: {refused[0].line()}")
+
+
+def _existing_fixes(spark: SparkSession, warehouse: str, dts: set[str], own: list[str]) -> DataFrame | None:
+    """Owned fixes already in `probes` on the given days and the day before each (a piece keeps the date of its
+    first fix), except those in files of the sources being replaced (`own` content keys); None if there are none."""
+    root = wh.table_path(warehouse, PROBES.name)
+    present = {n for n in sp.list_dir(spark, root) if n.startswith("dt=")}
+    days = set()
+    for d in dts:
+        try:
+            day = date.fromisoformat(d)
+        except ValueError:
+            continue
+        days |= {f"dt={day}", f"dt={day - timedelta(days=1)}"}
+    folders = sorted(days & present)
+    if not folders:
+        return None
+    df = (spark.read.schema(PROBES.spark_schema(with_partitions=False)).parquet(*[wh.join(root, f) for f in folders])
+          .where(~F.col("is_context")))
+    if own:
+        name = F.col("_metadata.file_name")
+        df = df.where(~reduce(lambda a, b: a | b, [name.startswith(f"src-{o}-") for o in own]))
+    return df.select("trace_id", "timestamp_utc", "lon_deg", "lat_deg", "piece")
+
+
+def mark_already_ingested(rows: DataFrame, existing: DataFrame) -> DataFrame:
+    """Trace rows checked against fixes already in `probes`: a fix at the same trace and time is rejected,
+    as `already_ingested` when at the same position, else as `conflicting_fix` (the stored fix stays); its
+    context copies are dropped. New pieces of a stored trace are numbered after its stored pieces."""
+    keys = existing.groupBy("trace_id", "timestamp_utc").agg(
+        F.first("lon_deg").alias("_x_lon"), F.first("lat_deg").alias("_x_lat"))
+    pieces = existing.groupBy("trace_id").agg(F.max("piece").alias("_x_piece"))
+    j = rows.join(keys, ["trace_id", "timestamp_utc"], "left").join(F.broadcast(pieces), "trace_id", "left")
+    valid = F.col("reason").isNull()
+    hit = valid & F.col("_x_lon").isNotNull()
+    same = (F.col("lon_deg") == F.col("_x_lon")) & (F.col("lat_deg") == F.col("_x_lat"))
+    owned_hit = hit & ~F.col("is_context")
+    where = F.concat(F.lit(" in probes (lon="), F.col("_x_lon").cast("string"), F.lit(" lat="),
+                     F.col("_x_lat").cast("string"), F.lit(")"))
+    j = j.where(~(hit & F.col("is_context")))
+    cols = {
+        "reason": F.when(owned_hit & same, F.lit("already_ingested"))
+        .when(owned_hit, F.lit("conflicting_fix")).otherwise(F.col("reason")),
+        "detail": F.when(owned_hit & same, F.concat(F.lit("same fix already"), where))
+        .when(owned_hit, F.concat(F.lit("same time, other position than the fix"), where))
+        .otherwise(F.col("detail")),
+        "piece": F.when(owned_hit, F.lit(None).cast("int"))
+        .when(valid & F.col("_x_piece").isNotNull(), F.col("piece") + F.col("_x_piece") + 1)
+        .otherwise(F.col("piece")),
+        "is_context": F.when(owned_hit, F.lit(None).cast("boolean")).otherwise(F.col("is_context")),
+        "partition": F.when(owned_hit, F.lit(None).cast("string")).otherwise(F.col("partition")),
+        "dt": F.when(owned_hit, F.to_date("timestamp_utc")).otherwise(F.col("dt")),
+    }
+    return j.select(*[cols[c].alias(c) if c in cols else F.col(c) for c in rows.columns])
 
 
 def ingest(
-    spark: SparkSession, warehouse: str, paths: list[str], fmt: str = "auto", prepared: Prepared | None = None
+    spark: SparkSession, warehouse: str, paths: list[str], fmt: str = "auto", prepared: Prepared | None = None,
+    *, limits: IngestLimits | None = None, now: pd.Timestamp | None = None, future_skew_s: float = FUTURE_SKEW_S,
 ) -> IngestResult:
-    """Ingest the files named or found under `paths` into `probes` / `rejected_probes` of the warehouse."""
+    """Ingest the files named or found under `paths` into `probes` / `rejected_probes` of the warehouse.
+
+    `now` is the run's clock (default: the wall clock at the start); fixes later than now + future_skew_s are
+    rejected as `future_time`. Files that fail a check are refused into `rejected_files`; UserError when no file
+    is left to ingest.
+    """
     t0 = time.perf_counter()
-    prep = prepared or prepare(spark, warehouse, paths, fmt)
-    h3_res, files, ignored, duplicates = prep.h3_res, prep.files, prep.ignored, prep.duplicates
-    parsed = parse_inputs(spark, files)
-    if any(f.format == "trips-json" for f in files):
-        segments = sp.read_table(spark, warehouse, "road_segments")
-        parsed = transforms.fill_link_coordinates(parsed, transforms.link_midpoints(segments))
-    rows = _with_src(transforms.split_into_pieces(parsed, h3_res, num_partitions=_trace_partitions(spark, files)),
-                     files).persist()
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    now = now.tz_convert("UTC") if now.tzinfo else now.tz_localize("UTC")
+    prep = prepared or prepare(spark, warehouse, paths, fmt, limits)
+    files, ignored, duplicates = prep.files, prep.ignored, prep.duplicates
+    record_refused(spark, warehouse, prep.refused, files + duplicates, now)
+    if not files:
+        raise refused_error(prep.refused)
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old_batch = spark.conf.get(key, None)
+    spark.conf.set(key, str(ARROW_BATCH_ROWS))
     try:
-        counts = _count_rows(rows)
-        stage = _stage_dir(warehouse, files)
-        sp.delete(spark, stage)
-        probes = rows.where(F.col("reason").isNull()).select(
-            *[F.col(c.name).cast(PROBES.spark_schema()[c.name].dataType) for c in PROBES.columns], "src")
-        rejected = rows.where(F.col("reason").isNotNull()).select(
-            *[F.col(c.name).cast(REJECTED_PROBES.spark_schema()[c.name].dataType) for c in REJECTED_PROBES.columns],
-            "src")
-        # One file per output folder (not one per task and folder): fewer, larger files for the readers. The
-        # staging folder was just deleted, so a plain append (no dynamic-overwrite renames) is enough.
-        (probes.repartition("dt", "partition", "src").sortWithinPartitions("trace_id", "piece", "timestamp_utc")
-         .write.mode("append").partitionBy("dt", "partition", "src").parquet(wh.join(stage, "probes")))
-        (rejected.repartition("dt", "src")
-         .write.mode("append").partitionBy("dt", "src").parquet(wh.join(stage, "rejected_probes")))
+        counts, moved = _run(spark, warehouse, prep, now + pd.Timedelta(seconds=future_skew_s))
     finally:
-        rows.unpersist()
-    # Replace, per source file, what an earlier ingest of the same content wrote; then move the new files in.
-    fs = _Files(spark, warehouse)
-    staged = fs.list_recursive(stage)
-    new_dirs: dict[str, set[str]] = defaultdict(set)
-    for f in staged:
-        table, *parts = _staged_parts(f, stage)
-        if table in ("probes", "rejected_probes"):
-            src = next((p[4:] for p in parts[:-1] if p.startswith("src=")), None)
-            if src:
-                new_dirs[src].add(wh.join(warehouse, table, *[p for p in parts[:-1] if not p.startswith("src=")]))
-    for f in files:
-        _delete_previous(fs, warehouse, f.sha, new_dirs.get(f.sha, set()))
-    moved: dict[str, list[str]] = defaultdict(list)
-    for table in ("probes", "rejected_probes"):
-        for src, paths_ in _move_staged(fs, staged, warehouse, stage, table).items():
-            moved[src] += paths_
-    fs.delete(stage)
+        if old_batch is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, old_batch)
     dts: set[str] = set()
     for f in files:
         per_dt = counts.get(f.sha, {})
@@ -517,5 +619,59 @@ def ingest(
         files=len(files), rows_in=total["rows_in"], rows_kept=total["rows_kept"],
         context_rows=total["context_rows"], rejected={k: v for k, v in total["rejected"].items()},
         by_dt=by_dt, seconds=time.perf_counter() - t0, ignored_files=ignored,
-        duplicate_files=[f.path for f in duplicates],
+        duplicate_files=[f.path for f in duplicates], rejected_files=list(prep.refused),
     )
+
+
+def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.Timestamp
+         ) -> tuple[dict[str, dict[str, dict]], dict[str, list[str]]]:
+    """Parse, cut, check against stored probes, write to staging and move in: (counts per src and dt, moved files)."""
+    files = prep.files
+    parsed = parse_inputs(spark, files, max_time_utc)
+    if any(f.format == "trips-json" for f in files):
+        segments = sp.read_table(spark, warehouse, "road_segments")
+        parsed = transforms.fill_link_coordinates(parsed, transforms.link_midpoints(segments))
+    pieces = transforms.split_into_pieces(parsed, prep.h3_res, num_partitions=_trace_partitions(spark, files),
+                                          network=prep.network)
+    rows = _with_src(pieces, files).persist()
+    try:
+        counts = _count_rows(rows)
+        touched = {dt for per_dt in counts.values() for dt in per_dt}
+        existing = _existing_fixes(spark, warehouse, touched, [f.sha for f in files])
+        if existing is not None:
+            checked = mark_already_ingested(rows, existing).persist()
+            rows.unpersist()
+            rows = checked
+            counts = _count_rows(rows)
+        stage = _stage_dir(warehouse, files)
+        sp.delete(spark, stage)
+        probes = rows.where(F.col("reason").isNull()).select(
+            *[F.col(c.name).cast(PROBES.spark_schema()[c.name].dataType) for c in PROBES.columns], "src")
+        rejected = rows.where(F.col("reason").isNotNull()).select(
+            *[F.col(c.name).cast(REJECTED_PROBES.spark_schema()[c.name].dataType) for c in REJECTED_PROBES.columns],
+            "src")
+        # Written straight from the per-trace tasks (no second shuffle): a folder gets one file per task that has
+        # rows for it. The staging folder was just deleted, so a plain append is enough.
+        probes.write.mode("append").partitionBy("dt", "partition", "src").parquet(wh.join(stage, "probes"))
+        (rejected.repartition("dt", "src")
+         .write.mode("append").partitionBy("dt", "src").parquet(wh.join(stage, "rejected_probes")))
+    finally:
+        rows.unpersist()
+    # Replace, per source file, what an earlier ingest of the same content wrote; then move the new files in.
+    fs = _Files(spark, warehouse)
+    staged = fs.list_recursive(stage)
+    new_dirs: dict[str, set[str]] = defaultdict(set)
+    for staged_file in staged:
+        table, *parts = _staged_parts(staged_file, stage)
+        if table in ("probes", "rejected_probes"):
+            src = next((p[4:] for p in parts[:-1] if p.startswith("src=")), None)
+            if src:
+                new_dirs[src].add(wh.join(warehouse, table, *[p for p in parts[:-1] if not p.startswith("src=")]))
+    for f in files:
+        _delete_previous(fs, warehouse, f.sha, new_dirs.get(f.sha, set()))
+    moved: dict[str, list[str]] = defaultdict(list)
+    for table in ("probes", "rejected_probes"):
+        for src, paths_ in _move_staged(fs, staged, warehouse, stage, table).items():
+            moved[src] += paths_
+    fs.delete(stage)
+    return counts, moved

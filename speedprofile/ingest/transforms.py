@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from functools import reduce
 from urllib.parse import unquote
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -158,12 +159,13 @@ def _number(text: Column) -> Column:
     return F.trim(text).try_cast("double")
 
 
-def validate_records(records: DataFrame) -> DataFrame:
+def validate_records(records: DataFrame, max_time_utc: pd.Timestamp | None = None) -> DataFrame:
     """Records with text fields -> parsed records (PARSED_DDL): typed values and the reason of every bad one.
 
     Spark SQL version of `kernel.validate_records` (same checks, same order, first failure wins):
     unparsable_line (from the parser), missing_field, empty_trace_id, nan_coordinate, coordinate_out_of_range,
-    unparsable_time / implausible_time. Times: ISO-8601 with a UTC offset or Z, epoch seconds (< 1e11) or ms.
+    unparsable_time / implausible_time, future_time (later than `max_time_utc`, when given). Times: ISO-8601 with
+    a UTC offset or Z, epoch seconds (< 1e11) or ms.
     Computed in three projections so that each costly value (number parsing, regexes, time parsing) is
     evaluated once per row and then referenced by the checks.
     """
@@ -215,6 +217,12 @@ def validate_records(records: DataFrame) -> DataFrame:
         (~num_ok & ~iso_ok, "unparsable_time",
          F.concat(F.lit("timestamp '"), ts_text, F.lit("' is not ISO-8601 with a UTC offset nor epoch s/ms"))),
     ]
+    if max_time_utc is not None:
+        limit = pd.Timestamp(max_time_utc)
+        limit = limit.tz_convert("UTC") if limit.tzinfo else limit.tz_localize("UTC")
+        shown = kernel.future_detail(limit, limit).split(" is later than ")[1]
+        checks.append((ts > F.lit(limit.to_pydatetime()), "future_time", F.concat(
+            F.lit("time "), F.date_format(ts, "yyyy-MM-dd'T'HH:mm:ss'Z'"), F.lit(f" is later than {shown}"))))
     reason: Column = F.lit(None).cast("string")
     detail: Column = F.lit(None).cast("string")
     for cond, why, text_ in reversed(checks):
@@ -233,11 +241,52 @@ def _conform_parsed(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def parsed_from_records(spark: SparkSession, records: pd.DataFrame) -> DataFrame:
-    """Record frame parsed on the driver (Parquet/GPX/trips-json) -> parsed records (PARSED_DDL)."""
-    if not len(records):
+def parse_files(spark: SparkSession, files: list[InputFile], max_time_utc: pd.Timestamp | None = None) -> DataFrame:
+    """Parquet / GPX / trips-json files -> parsed records (PARSED_DDL), each file parsed and checked by the pandas
+    kernel in an executor task, streamed batch by batch (nothing read on the driver).
+
+    Local files are opened by path; remote ones (s3a://) arrive through Spark's binaryFile source. The files were
+    scanned before (`formats.scan_file`), so their parsers read them to the end.
+    """
+    from speedprofile.ingest import formats
+
+    def parse(path: str, fmt: str, source) -> Iterator[pd.DataFrame]:
+        for rec in formats.FILE_PARSERS[fmt](path, source):
+            if len(rec):
+                yield _conform_parsed(kernel.validate_records(rec, max_time_utc))
+
+    frames = []
+    local = [f for f in files if "://" not in f.path or f.path.startswith("file://")]
+    remote = {f.path: f.format for f in files if f not in local}
+    if local:
+        def run_local(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for b in batches:
+                for path, fmt in zip(b["path"], b["format"], strict=True):
+                    if fmt == "parquet":
+                        yield from parse(path, fmt, path)
+                        continue
+                    with formats.open_local(path) as fh:
+                        yield from parse(path, fmt, fh)
+
+        todo = spark.createDataFrame([(f.path, f.format) for f in local], "path STRING, format STRING")
+        frames.append(todo.repartition(len(local)).mapInPandas(run_local, PARSED_DDL))
+    if remote:
+        import gzip
+        import io
+
+        def run_remote(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for b in batches:
+                for uri, content in zip(b["path"], b["content"], strict=True):
+                    path = next(p for p in remote if p == uri or uri.endswith(p.split("://", 1)[-1]))
+                    data = bytes(content)
+                    src = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
+                    yield from parse(path, remote[path], src)
+
+        blobs = spark.read.format("binaryFile").load(list(remote)).select("path", "content")
+        frames.append(blobs.mapInPandas(run_remote, PARSED_DDL))
+    if not frames:
         return spark.createDataFrame([], PARSED_DDL)
-    return spark.createDataFrame(_conform_parsed(kernel.validate_records(records)), PARSED_DDL)
+    return reduce(DataFrame.unionByName, frames)
 
 
 def link_midpoints(road_segments: DataFrame) -> DataFrame:
@@ -274,9 +323,11 @@ def split_into_pieces(
     context_fixes: int = CONTEXT_FIXES,
     spike_kph: float = SPIKE_KPH,
     num_partitions: int | None = None,
+    network: np.ndarray | None = None,
 ) -> DataFrame:
     """Parsed records -> trace rows (TRACE_OUT_DDL): per-trace dedupe, spikes and border cutting of the valid
-    records, rejects passed through with their fix date as dt.
+    records, rejects passed through with their fix date as dt; valid fixes outside `network` (sorted uint64 H3
+    cells, `kernel.network_area`) are rejected as `outside_network`.
 
     One shuffle by trace_id (into `num_partitions` partitions when given), sorted by trace, time and source
     order; each partition then streams through `kernel.trace_rows_arrow` in Arrow batches, a trace that
@@ -305,9 +356,9 @@ def split_into_pieces(
             else:
                 carry = None
             if table.num_rows:
-                yield from kernel.trace_rows_arrow(table, h3_res, **rules).cast(schema).to_batches()
+                yield from kernel.trace_rows_arrow(table, h3_res, network, **rules).cast(schema).to_batches()
         if carry is not None and carry.num_rows:
-            yield from kernel.trace_rows_arrow(carry, h3_res, **rules).cast(schema).to_batches()
+            yield from kernel.trace_rows_arrow(carry, h3_res, network, **rules).cast(schema).to_batches()
 
     shuffled = (parsed.repartition(num_partitions, "trace_id") if num_partitions
                 else parsed.repartition("trace_id"))

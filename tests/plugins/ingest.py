@@ -17,10 +17,26 @@ def ingest_fixtures() -> Path:
     return INGEST_FIXTURES
 
 
-def make_partition_only_warehouse(root: Path, h3_res: int) -> str:
-    """A warehouse with only road_segments/_partitions.json (enough for ingest of non-pre-matched formats)."""
+# The area the ingest fixtures drive in (central Porto), lon/lat degrees: its cells are the test network's partitions.
+FIXTURE_AREA = ((-8.70, 41.10), (-8.50, 41.20))
+
+
+def area_cells(h3_res: int, area: tuple[tuple[float, float], tuple[float, float]] = FIXTURE_AREA) -> list[str]:
+    """H3 cells covering a lon/lat box."""
+    import h3
+
+    (lon0, lat0), (lon1, lat1) = area
+    box = h3.LatLngPoly([(lat0, lon0), (lat0, lon1), (lat1, lon1), (lat1, lon0)])
+    return sorted(h3.polygon_to_cells(box, h3_res))
+
+
+def make_partition_only_warehouse(root: Path, h3_res: int, cells: list[str] | None = None) -> str:
+    """A warehouse with only road_segments/_partitions.json (enough for ingest of non-pre-matched formats); its
+    partitions are `cells`, by default the cells of FIXTURE_AREA."""
+    cells = area_cells(h3_res) if cells is None else cells
     (root / "road_segments").mkdir(parents=True, exist_ok=True)
-    (root / "road_segments" / "_partitions.json").write_text(json.dumps({"h3_res": h3_res, "partitions": []}))
+    (root / "road_segments" / "_partitions.json").write_text(json.dumps(
+        {"h3_res": h3_res, "partitions": [{"cell": c} for c in cells]}))
     return str(root)
 
 
