@@ -8,9 +8,12 @@ A verb module exposes `add_arguments(parser)` and `cli(args) -> int`. Errors the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import time
+from pathlib import Path
 
 from speedprofile.errors import UserError
 from speedprofile.warehouse import default_warehouse
@@ -58,10 +61,40 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+LOG4J_FILE_CONF = Path(__file__).resolve().parents[1] / "conf" / "log4j2-file.properties"
+NO_IN_PROCESS_SPARK = ("speedprofile.run", "speedprofile.demo", "speedprofile.stages", "speedprofile.status")
+
+
+@contextlib.contextmanager
+def spark_log_to_file(args: argparse.Namespace):
+    """A Spark session started in this process by the verb logs to a file (its path printed at the end), not to
+    the console. `run` is left alone: its spark-submits write their own stage logs."""
+    if args._module in NO_IN_PROCESS_SPARK or not LOG4J_FILE_CONF.is_file() or os.environ.get("SPEEDPROFILE_SPARK_CONSOLE_LOG"):
+        yield
+        return
+    from speedprofile.run import default_log_dir
+
+    verb = "_".join(filter(None, [getattr(args, "verb", None), getattr(args, "subverb", None)])) or "speedprofile"
+    log = Path(default_log_dir(args.warehouse)) / f"{verb}_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}.log"
+    before = os.environ.get("SPARK_SUBMIT_OPTS")
+    os.environ["SPARK_SUBMIT_OPTS"] = " ".join(filter(None, [
+        before, f"-Dlog4j2.configurationFile=file:{LOG4J_FILE_CONF}", f"-Dspeedprofile.log.file={log}"]))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SPARK_SUBMIT_OPTS", None)
+        else:
+            os.environ["SPARK_SUBMIT_OPTS"] = before
+        if log.is_file() and log.stat().st_size:
+            print(f"Spark log: {log}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
-        return int(importlib.import_module(args._module).cli(args) or 0)
+        with spark_log_to_file(args):
+            return int(importlib.import_module(args._module).cli(args) or 0)
     except UserError as exc:
         print(f"speedprofile: error: {exc}", file=sys.stderr)
         return 2
