@@ -27,11 +27,13 @@ SECRETS = {
     "vault_minio_root_password": "root-password-123",
     "vault_s3_access_key": "s3-key-id-test",
     "vault_s3_secret_key": "s3-secret-test-XYZ",
-    "vault_airflow_db_password": "db p@ss/w:rd",
+    "vault_airflow_db_password": "db p@ss/w:rd 42",
     "vault_airflow_admin_password": "admin-password-123",
     "vault_publish_db_password": "publish-password-123",
-    "vault_airflow_jwt_secret": "jwt-secret-0123456789abcdef",
-    "vault_airflow_api_secret_key": "api-secret-0123456789abcdef",
+    "vault_airflow_jwt_secret": "jwt-secret-0123456789abcdef0123456789",
+    "vault_airflow_api_secret_key": "api-secret-0123456789abcdef0123456789",
+    "vault_spark_auth_secret": "spark-rpc-secret-0123456789abcdef01234",
+    "vault_spark_ui_secret_key": "c3BhcmstdWkta2V5LWZvci10ZXN0cy0wMTIzNDU2Nzg5YWJj",
 }
 RENDER_HOSTS = ["pi-head", "pi-w01", "pi-w05"]  # head (8 GB), an 8 GB worker, a 4 GB worker
 
@@ -243,7 +245,30 @@ def test_rendered_spark_defaults_point_at_the_master_and_the_s3a_warehouse(rende
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith("EnvironmentVariableCredentialsProvider")
     assert conf["spark.pyspark.python"] == "/opt/speedprofile/venv/bin/python"
-    assert not any("secret" in k.lower() or "access.key" in k.lower() for k in conf)
+    assert not any("s3a" in k and ("secret" in k.lower() or "access.key" in k.lower()) for k in conf)
+    assert SECRETS["vault_s3_secret_key"] not in (rendered / "pi-head/etc/spark/spark-defaults.conf").read_text()
+
+
+def test_rendered_spark_conf_authenticates_and_encrypts_rpc_and_guards_the_uis(rendered):
+    for host in RENDER_HOSTS:
+        path = rendered / host / "etc/spark/spark-defaults.conf"
+        conf = parse_conf(path)
+        assert conf["spark.authenticate"] == "true"
+        assert conf["spark.authenticate.secret"] == SECRETS["vault_spark_auth_secret"]
+        assert conf["spark.network.crypto.enabled"] == "true"
+        assert conf["spark.master.rest.enabled"] == "false"
+        assert conf["spark.ui.filters"] == "org.apache.spark.ui.JWSFilter"
+        assert conf["spark.org.apache.spark.ui.JWSFilter.param.secretKey"] == SECRETS["vault_spark_ui_secret_key"]
+        # it holds the secret: readable by the spark group only, never by other local users
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        for other in ("spark-env.sh", "s3a.env"):
+            assert SECRETS["vault_spark_auth_secret"] not in (rendered / host / "etc/spark" / other).read_text()
+    # the daemons read it from SPARK_CONF_DIR; the secret is never on their command line
+    for unit in (rendered / "pi-head/etc/systemd/system/spark-master.service",
+                 rendered / "pi-w01/etc/systemd/system/spark-worker.service"):
+        text = unit.read_text()
+        assert re.search(r"^Environment=SPARK_CONF_DIR=\S*/etc/spark$", text, re.M)
+        assert SECRETS["vault_spark_auth_secret"] not in text and "authenticate" not in text
 
 
 def test_credentials_only_in_the_restricted_env_file(rendered):
@@ -334,3 +359,81 @@ def test_stage_apps_accept_an_s3a_warehouse():
     assert wh.partition_path(args.warehouse, "probes", dt="2026-01-05", partition="871e9a0ecffffff") == (
         "s3a://speedprofile/warehouse/probes/dt=2026-01-05/partition=871e9a0ecffffff"
     )
+
+
+# ---- passwords into PostgreSQL, never as SQL text ------------------------------------------------------------
+
+# A password that breaks out of a pasted '...' literal and would run its own statement.
+HOSTILE_PASSWORD = "pa'ss; CREATE ROLE pwned SUPERUSER LOGIN; --\\ \"x\" $$ :'y'"
+
+
+def scram_matches(verifier: str, password: str) -> bool:
+    """True when a PostgreSQL SCRAM-SHA-256 verifier (pg_authid.rolpassword) was made from `password`."""
+    import base64
+    import hashlib
+    import hmac
+
+    m = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", verifier or "")
+    assert m, f"not a SCRAM verifier: {verifier!r}"
+    iterations, salt, stored = int(m.group(1)), base64.b64decode(m.group(2)), base64.b64decode(m.group(3))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return hashlib.sha256(client_key).digest() == stored
+
+
+@pytest.fixture(scope="module")
+def private_postgres():
+    """A PostgreSQL cluster of its own (roles and databases created here never reach other tests)."""
+    from tests.plugins.serve import PrivateCluster, pg_bindir
+
+    bindir = pg_bindir()
+    assert bindir is not None and (bindir / "psql").exists(), "PostgreSQL binaries missing (make setup installs them)"
+    cluster = PrivateCluster(bindir)
+    try:
+        dsn = cluster.start()
+        yield dsn, cluster.port, bindir
+    finally:
+        cluster.stop()
+
+
+def role_password(dsn: str, role: str) -> str | None:
+    import psycopg2
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def test_airflow_role_sets_any_password_without_sql_text(private_postgres):
+    dsn, port, bindir = private_postgres
+    sql = (ANSIBLE / "roles/airflow/files/set-role-password.sql").read_text()
+    tasks = (ANSIBLE / "roles/airflow/tasks/postgres.yml").read_text()
+    assert "PASSWORD '" not in tasks and "lookup('ansible.builtin.file', 'set-role-password.sql')" in tasks
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres",
+           "SPEEDPROFILE_ROLE_PASSWORD": HOSTILE_PASSWORD}
+    for _ in range(2):  # creates the role, then (idempotent) only updates its password
+        proc = subprocess.run([str(bindir / "psql"), "-v", "ON_ERROR_STOP=1", "-qAt", "-v", "role_name=air flow",
+                               "-d", "postgres"], input=sql, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    assert role_password(dsn, "pwned") is None
+    assert scram_matches(role_password(dsn, "air flow"), HOSTILE_PASSWORD)
+    # without the password in the environment the run fails instead of setting an empty one
+    env.pop("SPEEDPROFILE_ROLE_PASSWORD")
+    proc = subprocess.run([str(bindir / "psql"), "-v", "ON_ERROR_STOP=1", "-qAt", "-v", "role_name=other",
+                           "-d", "postgres"], input=sql, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and role_password(dsn, "other") is None
+
+
+def test_compose_postgres_init_sets_any_password_without_sql_text(private_postgres):
+    dsn, port, bindir = private_postgres
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "POSTGRES_USER": "postgres",
+           "POSTGRES_DB": "postgres", "AIRFLOW_DB_PASSWORD": HOSTILE_PASSWORD,
+           "SPEEDPROFILE_DB_PASSWORD": HOSTILE_PASSWORD[::-1], "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    script = REPO / "infra" / "docker" / "postgres-init.sh"
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert role_password(dsn, "pwned") is None
+    assert scram_matches(role_password(dsn, "airflow"), HOSTILE_PASSWORD)
+    assert scram_matches(role_password(dsn, "speedprofile"), HOSTILE_PASSWORD[::-1])
+    assert "${" not in script.read_text().split("<<'SQL'", 1)[1]  # nothing of the environment pasted into the SQL
