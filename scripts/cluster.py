@@ -3,9 +3,12 @@
 
 Every daemon runs in its own process group (setsid) with its PID recorded in `<state-dir>/cluster.json` and its
 log in `<state-dir>/logs/`; stopping kills exactly those process groups (the worker's group also holds the
-executors and Python workers it launched). Used by `make cluster-test` and usable by hand:
+executors and Python workers it launched). With `--auth` the cluster runs as the Raspberry Pi roles render it:
+RPC authentication with a shared secret and AES-encrypted RPC (`spark.authenticate`, `spark.network.crypto`),
+web UIs behind Spark's JWS filter; the secret lives in `<state-dir>/conf/spark-defaults.conf` (mode 0600), which
+clients use as their SPARK_CONF_DIR. Used by `make cluster-test` and usable by hand:
 
-    .venv/bin/python scripts/cluster.py start --state-dir /tmp/sp-cluster --workers 2
+    .venv/bin/python scripts/cluster.py start --state-dir /tmp/sp-cluster --workers 2 [--auth]
     .venv/bin/python scripts/cluster.py status --state-dir /tmp/sp-cluster
     .venv/bin/python scripts/cluster.py stop --state-dir /tmp/sp-cluster
 """
@@ -13,8 +16,12 @@ executors and Python workers it launched). Used by `make cluster-test` and usabl
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+# The repository's local-run settings (quiet logging, small shuffles); an --auth cluster's conf dir starts from them.
+REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def spark_home() -> Path:
@@ -47,9 +56,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get_json(url: str, timeout: float = 5.0) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def get_json(url: str, timeout: float = 5.0, token: str | None = None) -> object:
+    """GET a JSON document; `token` is sent as `Authorization: Bearer` (UIs behind the JWS filter)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read().decode("utf-8"))
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jws_token(key_b64url: str, subject: str = "speedprofile") -> str:
+    """An HS256-signed JWS (compact form) that Spark's org.apache.spark.ui.JWSFilter accepts for this key."""
+    key = base64.urlsafe_b64decode(key_b64url + "=" * (-len(key_b64url) % 4))
+    head = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = _b64url(json.dumps({"sub": subject}, separators=(",", ":")).encode())
+    sig = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64url(sig)}"
+
+
+def auth_properties(secret: str, ui_key: str | None = None) -> dict[str, str]:
+    """Spark properties of an authenticated, encrypted standalone cluster (daemons and clients alike)."""
+    props = {
+        "spark.authenticate": "true",
+        "spark.authenticate.secret": secret,
+        "spark.network.crypto.enabled": "true",
+        "spark.master.rest.enabled": "false",
+    }
+    if ui_key:
+        props["spark.ui.filters"] = "org.apache.spark.ui.JWSFilter"
+        props["spark.org.apache.spark.ui.JWSFilter.param.secretKey"] = ui_key
+    return props
+
+
+def write_properties(path: Path, props: dict[str, str], base: str = "") -> Path:
+    """A spark-defaults style file (`base` text, then props) readable by its owner only (it holds the secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(base)
+        fh.writelines(f"{k} {v}\n" for k, v in props.items())
+    os.chmod(path, 0o600)
+    return path
 
 
 def pid_alive(pid: int) -> bool:
@@ -85,6 +134,39 @@ class Cluster:
     master: Daemon | None = None
     workers: list[Daemon] = field(default_factory=list)
     killed: list[dict] = field(default_factory=list)
+    auth: bool = False
+
+    # ---- security ---------------------------------------------------------------------------------------------
+    @property
+    def conf_dir(self) -> Path:
+        """SPARK_CONF_DIR for daemons and clients of an --auth cluster (spark-defaults.conf with the secret)."""
+        return Path(self.state_dir) / "conf"
+
+    def _properties(self) -> dict[str, str]:
+        conf = self.conf_dir / "spark-defaults.conf"
+        props = {}
+        for line in conf.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                key, _, value = line.partition(" ")
+                props[key] = value.strip()
+        return props
+
+    @property
+    def ui_token(self) -> str | None:
+        """Bearer token for the daemons' web UIs (None without --auth)."""
+        if not self.auth:
+            return None
+        return jws_token(self._properties()["spark.org.apache.spark.ui.JWSFilter.param.secretKey"])
+
+    def _write_auth_conf(self) -> None:
+        secret = secrets.token_hex(32)
+        ui_key = _b64url(secrets.token_bytes(32))
+        base = ""
+        if (REPO_CONF / "spark-defaults.conf").is_file():
+            base = (REPO_CONF / "spark-defaults.conf").read_text() + "\n"
+        write_properties(self.conf_dir / "spark-defaults.conf", auth_properties(secret, ui_key), base)
+        if (REPO_CONF / "log4j2.properties").is_file():
+            (self.conf_dir / "log4j2.properties").write_text((REPO_CONF / "log4j2.properties").read_text())
 
     # ---- life cycle -------------------------------------------------------------------------------------------
     @property
@@ -108,6 +190,8 @@ class Cluster:
         env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         # Small daemons: the machine is shared; executors get their memory from --memory / spark.executor.memory.
         env.setdefault("SPARK_DAEMON_MEMORY", "256m")
+        if self.auth:
+            env["SPARK_CONF_DIR"] = str(self.conf_dir)
         return env
 
     def _spawn(self, role: str, main_class: str, args: list[str], port: int, webui_port: int) -> Daemon:
@@ -121,6 +205,7 @@ class Cluster:
             f"{spark_home() / 'conf'}{os.pathsep}{spark_home() / 'jars'}/*",
             main_class,
             *args,
+            *(["--properties-file", str(self.conf_dir / "spark-defaults.conf")] if self.auth else []),
         ]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -175,7 +260,7 @@ class Cluster:
                 if not pid_alive(d.pid):
                     raise RuntimeError(f"{d.role} (pid {d.pid}) exited during start-up; see {d.log}:\n{tail(d.log)}")
             try:
-                state = get_json(self.master_json_url)
+                state = get_json(self.master_json_url, token=self.ui_token)
             except (OSError, ValueError) as exc:  # not listening yet / UI still starting
                 last = exc
                 time.sleep(0.5)
@@ -192,6 +277,8 @@ class Cluster:
 
     def start(self, workers: int = 2, cores: int = 1, memory: str = "1g", timeout: float = 120.0) -> Cluster:
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        if self.auth:
+            self._write_auth_conf()
         self.start_master()
         try:
             for _ in range(workers):
@@ -216,23 +303,24 @@ class Cluster:
     def worker_running_tasks(self, driver_ui: str) -> tuple[Daemon, dict] | None:
         """While a stage of the app behind `driver_ui` is part-way through (some tasks done, some running), the
         worker whose executor is running one of them, with that stage's REST record; None otherwise."""
-        apps = get_json(f"{driver_ui}/api/v1/applications")
+        token = self.ui_token
+        apps = get_json(f"{driver_ui}/api/v1/applications", token=token)
         if not apps:
             return None
         app_id = apps[0]["id"]  # type: ignore[index]
-        stages = get_json(f"{driver_ui}/api/v1/applications/{app_id}/stages?status=active")
+        stages = get_json(f"{driver_ui}/api/v1/applications/{app_id}/stages?status=active", token=token)
         mid = [s for s in stages if s["numActiveTasks"] > 0 and s["numCompleteTasks"] > 0]  # type: ignore[union-attr]
         if not mid:
             return None
         busy = {
             str(e["id"])
-            for e in get_json(f"{driver_ui}/api/v1/applications/{app_id}/executors")  # type: ignore[union-attr]
+            for e in get_json(f"{driver_ui}/api/v1/applications/{app_id}/executors", token=token)  # type: ignore[union-attr]
             if e["id"] != "driver" and e.get("isActive") and e.get("activeTasks", 0) > 0
         }
         for w in self.workers:
             if not pid_alive(w.pid):
                 continue
-            ws = get_json(f"http://{HOST}:{w.webui_port}/json/")
+            ws = get_json(f"http://{HOST}:{w.webui_port}/json/", token=token)
             if any(str(e["id"]) in busy and e.get("appid") == app_id for e in ws.get("executors", [])):  # type: ignore[union-attr]
                 return w, mid[0]
         return None
@@ -286,7 +374,7 @@ class Cluster:
 
     # ---- inspection -------------------------------------------------------------------------------------------
     def state(self) -> dict:
-        return get_json(self.master_json_url)  # type: ignore[return-value]
+        return get_json(self.master_json_url, token=self.ui_token)  # type: ignore[return-value]
 
     def save(self) -> None:
         path = Path(self.state_dir) / "cluster.json"
@@ -300,6 +388,7 @@ class Cluster:
             master=Daemon(**raw["master"]) if raw.get("master") else None,
             workers=[Daemon(**w) for w in raw.get("workers", [])],
             killed=raw.get("killed", []),
+            auth=raw.get("auth", False),
         )
 
 
@@ -317,15 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cores", type=int, default=1, help="cores per worker")
     p.add_argument("--memory", default="1g", help="memory per worker")
+    p.add_argument("--auth", action="store_true",
+                   help="RPC authentication + encryption, UIs behind the JWS filter (secret in <state-dir>/conf)")
     args = p.parse_args(argv)
     state_file = Path(args.state_dir) / "cluster.json"
     if args.action == "start":
         if state_file.exists() and any(pid_alive(d.pid) for d in _daemons(Cluster.load(args.state_dir))):
             print(f"error: a cluster recorded in {state_file} is still running; stop it first", file=sys.stderr)
             return 2
-        c = Cluster(state_dir=str(Path(args.state_dir).resolve()))
+        c = Cluster(state_dir=str(Path(args.state_dir).resolve()), auth=args.auth)
         c.start(workers=args.workers, cores=args.cores, memory=args.memory)
         print(f"master {c.url} (web UI http://{HOST}:{c.master.webui_port}, pid {c.master.pid})")  # type: ignore[union-attr]
+        if c.auth:
+            print(f"clients: SPARK_CONF_DIR={c.conf_dir}; UI header: Authorization: Bearer {c.ui_token}")
         for w in c.workers:
             print(f"{w.role} {w.worker_id} (pid {w.pid}, web UI http://{HOST}:{w.webui_port})")
         return 0

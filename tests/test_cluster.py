@@ -1,13 +1,18 @@
-"""A real Spark standalone cluster on 127.0.0.1 (master + 2 workers from pyspark's jars): jobs submitted to it give
-the same output as local mode, also when one worker is killed while a stage is running.
+"""A real Spark standalone cluster on 127.0.0.1 (master + 2 workers from pyspark's jars), secured like the Pi
+cluster (RPC authentication and encryption, UIs behind a token): a client without the secret is refused; jobs
+submitted with it give the same output as local mode, also when one worker is killed while a stage is running.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -45,13 +50,90 @@ def test_smoke_job_on_cluster_equals_local(standalone_cluster, smoke_local, tmp_
     t0 = time.time()
     run_logged(
         spark_submit_cmd(standalone_cluster.url, SMOKE_JOB, ["--out", str(tmp_path / "out")]),
-        tmp_path / "submit.log",
+        tmp_path / "submit.log", conf_dir=standalone_cluster.conf_dir,
     )
     standalone_cluster.log(f"smoke job on {standalone_cluster.url} finished in {time.time() - t0:.1f}s")
     # Both workers' executors took part.
     executors = {e["worker_id"] for e in finished_executors(standalone_cluster)}
     assert executors == {w.worker_id for w in standalone_cluster.workers}
     pd.testing.assert_frame_equal(read_sorted(tmp_path / "out", ["key"]), read_sorted(smoke_local, ["key"]))
+
+
+# ---- security -------------------------------------------------------------------------------------------------
+
+
+def master_log(cluster) -> str:
+    return Path(cluster.master.log).read_text(errors="replace")
+
+
+@pytest.mark.parametrize("secret", [None, "not-the-cluster-secret-0123456789abcdef"], ids=["no-secret", "wrong-secret"])
+def test_master_refuses_a_client_without_the_secret(standalone_cluster, tmp_path, secret):
+    mod = load_cluster_module()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    if secret:
+        mod.write_properties(conf / "spark-defaults.conf", mod.auth_properties(secret))
+    state = standalone_cluster.state()
+    apps_before = {a["id"] for a in state["activeapps"] + state["completedapps"]}
+    log_before = len(master_log(standalone_cluster))
+    cmd = spark_submit_cmd(standalone_cluster.url, SMOKE_JOB, ["--out", str(tmp_path / "out")])
+    with open(tmp_path / "submit.log", "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env(conf), cwd=REPO,
+                                start_new_session=True)
+        try:
+            # The client retries its registration for about a minute; the refused handshake shows at once, in
+            # the client's log (bootstrap failed) and, for a client without auth, in the master's log.
+            deadline, refused = time.time() + 180, ""
+            while time.time() < deadline and proc.poll() is None and not refused:
+                client = (tmp_path / "submit.log").read_text(errors="replace")
+                m = re.search(r".*(Exception while bootstrapping client|Failed to connect to master).*", client)
+                refused = m.group(0) if m else ""
+                time.sleep(0.5)
+            server = master_log(standalone_cluster)[log_before:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    standalone_cluster.log(f"client {'with a wrong secret' if secret else 'without a secret'} refused: {refused[:160]}")
+    assert refused, "the master logged no refusal; client log:\n" + (tmp_path / "submit.log").read_text()[-3000:]
+    if secret is None:
+        assert re.search(r"Expected SaslMessage|AuthRpcHandler", server), server[-3000:]
+    new_log = master_log(standalone_cluster)[log_before:]
+    assert "Registering app" not in new_log and "Launching executor" not in new_log
+    state = standalone_cluster.state()
+    assert {a["id"] for a in state["activeapps"] + state["completedapps"]} == apps_before
+    assert not (tmp_path / "out").exists()
+
+
+def test_client_with_the_secret_runs_and_the_conf_holds_it_privately(standalone_cluster, tmp_path):
+    conf = Path(standalone_cluster.conf_dir) / "spark-defaults.conf"
+    assert conf.stat().st_mode & 0o077 == 0, "the secret must be readable by its owner only"
+    text = conf.read_text()
+    for line in ("spark.authenticate true", "spark.network.crypto.enabled true", "spark.master.rest.enabled false"):
+        assert line in text
+    before = {a["id"] for a in standalone_cluster.state()["completedapps"]}
+    run_logged(spark_submit_cmd(standalone_cluster.url, SMOKE_JOB, ["--out", str(tmp_path / "out")]),
+               tmp_path / "submit.log", conf_dir=standalone_cluster.conf_dir)
+    assert {a["id"] for a in standalone_cluster.state()["completedapps"]} - before
+    # The secret never appears on a command line of the cluster's processes (master, workers, executors).
+    secret = next(ln.split()[1] for ln in text.splitlines() if ln.startswith("spark.authenticate.secret "))
+    for pid in [standalone_cluster.master.pid, *[w.pid for w in standalone_cluster.workers]]:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert secret not in cmdline
+
+
+def test_web_uis_refuse_requests_without_the_token(standalone_cluster):
+    mod = load_cluster_module()
+    urls = [standalone_cluster.master_json_url,
+            *[f"http://127.0.0.1:{w.webui_port}/json/" for w in standalone_cluster.workers]]
+    for url in urls:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=10)
+        assert err.value.code in (401, 403), url
+        forged = mod.jws_token(mod._b64url(b"x" * 32))
+        with pytest.raises(urllib.error.HTTPError):
+            mod.get_json(url, token=forged)
+        assert isinstance(mod.get_json(url, token=standalone_cluster.ui_token), dict)
 
 
 def finished_executors(cluster) -> list[dict]:
@@ -61,7 +143,7 @@ def finished_executors(cluster) -> list[dict]:
     for w in cluster.workers:
         if not mod.pid_alive(w.pid):
             continue
-        ws = mod.get_json(f"http://127.0.0.1:{w.webui_port}/json/")
+        ws = mod.get_json(f"http://127.0.0.1:{w.webui_port}/json/", token=cluster.ui_token)
         for e in ws.get("finishedexecutors", []) + ws.get("executors", []):
             out.append({**e, "worker_id": w.worker_id})
     return out
@@ -74,7 +156,7 @@ def submit_and_kill_a_worker(cluster, cmd: list[str], log_path: Path, timeout: f
     """
     ui_port = next(c.split("=", 1)[1] for c in cmd if c.startswith("spark.ui.port="))
     with open(log_path, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env(), cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env(cluster.conf_dir), cwd=REPO)
         killed: dict = {}
 
         def watch():
@@ -206,9 +288,11 @@ def pipeline_local(pipeline_base, tmp_path_factory) -> Path:
     return wh
 
 
-def test_pipeline_on_cluster_equals_local_mode(standalone_cluster, pipeline_base, pipeline_local, tmp_path):
+def test_pipeline_on_cluster_equals_local_mode(standalone_cluster, pipeline_base, pipeline_local, tmp_path,
+                                               monkeypatch):
     from speedprofile.run import STAGES, run_stages
 
+    monkeypatch.setenv("SPARK_CONF_DIR", str(standalone_cluster.conf_dir))  # the cluster's secret
     base, cells = pipeline_base
     wh = fresh_copy(base, tmp_path / "wh")
     before = {a["id"] for a in standalone_cluster.state()["completedapps"]}
@@ -224,9 +308,11 @@ def test_pipeline_on_cluster_equals_local_mode(standalone_cluster, pipeline_base
     standalone_cluster.log(f"cluster output equals local mode: {rows}")
 
 
-def test_pipeline_survives_a_worker_killed_mid_stage(standalone_cluster, pipeline_base, pipeline_local, tmp_path):
+def test_pipeline_survives_a_worker_killed_mid_stage(standalone_cluster, pipeline_base, pipeline_local, tmp_path,
+                                                     monkeypatch):
     from speedprofile.run import run_stages
 
+    monkeypatch.setenv("SPARK_CONF_DIR", str(standalone_cluster.conf_dir))
     mod = load_cluster_module()
     base, cells = pipeline_base
     wh = fresh_copy(base, tmp_path / "wh")

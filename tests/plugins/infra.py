@@ -1,7 +1,9 @@
 """Shared pytest fixtures: infra — a real Spark standalone cluster (master + 2 workers) on 127.0.0.1.
 
 The daemons come from the installed pyspark's own jars (`scripts/cluster.py`); each runs in its own process
-group and is stopped by PID when the module's tests are done.
+group and is stopped by PID when the module's tests are done. The cluster is secured as the Raspberry Pi roles
+render it (RPC authentication + encryption, UIs behind the JWS filter): clients use its conf dir, which holds
+the secret.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def standalone_cluster(tmp_path_factory):
     mod = load_cluster_module()
     state = tmp_path_factory.mktemp("spark-cluster")
     log = ClusterLog(state / "cluster-test.log")
-    cluster = mod.Cluster(state_dir=str(state))
+    cluster = mod.Cluster(state_dir=str(state), auth=True)
     t0 = time.time()
     cluster.start(workers=2, cores=1, memory="1g")
     log(
@@ -83,8 +85,11 @@ def spark_submit_cmd(master: str, app: str | Path, args: list[str], conf: dict[s
     return [*cmd, str(app), *args]
 
 
-def submit_env() -> dict[str, str]:
+def submit_env(conf_dir: str | Path | None = None) -> dict[str, str]:
+    """Environment of a test spark-submit; `conf_dir` (SPARK_CONF_DIR) carries a secured cluster's secret."""
     env = dict(os.environ)
+    if conf_dir is not None:
+        env["SPARK_CONF_DIR"] = str(conf_dir)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
@@ -92,10 +97,12 @@ def submit_env() -> dict[str, str]:
     return env
 
 
-def run_logged(cmd: list[str], log_path: Path, timeout: float = 900.0) -> subprocess.CompletedProcess:
+def run_logged(cmd: list[str], log_path: Path, timeout: float = 900.0,
+               conf_dir: str | Path | None = None) -> subprocess.CompletedProcess:
     """Run a command with stdout+stderr to log_path; fail the test with the log's tail when it exits non-zero."""
     with open(log_path, "wb") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env(), timeout=timeout, cwd=REPO)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env(conf_dir), timeout=timeout,
+                              cwd=REPO)
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
         pytest.fail(f"{' '.join(cmd[:6])} ... exited {proc.returncode}; log {log_path}:\n{tail}")
