@@ -2,7 +2,9 @@
 
 Many partition-days go through one submit per stage (each app takes a date range and a cell list), so the JVM
 start-up is paid once per stage, not once per partition-day. Master: `--master`, else $SPEEDPROFILE_SPARK_MASTER,
-else whatever spark-defaults says (local[*] when nothing is configured).
+else whatever spark-defaults says (local[*] when nothing is configured). With `--remote sc://HOST:PORT` (or
+$SPEEDPROFILE_SPARK_REMOTE) each stage app is a Spark Connect client of a long-lived server (`speedprofile server
+start`): no JVM or Python worker pool is started per stage.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of: " + ", ".join(STAGES))
     p.add_argument("--master", default=os.environ.get("SPEEDPROFILE_SPARK_MASTER"), help="Spark master URL")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra spark-submit --conf")
+    p.add_argument("--remote", default=os.environ.get("SPEEDPROFILE_SPARK_REMOTE"),
+                   help="Spark Connect server URL sc://HOST:PORT (default $SPEEDPROFILE_SPARK_REMOTE; none: spark-submit)")
     for f in {f.param: f for s in STAGES for f in registered(s).flags}.values():
         p.add_argument(f.flag, type=type(f.default), default=f.default, help=f"{f.help} (default {f.default})")
     p.add_argument("--log-dir", default=None, help="where stage logs go (default <warehouse>/_logs; ./speedprofile-logs for s3a:// warehouses)")
@@ -62,10 +66,16 @@ def spark_submit() -> str:
 
 def stage_command(
     stage: str, warehouse: str, date: str, to_date: str, partitions: list[str],
-    master: str | None = None, confs: list[str] | None = None, window_weeks: int = 4,
+    master: str | None = None, confs: list[str] | None = None, window_weeks: int = 4, remote: str | None = None,
 ) -> list[str]:
-    """The spark-submit command line for one stage over a date range and a list of cells."""
-    cmd = [spark_submit()]
+    """The spark-submit command line for one stage over a date range and a list of cells (with `remote`: the app
+    run by this interpreter as a Spark Connect client; the server's own configuration applies)."""
+    if remote:
+        if master or confs:
+            raise UserError("--master/--conf do not apply with --remote: configure the Spark Connect server instead")
+        cmd = [sys.executable]
+    else:
+        cmd = [spark_submit()]
     if master:
         cmd += ["--master", master]
     for kv in confs or []:
@@ -83,10 +93,13 @@ def stage_command(
 LOCAL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def submit_env() -> dict[str, str]:
+def submit_env(remote: str | None = None) -> dict[str, str]:
     """Environment of a spark-submit: this interpreter for Python workers; the repo's conf/ (quiet logging,
-    small shuffle counts) unless the operator set SPARK_CONF_DIR (a cluster's rendered spark-defaults)."""
+    small shuffle counts) unless the operator set SPARK_CONF_DIR (a cluster's rendered spark-defaults). With
+    `remote`, SPARK_REMOTE makes the app a Spark Connect client of that server."""
     env = dict(os.environ)
+    if remote:
+        env["SPARK_REMOTE"] = remote
     if "SPARK_CONF_DIR" not in env and LOCAL_CONF_DIR.is_dir():
         env["SPARK_CONF_DIR"] = str(LOCAL_CONF_DIR)
     env.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -99,7 +112,7 @@ def submit_env() -> dict[str, str]:
 def run_stages(
     warehouse: str, date: str, to_date: str | None, partitions: list[str], stages: list[str] | tuple[str, ...] = STAGES,
     master: str | None = None, confs: list[str] | None = None, window_weeks: int = 4,
-    log_dir: str | None = None, echo=print, progress: bool = False,
+    log_dir: str | None = None, echo=print, progress: bool = False, remote: str | None = None,
 ) -> dict[str, float]:
     """Run the stages in order; returns seconds per stage. Raises UserError naming the log on failure.
     With `progress`, a bar (or plain lines off a terminal) counts stage x partition-days done, rows/s and ETA."""
@@ -115,13 +128,13 @@ def run_stages(
     todo = [s for s in STAGES if s in stages]
     bar = _StageProgress(warehouse, todo, [str(d) for d in days], partitions, echo) if progress else None
     for stage in todo:
-        cmd = stage_command(stage, warehouse, d0, d1, partitions, master, confs, window_weeks)
+        cmd = stage_command(stage, warehouse, d0, d1, partitions, master, confs, window_weeks, remote)
         log = logs / f"{stage}_{d0}_{d1}.log"
         t0 = time.monotonic()
         if bar:
             bar.start(stage, log)
         with open(log, "w") as fh:
-            rc = run_child(cmd, fh, submit_env(), stage)
+            rc = run_child(cmd, fh, submit_env(remote), stage)
         timings[stage] = time.monotonic() - t0
         if bar:
             bar.finish(stage, ok=rc == 0)
@@ -309,9 +322,9 @@ def _cli(args: argparse.Namespace) -> int:
         days = date_range(args.date, args.to_date)
         for stage in [s for s in STAGES if s in stages]:
             print(" ".join(stage_command(stage, args.warehouse, str(days[0]), str(days[-1]), partitions,
-                                         args.master, args.conf, args.window_weeks)))
+                                         args.master, args.conf, args.window_weeks, args.remote)))
         return 0
     timings = run_stages(args.warehouse, args.date, args.to_date, partitions, stages, args.master, args.conf,
-                         args.window_weeks, args.log_dir, progress=True)
+                         args.window_weeks, args.log_dir, progress=True, remote=args.remote)
     print(f"run: {len(timings)} stage(s) in {sum(timings.values()):.1f} s")
     return 0

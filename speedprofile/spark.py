@@ -7,95 +7,86 @@ spark-submit / spark-defaults, never from here.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 
 from pyspark.sql import DataFrame, SparkSession
 
 from schemas import TABLES, Table
+from speedprofile import storage
 from speedprofile import warehouse as wh
 
 
-def get_session(app_name: str) -> SparkSession:
-    """The active session (tests, spark-submit) or a new one; UTC, dynamic partition overwrite, Arrow on,
-    concurrent writers for partitioned writes."""
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        .config("spark.ui.showConsoleProgress", "false")
-    )
-    spark = builder.getOrCreate()
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
-    spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     # partitioned writes keep up to 16 folder writers open per task instead of sorting the task's rows by folder
     # (a partition-day job writes few folders; beyond 16 Spark falls back to the sort)
-    spark.conf.set("spark.sql.maxConcurrentOutputFileWriters", "16")
+    "spark.sql.maxConcurrentOutputFileWriters": "16",
+}
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect client session (no JVM in this process)."""
+    from pyspark.sql.utils import is_remote
+
+    return is_remote() or type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def get_session(app_name: str) -> SparkSession:
+    """The active session (tests, spark-submit, a Spark Connect client when SPARK_REMOTE is set) or a new one;
+    UTC, dynamic partition overwrite, Arrow on, concurrent writers for partitioned writes."""
+    from pyspark.sql.utils import is_remote
+
+    if is_remote():
+        # a long-lived Spark Connect server: no JVM start, no Python worker pool start; session confs only
+        spark = SparkSession.builder.getOrCreate()
+    else:
+        builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
+        for k, v in SESSION_CONF.items():
+            builder = builder.config(k, v)
+        spark = builder.getOrCreate()
+    for k, v in SESSION_CONF.items():
+        spark.conf.set(k, v)
     return spark
 
 
-def _fs(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+def default_parallelism(spark: SparkSession) -> int:
+    """Task slots of the cluster (classic sessions ask the SparkContext; Connect clients read the conf)."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    for key in ("spark.default.parallelism", "spark.sql.leafNodeDefaultParallelism"):
+        try:
+            value = spark.conf.get(key, None)
+        except Exception:  # an unset conf without a default
+            value = None
+        if value:
+            return int(value)
+    return max(2, os.cpu_count() or 2)
 
 
-def exists(spark: SparkSession, path: str) -> bool:
-    fs, hpath = _fs(spark, path)
-    return bool(fs.exists(hpath))
+def exists(spark: SparkSession | None, path: str) -> bool:
+    return storage.exists(path)
 
 
-def delete(spark: SparkSession, path: str) -> None:
-    fs, hpath = _fs(spark, path)
-    if fs.exists(hpath):
-        fs.delete(hpath, True)
+def delete(spark: SparkSession | None, path: str) -> None:
+    storage.delete(path)
 
 
-def list_dir(spark: SparkSession, path: str) -> list[str]:
+def list_dir(spark: SparkSession | None, path: str) -> list[str]:
     """Names of the entries directly under path ([] if missing)."""
-    fs, hpath = _fs(spark, path)
-    if not fs.exists(hpath):
-        return []
-    return [st.getPath().getName() for st in fs.listStatus(hpath)]
+    return storage.list_dir(path)
 
 
-def read_text(spark: SparkSession, path: str) -> str:
-    if not wh.is_remote(path):
-        with open(path.removeprefix("file://")) as fh:
-            return fh.read()
-    fs, hpath = _fs(spark, path)
-    stream = fs.open(hpath)
-    try:
-        reader = spark.sparkContext._jvm.java.io.BufferedReader(
-            spark.sparkContext._jvm.java.io.InputStreamReader(stream, "UTF-8")
-        )
-        lines = []
-        while (line := reader.readLine()) is not None:
-            lines.append(line)
-        return "\n".join(lines)
-    finally:
-        stream.close()
+def read_text(spark: SparkSession | None, path: str) -> str:
+    return storage.read_text(path)
 
 
 def write_text(spark: SparkSession | None, path: str, text: str) -> None:
-    if not wh.is_remote(path):
-        import os
-
-        path = path.removeprefix("file://")
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path + ".tmp", "w") as fh:
-            fh.write(text)
-        os.replace(path + ".tmp", path)
-        return
-    assert spark is not None, "writing to a remote warehouse needs a Spark session"
-    fs, hpath = _fs(spark, path)
-    out = fs.create(hpath, True)
-    try:
-        out.write(bytearray(text.encode("utf-8")))
-    finally:
-        out.close()
+    storage.write_text(path, text)
 
 
 def empty_frame(spark: SparkSession, table: Table) -> DataFrame:
@@ -180,12 +171,8 @@ def write_metrics(
 
 
 def read_metrics(spark: SparkSession | None, warehouse: str, stage: str, dt: object, partition: str | None) -> dict | None:
-    path = wh.metrics_path(warehouse, stage, dt, partition)
     try:
-        if spark is None or not wh.is_remote(path):
-            with open(path.removeprefix("file://")) as fh:
-                return json.load(fh)
-        return json.loads(read_text(spark, path))
+        return json.loads(storage.read_text(wh.metrics_path(warehouse, stage, dt, partition)))
     except FileNotFoundError:
         return None
 

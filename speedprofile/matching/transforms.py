@@ -11,9 +11,10 @@ cell plus a ring-`HALO_K` halo, and keeps traversals of segments whose partition
 probes table (a traversal belongs to the piece whose owned time span contains its enter time) then makes every
 traversal appear exactly once across all partitions' jobs, without any job writing outside its partitions.
 
-The network reaches the Python workers as a broadcast (Arrow IPC bytes of the road_segments rows the job needs,
-read by the driver through Spark, so any Spark-readable warehouse works); each worker builds the routing
-structures of a home cell once per broadcast and reuses them for every piece homed there.
+The network reaches the Python workers inside the task function (Arrow IPC bytes of the road_segments rows the job
+needs, read by the driver through Spark, so any Spark-readable warehouse works; Spark ships a large function once,
+as a broadcast, and a Spark Connect server does the same); each worker decodes it once per job token and builds the
+routing structures of a home cell once, reusing them for every piece homed there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark import Broadcast, StorageLevel
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -77,8 +78,18 @@ def network_cells(partitions: Iterable[str]) -> list[str]:
     return sorted({c for h in read_cells(partitions) for c in _disk(h, HALO_K)})
 
 
-def network_broadcast(spark: SparkSession, warehouse: str, partitions: Iterable[str]) -> tuple[str, Broadcast]:
-    """(token, broadcast of Arrow IPC bytes): the road_segments rows of `network_cells`, read through Spark.
+class Network:
+    """The road_segments rows a job needs, as Arrow IPC bytes, and a token naming them in the workers' caches."""
+
+    def __init__(self, token: str, data: bytes) -> None:
+        self.token, self.value = token, data
+
+    def destroy(self) -> None:
+        self.value = b""
+
+
+def network_broadcast(spark: SparkSession, warehouse: str, partitions: Iterable[str]) -> tuple[str, Network]:
+    """(token, Network): the road_segments rows of `network_cells`, read through Spark.
 
     Rows are ordered by (partition, segment_id), the order `network build` writes them in, so every job builds
     the same routing structures for a home cell.
@@ -95,7 +106,8 @@ def network_broadcast(spark: SparkSession, warehouse: str, partitions: Iterable[
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return uuid.uuid4().hex, spark.sparkContext.broadcast(sink.getvalue().to_pybytes())
+    token = uuid.uuid4().hex
+    return token, Network(token, sink.getvalue().to_pybytes())
 
 
 def matcher_for(token: str, network, home: str, params: MatchParams) -> Matcher:
@@ -273,17 +285,20 @@ def match_tasks(spark: SparkSession) -> int:
     Each task pays a fixed cost (a Python round trip, one cached block, one output file per partition written),
     while matching a piece costs milliseconds; the result is cached, so adaptive execution cannot coalesce it."""
     shuffle = int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
-    return max(1, min(shuffle, 2 * spark.sparkContext.defaultParallelism))
+    from speedprofile.spark import default_parallelism
+
+    return max(1, min(shuffle, 2 * default_parallelism(spark)))
 
 
-def match_traces(probes: DataFrame, network: tuple[str, Broadcast], partitions: Iterable[str],
+def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: Iterable[str],
                  params: MatchParams | None = None) -> DataFrame:
     """probes -> result rows (RESULT_DDL), persisted: one shuffle puts each piece's fixes in one task, which
     matches all its pieces in one Arrow pass. `network` comes from `network_broadcast` for the same partitions.
     The first action computes and caches the result (`result_counts`); later ones read the cache."""
     emit = frozenset(partitions)
     params = params or MatchParams()
-    token, bc = network
+    token, net = network
+    bc = Network(token, net.value)  # a copy travels with the function (the caller's is destroyed after the job)
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # a task gets whole pieces (the repartition keys); pieces may span batches, so take the task's rows at once
