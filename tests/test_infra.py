@@ -437,3 +437,66 @@ def test_compose_postgres_init_sets_any_password_without_sql_text(private_postgr
     assert scram_matches(role_password(dsn, "airflow"), HOSTILE_PASSWORD)
     assert scram_matches(role_password(dsn, "speedprofile"), HOSTILE_PASSWORD[::-1])
     assert "${" not in script.read_text().split("<<'SQL'", 1)[1]  # nothing of the environment pasted into the SQL
+
+
+# ---- secrets: no defaults, no examples, no placeholders ------------------------------------------------------
+
+
+def example_vault() -> dict[str, str]:
+    return yaml.safe_load((ANSIBLE / "inventory/example/group_vars/all/vault.yml.example").read_text())
+
+
+SECRET_MIN = {"vault_minio_root_user": 3, "vault_airflow_jwt_secret": 32, "vault_airflow_api_secret_key": 32,
+              "vault_spark_auth_secret": 32, "vault_spark_ui_secret_key": 43, "vault_s3_secret_key": 16}
+
+
+def test_roles_refuse_default_example_and_placeholder_secrets(tmp_path):
+    bad = {f"example {k}": (v, SECRET_MIN.get(k, 12)) for k, v in example_vault().items() if k != "vault_s3_access_key"}
+    bad |= {f"example.env {k}": (v, 12) for k, v in parse_env(EXAMPLE_ENV).items()
+            if "PASSWORD" in k or "SECRET" in k}
+    others = [("0" * 64, 32), ("minioadmin", 3), ("admin", 3), ("password", 8), ("Zq9-x", 12),
+              ("Real-but-CHANGEME-1234567890", 12), ("", 12), ("placeholder-for-the-real-one-xyz", 12)]
+    bad |= {f"default or short #{i}": case for i, case in enumerate(others)}  # labels never hold the value
+    good = {k: (v, SECRET_MIN.get(k, 12)) for k, v in SECRETS.items() if k != "vault_s3_access_key"}
+    good["random hex"] = ("9f2c4e1ab37d5c08e6f14a92b0d7c3e5a1f86b2d4c9e07a3f5b18d6e2c4a9071", 32)
+    cases, values = [], {}
+    for i, (label, (value, minimum)) in enumerate([*bad.items(), *good.items()]):
+        values[f"case_{i}"] = value
+        cases.append({"name": f"case_{i}", "vault": f"{'bad' if label in bad else 'good'}:{label}", "min": minimum})
+    (tmp_path / "vars.json").write_text(json.dumps({**values, "cases": cases}))
+    (tmp_path / "check.yml").write_text(yaml.safe_dump([{
+        "name": "Check secrets", "hosts": "localhost", "gather_facts": False, "connection": "local",
+        "tasks": [{"name": "Run the common secret checks", "ansible.builtin.include_role":
+                   {"name": "common", "tasks_from": "secrets.yml"}, "vars": {"common_secret_checks": "{{ cases }}"}}],
+    }]))
+    env = {**ansible_env(), "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles")}
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", str(tmp_path / "check.yml"),
+                           "-e", f"@{tmp_path / 'vars.json'}", "-e", f"ansible_python_interpreter={sys.executable}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    failed = set(re.findall(r"failed: \[localhost\] \(item=([^)]*)\)", out))
+    passed = set(re.findall(r"ok: \[localhost\] => \(item=([^)]*)\)", out))
+    assert failed == {f"bad:{k}" for k in bad}, out[-3000:]
+    assert passed == {f"good:{k}" for k in good}, out[-3000:]
+    for value, _ in bad.values():
+        if len(value) >= 10:  # shorter ones (admin, ...) occur in variable names
+            assert value not in out, "a refused secret was printed"
+
+
+def test_every_vault_secret_is_checked_by_a_role():
+    checked = set()
+    for tasks in ANSIBLE.glob("roles/*/tasks/*.yml"):
+        checked |= set(re.findall(r"vault[\"']?\s*:\s*[\"']?(vault_\w+)", tasks.read_text()))
+    secrets = set(example_vault()) - {"vault_s3_access_key"}
+    assert secrets <= checked, secrets - checked
+
+
+def test_render_refuses_the_example_vault(tmp_path):
+    (tmp_path / "vault.json").write_text(json.dumps(example_vault()))
+    proc = run([str(BIN / "ansible-playbook"), "render-config.yml", "--limit", "pi-head",
+                "-e", f"render_dir={tmp_path / 'out'}", "-e", f"@{tmp_path / 'vault.json'}",
+                "-e", f"ansible_python_interpreter={sys.executable}"], timeout=600)
+    assert proc.returncode != 0
+    assert "vault_spark_auth_secret" in proc.stdout and "placeholder" in proc.stdout
+    assert not (tmp_path / "out" / "pi-head" / "etc" / "spark" / "spark-defaults.conf").exists()
