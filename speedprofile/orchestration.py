@@ -159,10 +159,10 @@ def publish_partition(warehouse: str, cell: str) -> str:
         raise AirflowSkipException(f"no PostGIS DSN configured (connection {POSTGIS_CONN_ID} or ${DSN_ENV}): "
                                    "publish skipped")
     exe = Path(sys.executable).with_name("speedprofile")
-    cmd = [str(exe) if exe.exists() else "speedprofile", "publish", "--warehouse", warehouse, "--dsn", dsn,
-           "--partition", cell]
+    cmd = [str(exe) if exe.exists() else "speedprofile", "publish", "--warehouse", warehouse, "--partition", cell]
     log.info("publishing partition %s to the DSN from %s", cell, source)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # the DSN (password included) goes through the environment: a command line is readable by every local user
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, DSN_ENV: dsn})
     for line in (proc.stdout + proc.stderr).splitlines():
         log.info("%s", line.replace(dsn, "<dsn>"))
     if proc.returncode != 0:

@@ -271,14 +271,24 @@ def publish(warehouse: str, dsn: str, partitions: Sequence[str] | None = None, s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn", required=True, help="PostgreSQL DSN, e.g. postgresql://user@localhost:5432/speeds")
+    p.add_argument("--dsn", default=None,
+                   help=f"PostgreSQL DSN, e.g. postgresql://user@localhost:5432/speeds (default: ${DSN_ENV}; keep a "
+                        "DSN holding a password in that variable: a command line is visible to other local users)")
     p.add_argument("--partition", default=None, help="comma-separated partition cells (default: all)")
     p.add_argument("--schema", default=DEFAULT_SCHEMA, help="PostgreSQL schema for the tables (default: %(default)s)")
 
 
+DSN_ENV = "SPEEDPROFILE_PG_DSN"
+
+
 def cli(args: argparse.Namespace) -> int:
+    import os
+
+    dsn = args.dsn or os.environ.get(DSN_ENV, "")
+    if not dsn:
+        raise UserError(f"no PostgreSQL DSN: set ${DSN_ENV} (or pass --dsn)")
     cells = [c.strip() for c in args.partition.split(",") if c.strip()] if args.partition else None
-    for r in publish(args.warehouse, args.dsn, cells, args.schema):
+    for r in publish(args.warehouse, dsn, cells, args.schema):
         rej = ", ".join(f"{k} {v}" for k, v in r["rejected"].items() if v) or "none"
         print(f"partition {r['partition']}: {r['segments_published']} segments, {r['rows_published']} estimates "
               f"published ({r['copy_rows_per_second']:,} rows/s COPY); rejected: {rej}")
