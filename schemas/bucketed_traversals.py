@@ -11,6 +11,7 @@ REJECT_REASONS = (
     "partial",              # is_complete = false: the segment was not driven end to end
     "duration_nonpositive", # duration_s <= 0 or exit <= enter
     "speed_implausible",    # speed_kph null/NaN or outside [MIN_PLAUSIBLE_KPH, MAX_PLAUSIBLE_KPH]
+    "low_confidence",       # confidence null or below MIN_CONFIDENCE (schemas.segment_traversals): unsure match
     "unknown_segment",      # segment_id not in road_segments of the partition
     "unknown_timezone",     # the segment's timezone is null or not an IANA zone
 )

@@ -12,6 +12,9 @@ REJECT_REASONS = (
 )
 MAX_PLAUSIBLE_KPH = 200.0
 MIN_PLAUSIBLE_KPH = 0.5
+# Traversals matched with a confidence below this are not bucketed (bucketed_traversals reject `low_confidence`).
+# 0.5 = the matcher preferred this road over its best rival by no more than a coin flip (see docs/matching.md).
+MIN_CONFIDENCE = 0.5
 
 SEGMENT_TRAVERSALS = Table(
     name="segment_traversals",
@@ -30,6 +33,8 @@ SEGMENT_TRAVERSALS = Table(
         Column("is_complete", "bool", "true when the segment was driven from its start to its end"),
         Column("n_fixes", "int32", "fixes matched onto the segment"),
         Column("match_source", "string", "'hmm' (map matched) or 'prematched' (link ids from the source)"),
+        Column("confidence", "float64", "0..1, how sure the match of this traversal is (1 for prematched); "
+               "below MIN_CONFIDENCE it is not bucketed"),
         Column("dt", "date", "probes dt of the trace piece"),
         Column("partition", "string", "partition of the segment (the piece may be homed in a neighbouring cell)"),
     ),

@@ -99,7 +99,7 @@ def test_row_accounting_per_reason(spark, bucketed_wh):
     m = read_metrics(None, str(agg_warehouse), "bucket_traversals", "2026-03-29", P)
     assert set(m["rejected"]) == set(REJECT_REASONS)
     assert m["rejected"] == {"missing_field": 0, "partial": 1, "speed_implausible": 1, "duration_nonpositive": 1,
-                             "unknown_segment": 1, "unknown_timezone": 1}
+                             "low_confidence": 1, "unknown_segment": 1, "unknown_timezone": 1}
     n_in = read_table(spark, str(agg_warehouse), "segment_traversals").groupBy("dt", "partition").count().collect()
     out = read_table(spark, str(agg_warehouse), "bucketed_traversals")
     for r in n_in:

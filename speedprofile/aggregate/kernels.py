@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.bucketed_traversals import BUCKET_MINUTES, N_BUCKETS
-from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_PLAUSIBLE_KPH
+from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_CONFIDENCE, MIN_PLAUSIBLE_KPH
 from schemas.speed_estimates import MIN_TRACES, SOURCES
 from schemas.speed_histograms import N_SPEED_BINS, SPEED_BIN_EDGES_KPH
 
@@ -98,6 +98,7 @@ def bucket_frame(traversals: pd.DataFrame, timezone_of: dict[int, str]) -> pd.Da
         traversals["is_complete"].fillna(False).astype(bool)
         & (traversals["duration_s"] > 0)
         & traversals["speed_kph"].between(MIN_PLAUSIBLE_KPH, MAX_PLAUSIBLE_KPH)
+        & (traversals["confidence"] >= MIN_CONFIDENCE)
         & traversals["segment_id"].isin(list(timezone_of))
     ].copy()
     enter = pd.to_datetime(ok["enter_time_utc"], utc=True, format="ISO8601")

@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from schemas.bucketed_traversals import BUCKET_MINUTES, BUCKETED_TRAVERSALS, N_BUCKETS
-from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_PLAUSIBLE_KPH
+from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_CONFIDENCE, MIN_PLAUSIBLE_KPH
 from schemas.speed_estimates import MIN_TRACES, SPEED_ESTIMATES
 from speedprofile.aggregate import kernels as K
 
@@ -39,6 +39,8 @@ def tag_rejects(traversals: DataFrame, segments: DataFrame, valid_timezones: Seq
               | (F.col("exit_time_utc") <= F.col("enter_time_utc")), "duration_nonpositive")
         .when(F.col("speed_kph").isNull() | F.isnan("speed_kph") | (F.col("speed_kph") < MIN_PLAUSIBLE_KPH)
               | (F.col("speed_kph") > MAX_PLAUSIBLE_KPH), "speed_implausible")
+        .when(F.col("confidence").isNull() | F.isnan("confidence") | (F.col("confidence") < MIN_CONFIDENCE),
+              "low_confidence")
         .when(F.col("_seg_partition").isNull(), "unknown_segment")
         .when(~F.col("timezone").isin(list(valid_timezones)) | F.col("timezone").isNull(), "unknown_timezone")
     )

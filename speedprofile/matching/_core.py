@@ -159,21 +159,35 @@ def find_candidates(px, py, radius, kmax, gx0, gy0, cell, ncy, grid_keys, grid_p
 
 
 @njit(cache=True, nogil=True)
-def thin_points(px, py, t, min_move, max_hold_s):
+def thin_points(px, py, t, min_move, max_hold_s, stay_s, stay_m):
     """Keep a point when it is at least min_move metres from the last kept one (or, when max_hold_s > 0, max_hold_s
-    later); first and last kept. A standstill thus collapses into its first fix; the caller keeps its duration."""
+    later); first and last kept. Once fixes have been seen within min_move of the last kept one for stay_s, the
+    vehicle is standing: the next point is kept only once it is stay_m away (standstill drift of the receiver is not movement). A standstill thus collapses
+    into its first fix; the caller keeps its duration."""
     n = px.shape[0]
     keep = np.zeros(n, np.bool_)
     if n == 0:
         return keep
     keep[0] = True
     last = 0
+    seen = t[0]  # last time a fix was seen near the last kept one
     for i in range(1, n):
         dx = px[i] - px[last]
         dy = py[i] - py[last]
-        if dx * dx + dy * dy >= min_move * min_move or (max_hold_s > 0.0 and t[i] - t[last] > max_hold_s):
+        d2 = dx * dx + dy * dy
+        if max_hold_s > 0.0 and t[i] - t[last] > max_hold_s:
             keep[i] = True
             last = i
+            seen = t[i]
+        elif d2 >= min_move * min_move:
+            if stay_s > 0.0 and seen - t[last] >= stay_s and d2 < stay_m * stay_m:
+                seen = t[i]
+                continue
+            keep[i] = True
+            last = i
+            seen = t[i]
+        else:
+            seen = t[i]
     keep[n - 1] = True
     return keep
 
@@ -282,8 +296,8 @@ def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, b
     skip_max_s. If none does, the path breaks at the first skipped point and matching resumes from there.
 
     Returns (chosen candidate per point or -1, predecessor point per point or -1 = chain start, break flags:
-    1 = time gap, 2 = no plausible transition, 3 = outlier skipped, route bound used per point). Points without
-    candidates are left out.
+    1 = time gap, 2 = no plausible transition, 3 = outlier skipped, route bound used per point, forward score per
+    point and candidate). Points without candidates are left out.
     """
     n = px.shape[0]
     kmax = cseg.shape[1]
@@ -425,7 +439,54 @@ def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, b
             if pj >= 0:
                 cur = back[j, cur]
             j = pj
-    return chosen, pred_pt, brk, pt_bound
+    return chosen, pred_pt, brk, pt_bound, score
+
+
+@njit(cache=True, nogil=True)
+def point_margin(order, chosen, score, cnt, cseg, pt_chain, leg_seg, leg_chain, nseg):
+    """Per matched point (in `order`): forward log-likelihood of the chosen candidate over the best rival, a
+    candidate on a segment that is not on the point's matched path (so neighbours along the path are no rivals; the
+    reverse twin is). +inf when there is no rival; negative when later fixes overruled the forward choice."""
+    on = np.full(nseg, -1, np.int64)
+    for k in range(leg_seg.shape[0]):
+        on[leg_seg[k]] = leg_chain[k]
+    m = order.shape[0]
+    margin = np.full(m, np.inf)
+    for q in range(m):
+        i = order[q]
+        sc = score[i, chosen[i]]
+        for b in range(cnt[i]):
+            if on[cseg[i, b]] != pt_chain[q]:
+                d = sc - score[i, b]
+                if d < margin[q]:
+                    margin[q] = d
+    return margin
+
+
+@njit(cache=True, nogil=True)
+def leg_confidence(leg_x0, leg_x1, leg_chain, pt_s, pt_chain, pt_conf):
+    """Confidence of each leg: the mean confidence of the matched points that place it, from the last point at or
+    before its start to the first point at or after its end, within its chain (points in path order)."""
+    nl = leg_x0.shape[0]
+    m = pt_s.shape[0]
+    out = np.zeros(nl, np.float64)
+    if m == 0:
+        return out
+    for k in range(nl):
+        lo = np.searchsorted(pt_s, leg_x0[k], side="right") - 1
+        hi = np.searchsorted(pt_s, leg_x1[k], side="left")
+        if lo < 0:
+            lo = 0
+        if hi > m - 1:
+            hi = m - 1
+        total = 0.0
+        cnt = 0
+        for q in range(lo, hi + 1):
+            if pt_chain[q] == leg_chain[k]:
+                total += pt_conf[q]
+                cnt += 1
+        out[k] = total / cnt if cnt else 0.0
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -3,6 +3,11 @@
 Accuracy per track = length of correctly matched arcs / length of the union of matched and true arcs (Newson &
 Krumm's route-overlap measure, directed: the reverse twin of a true arc is a miss), averaged weighted by the true
 route length. Throughput = matched points / CPU seconds of matching (graph loading timed separately).
+
+`--folds K` adds k-fold cross-validation: the tracks are dealt into K folds (in id order, round robin); for each
+fold the parameter set of a small grid with the best accuracy on the other folds is chosen and scored on that
+fold only. Parameters that only help the tracks they were chosen on show up as a gap between the training and the
+held-out accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of track folders NNNNNNNN/NNNNNNNN.{nodes,arcs,track,route}[.gz]")
     parser.add_argument("--tracks", default=None, help="comma-separated track ids (default: all in DIR)")
     parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/results/bench_match.json)")
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="also cross-validate: tune on K-1 folds of the tracks, score on the K-th (K >= 2)")
+    parser.add_argument("--grid", default=None, metavar="JSON",
+                        help='parameter grid for --folds, e.g. \'{"sigma_m": [7, 10, 13]}\' (default: CV_GRID)')
+
+
+# Parameter grid searched by --folds (every combination; the defaults are one of them).
+CV_GRID = {
+    "radius_m": [40.0, 50.0],
+    "sigma_m": [7.0, 10.0, 13.0],
+    "beta_per_m": [0.1, 0.15, 0.25],
+    "skip_max_s": [0.0, 30.0],
+    "stay_s": [0.0, 30.0],
+}
 
 
 def _read_tsv(path: str, ncols: int) -> np.ndarray:
@@ -153,6 +172,86 @@ def run(root: str, tracks: list[str], params=None, out=print) -> dict:
     return summary
 
 
+def _grid(spec: str | None) -> list[dict]:
+    """Every combination of the grid's values (JSON object of lists, or CV_GRID) as MatchParams keyword sets."""
+    import itertools
+
+    from speedprofile.matching.kernel import MatchParams
+
+    grid = CV_GRID
+    if spec is not None:
+        try:
+            grid = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--grid: not JSON ({exc.msg})") from None
+        if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+            raise UserError("--grid: expected a JSON object of non-empty lists, e.g. {\"sigma_m\": [7, 10]}")
+    known = set(MatchParams.__dataclass_fields__)
+    unknown = sorted(set(grid) - known)
+    if unknown:
+        raise UserError(f"--grid: unknown parameter {', '.join(unknown)} (see MatchParams)")
+    keys = sorted(grid)
+    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))]
+    for kw in combos:
+        try:
+            MatchParams(**kw)
+        except TypeError as exc:
+            raise UserError(f"--grid: {exc}") from None
+    return combos
+
+
+def cross_validate(root: str, tracks: list[str], folds: int, combos: list[dict], out=print) -> dict:
+    """k-fold CV over the tracks: per fold, the grid point best on the other folds, scored on this fold."""
+    from speedprofile.matching.kernel import Matcher, MatchParams
+
+    if folds < 2 or folds > len(tracks):
+        raise UserError(f"--folds {folds}: need 2 <= K <= number of tracks ({len(tracks)})")
+    nc = len(combos)
+    correct = np.zeros((nc, len(tracks)))
+    union = np.zeros((nc, len(tracks)))
+    true_len = np.zeros(len(tracks))
+    for j, tid in enumerate(tracks):
+        net, lon, lat, t, route = load_track(root, tid)
+        tt = t - t[0] if len(t) else t
+        for c, kw in enumerate(combos):
+            pm = Matcher(net, MatchParams(**kw)).match_points(lon, lat, tt)
+            matched = pm.legs["seg_index"].to_numpy() if len(pm.legs) else np.zeros(0, np.int64)
+            correct[c, j], union[c, j], true_len[j] = route_overlap(matched, route, net.seg_len)
+    acc = np.divide(correct, union, out=np.zeros_like(correct), where=union > 0)
+    fold_of = np.arange(len(tracks)) % folds
+
+    def weighted(c: int, mask: np.ndarray) -> float:
+        w = true_len[mask]
+        return float((acc[c, mask] * w).sum() / w.sum()) if w.sum() > 0 else 0.0
+
+    rows = []
+    held_out = np.zeros(len(tracks))
+    out(f"{'fold':>4} {'tracks':>6} {'train':>7} {'test':>7}  chosen parameters")
+    for f in range(folds):
+        test = fold_of == f
+        train = ~test
+        best = max(range(nc), key=lambda c: (weighted(c, train), -c))
+        held_out[test] = acc[best, test]
+        row = {"fold": f, "tracks": [tracks[j] for j in np.nonzero(test)[0]], "params": combos[best],
+               "train_accuracy": round(weighted(best, train), 5), "test_accuracy": round(weighted(best, test), 5)}
+        rows.append(row)
+        out(f"{f:>4} {int(test.sum()):>6} {row['train_accuracy']:>7.4f} {row['test_accuracy']:>7.4f}  "
+            f"{json.dumps(combos[best])}")
+    tests = [r["test_accuracy"] for r in rows]
+    worst = int(np.argmin(held_out))
+    return {
+        "folds": folds,
+        "grid_size": nc,
+        "mean_accuracy": round(float(np.mean(tests)), 5),
+        "worst_fold_accuracy": round(float(np.min(tests)), 5),
+        "pooled_accuracy": round(float((held_out * true_len).sum() / true_len.sum()), 5) if true_len.sum() else 0.0,
+        "min_track": {"track": tracks[worst], "accuracy": round(float(held_out[worst]), 5)},
+        "tracks_below_0_90": [tracks[j] for j in np.nonzero(held_out < 0.90)[0]],
+        "per_fold": rows,
+        "held_out_per_track": {tracks[j]: round(float(held_out[j]), 5) for j in range(len(tracks))},
+    }
+
+
 def cli(args: argparse.Namespace) -> int:
     from speedprofile.matching import _core  # noqa: F401  (compile/load the kernels before timing)
     from speedprofile.matching.kernel import warm_up
@@ -160,12 +259,22 @@ def cli(args: argparse.Namespace) -> int:
     only = [t.strip() for t in args.tracks.split(",")] if args.tracks else None
     tracks = list_tracks(args.kubicka, only)
     warm_up()
+    combos = _grid(args.grid) if args.folds else None
     summary = run(args.kubicka, tracks)
+    if args.folds:
+        print()
+        summary["cv"] = cross_validate(args.kubicka, tracks, args.folds, combos)
     path = os.path.abspath(args.out or RESULTS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         json.dump(summary, fh, indent=2)
     head = {k: summary[k] for k in ("tracks", "points", "accuracy", "points_per_second", "cores")}
+    if args.folds:
+        cv = summary["cv"]
+        head.update({"cv_folds": cv["folds"], "cv_accuracy_mean": cv["mean_accuracy"],
+                     "cv_accuracy_worst_fold": cv["worst_fold_accuracy"], "cv_accuracy_min_track": cv["min_track"]["accuracy"]})
+        print(f"cv: mean {cv['mean_accuracy']:.4f}, worst fold {cv['worst_fold_accuracy']:.4f}, "
+              f"lowest track {cv['min_track']['track']} {cv['min_track']['accuracy']:.4f}")
     print(f"load_s={summary['load_s']} match_cpu_s={summary['match_cpu_s']} results={path}")
     print(json.dumps(head))
     return 0

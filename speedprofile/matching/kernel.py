@@ -32,7 +32,7 @@ FIX_STATUSES = (
 BREAK_REASONS = ("time_gap", "no_transition")
 TRAVERSAL_COLUMNS = [
     "seq", "segment_id", "enter_time_utc", "exit_time_utc", "duration_s", "traversed_m", "speed_kph",
-    "is_complete", "n_fixes", "match_source", "reject_reason", "owned",
+    "is_complete", "n_fixes", "match_source", "confidence", "reject_reason", "owned",
 ]
 
 
@@ -43,7 +43,7 @@ class MatchParams:
     sigma_m: float = 10.0        # GPS noise of consumer receivers in streets (N&K measured 4.07 on open roads)
     beta_m: float = 5.0          # transition scale of |route - great-circle| in metres, at least ...
     beta_per_m: float = 0.15     # ... this fraction of the fixes' distance apart (sparse data detours more)
-    radius_m: float = 50.0       # candidate search radius around each fix
+    radius_m: float = 40.0       # candidate search radius around each fix (4 sigma: farther is off the network)
     max_candidates: int = 16     # nearest segments kept per fix (interchanges stack many arcs within radius)
     max_gap_s: float = 180.0     # a longer gap between usable fixes starts a new path (trace break)
     bound_factor: float = 2.0    # route search bound = max(bound_factor * gc + bound_slack_m, bound_min_m)
@@ -57,6 +57,8 @@ class MatchParams:
     back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
     thin_m: float = 8.0          # skip fixes closer than this to the last kept one; 0 = keep all
     max_hold_s: float = 0.0      # ... but keep at least one fix every max_hold_s (0 = a standstill is one fix)
+    stay_s: float = 30.0         # no thin_m move for this long = standing: the next kept fix must be ...
+    stay_m: float = 30.0         # ... this far away (standstill drift is not movement); stay_s 0 = off
     complete_tol_m: float = 0.5  # a traversal counts as complete when it covers the segment to within this
     min_traversal_m: float = 1.0  # partial legs shorter than this are not traversals (a path starting on a node)
     min_plausible_kph: float = MIN_PLAUSIBLE_KPH
@@ -85,7 +87,27 @@ class PointMatch:
         return self._legs_df
 
 
-LEG_COLUMNS = ["seg_index", "off0_m", "off1_m", "chain", "s0_m", "enter_s", "exit_s", "n_fixes", "segment_id"]
+LEG_COLUMNS = ["seg_index", "off0_m", "off1_m", "chain", "s0_m", "enter_s", "exit_s", "n_fixes", "confidence",
+               "segment_id"]
+# Confidence of a matched point: the logistic of its margin (forward log-likelihood of the chosen road over the best
+# candidate off the matched path; 0 = a coin flip), halved next to a break or a skipped outlier.
+NEAR_BREAK_FACTOR = 0.5
+
+
+def match_confidence(margin: np.ndarray, near_break: np.ndarray) -> np.ndarray:
+    """0..1 per matched point from its Viterbi margin (+inf = no rival road) and whether a break is next to it."""
+    with np.errstate(over="ignore"):
+        c = 1.0 / (1.0 + np.exp(-np.minimum(margin, 50.0)))
+    return np.where(near_break, c * NEAR_BREAK_FACTOR, c)
+
+
+def _near_break(brk: np.ndarray) -> np.ndarray:
+    """Kept points next to (or at) a break start or a skipped outlier."""
+    flag = brk != 0
+    near = flag.copy()
+    near[1:] |= flag[:-1]
+    near[:-1] |= flag[1:]
+    return near
 _BIG_M = 1e9  # chain separation in the combined path position (no path is 1 000 000 km long)
 
 
@@ -131,7 +153,7 @@ class Matcher:
         n = len(lon)
         x, y = net.project(lon, lat)
         t_s = np.asarray(t_s, np.float64)
-        keep = _core.thin_points(x, y, t_s, *_floats(p.thin_m, p.max_hold_s)) if p.thin_m > 0 else np.ones(n, bool)
+        keep = _core.thin_points(x, y, t_s, *_floats(p.thin_m, p.max_hold_s, p.stay_s, p.stay_m)) if p.thin_m > 0 else np.ones(n, bool)
         kidx = np.nonzero(keep)[0]
         kx, ky, kt = x[kidx], y[kidx], t_s[kidx]
         # last time each kept fix's position was seen: the fixes thinned onto it (a standstill) extend it
@@ -140,7 +162,7 @@ class Matcher:
             kx, ky, float(p.radius_m), int(p.max_candidates), net.gx0, net.gy0, net.cell_m, net.ncy, net.grid_keys,
             net.grid_ptr, net.grid_items, net.pc_seg, net.pc_x0, net.pc_y0, net.pc_x1, net.pc_y1, net.pc_off0,
             net.seg_scale, net.seg_len)
-        chosen, pred_pt, brk, pt_bound = _core.viterbi(
+        chosen, pred_pt, brk, pt_bound, score = _core.viterbi(
             kx, ky, kt, kt_end, cnt, cseg, coff, cdist, *_floats(
                 p.sigma_m, p.beta_m, p.beta_per_m, p.bound_factor, p.bound_slack_m, p.bound_min_m,
                 p.max_route_kph / 3.6, p.max_gap_s, p.gap_join_m, p.skip_max_s, p.recover_factor, p.uturn_penalty_m,
@@ -172,9 +194,21 @@ class Matcher:
         ppos = k_pos[anchor]
         breaks = {"time_gap": int(np.sum(brk == 1)), "no_transition": int(np.sum(brk == 2))}
         legs = self._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s)
+        margin = _core.point_margin(order, chosen, score, cnt, cseg, pchain, lseg, lchain, net.n_segments)
+        legs["confidence"] = self._leg_confidence(lseg, lo0, lo1, lchain, ls0, order, pos, pchain, margin, brk)
         legs["segment_id"] = net.segment_id[lseg] if len(lseg) else np.zeros(0, np.int64)
         seg_ids = net.segment_id[np.maximum(seg, 0)] if net.n_segments else np.zeros(len(seg), np.int64)
         return PointMatch(status, np.where(seg >= 0, seg_ids, -1), off, chain, breaks, legs)
+
+    @staticmethod
+    def _leg_confidence(lseg, lo0, lo1, lchain, ls0, order, pos, pchain, margin, brk) -> np.ndarray:
+        """Per leg, 0..1: how sure the match is (see `match_confidence`), mean over the points placing it."""
+        if not len(lseg):
+            return np.zeros(0)
+        conf = match_confidence(margin, _near_break(brk)[order])
+        s = np.maximum.accumulate(pchain * _BIG_M + pos)
+        x0 = lchain * _BIG_M + ls0
+        return _core.leg_confidence(x0, x0 + (lo1 - lo0), lchain, s, pchain, conf)
 
     @staticmethod
     def _leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s) -> dict:
@@ -312,6 +346,7 @@ class Matcher:
             "is_complete": complete,
             "n_fixes": legs["n_fixes"][keep].astype(np.int32),
             "match_source": np.full(len(dur), "hmm", dtype=object),
+            "confidence": legs["confidence"][keep].astype(np.float64),
             "reject_reason": reason,
             "_enter_us": t0_us + np.round(enter_s * 1e6).astype(np.int64),
             "_exit_us": t0_us + np.round(exit_s * 1e6).astype(np.int64),
@@ -361,6 +396,7 @@ class Matcher:
             "is_complete": interior & (sidx >= 0),
             "n_fixes": (ends - starts).astype(np.int32),
             "match_source": np.full(nrun, "prematched", dtype=object),
+            "confidence": np.ones(nrun),  # link ids given by the source
             "reject_reason": reason,
             "_enter_us": np.round(enter).astype(np.int64),
             "_exit_us": np.round(exit_).astype(np.int64),
@@ -443,7 +479,7 @@ def _empty_traversals(extra: bool = False) -> pd.DataFrame:
         "duration_s": pd.Series([], dtype=np.float64), "traversed_m": pd.Series([], dtype=np.float64),
         "speed_kph": pd.Series([], dtype=np.float64), "is_complete": pd.Series([], dtype=bool),
         "n_fixes": pd.Series([], dtype=np.int32), "match_source": pd.Series([], dtype=object),
-        "reject_reason": pd.Series([], dtype=object), "owned": pd.Series([], dtype=bool),
+        "confidence": pd.Series([], dtype=np.float64), "reject_reason": pd.Series([], dtype=object), "owned": pd.Series([], dtype=bool),
     })
     if extra:
         df = df.drop(columns=["owned"])

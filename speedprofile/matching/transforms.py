@@ -44,8 +44,8 @@ NETWORK_COLUMNS = ["segment_id", "from_node_id", "to_node_id", "reverse_segment_
 RESULT_DDL = (
     "kind STRING, trace_id STRING, piece INT, dt DATE, home_partition STRING, partition STRING, seq INT, "
     "segment_id BIGINT, enter_time_utc TIMESTAMP, exit_time_utc TIMESTAMP, duration_s DOUBLE, traversed_m DOUBLE, "
-    "speed_kph DOUBLE, is_complete BOOLEAN, n_fixes INT, match_source STRING, reject_reason STRING, "
-    "stats MAP<STRING, BIGINT>"
+    "speed_kph DOUBLE, is_complete BOOLEAN, n_fixes INT, match_source STRING, confidence DOUBLE, "
+    "reject_reason STRING, stats MAP<STRING, BIGINT>"
 )
 _TS = pa.timestamp("us", tz="UTC")
 RESULT_ARROW = pa.schema([
@@ -53,7 +53,7 @@ RESULT_ARROW = pa.schema([
     ("home_partition", pa.string()), ("partition", pa.string()), ("seq", pa.int32()), ("segment_id", pa.int64()),
     ("enter_time_utc", _TS), ("exit_time_utc", _TS), ("duration_s", pa.float64()), ("traversed_m", pa.float64()),
     ("speed_kph", pa.float64()), ("is_complete", pa.bool_()), ("n_fixes", pa.int32()), ("match_source", pa.string()),
-    ("reject_reason", pa.string()), ("stats", pa.map_(pa.string(), pa.int64())),
+    ("confidence", pa.float64()), ("reject_reason", pa.string()), ("stats", pa.map_(pa.string(), pa.int64())),
 ])
 _PROBE_COLUMNS = ["dt", "partition", "trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "speed_kph",
                   "prematched_segment_id", "is_context", "source_file", "source_row"]
@@ -147,7 +147,7 @@ class _Out:
         self.rows: list[np.ndarray] = []   # input row of each traversal's piece (for trace_id, piece, dt, home)
         self.cols: dict[str, list] = {c: [] for c in ("partition", "seq", "segment_id", "_enter_us", "_exit_us",
                                                        "duration_s", "traversed_m", "speed_kph", "is_complete",
-                                                       "n_fixes", "match_source", "reject_reason")}
+                                                       "n_fixes", "match_source", "confidence", "reject_reason")}
 
     def add(self, row: int, trav: dict) -> None:
         self.rows.append(np.full(len(trav["seq"]), row, np.int64))
@@ -174,6 +174,7 @@ class _Out:
             "speed_kph": pa.array(c["speed_kph"], pa.float64(), from_pandas=True),
             "is_complete": pa.array(c["is_complete"], pa.bool_()), "n_fixes": pa.array(c["n_fixes"], pa.int32()),
             "match_source": pa.array(c["match_source"], pa.string()),
+            "confidence": pa.array(c["confidence"], pa.float64()),
             "reject_reason": pa.array(c["reject_reason"], pa.string()),
             "stats": pa.nulls(n, RESULT_ARROW.field("stats").type),
         }
