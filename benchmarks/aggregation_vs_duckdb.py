@@ -56,7 +56,8 @@ def make_input(spark, warehouse: str, rows: int, segments: int) -> None:
         F.timestamp_micros(enter + (dur * 1e6).cast("long")).alias("exit_time_utc"),
         dur.alias("duration_s"), F.lit(150.0).alias("traversed_m"),
         (F.lit(150.0) / dur * 3.6).alias("speed_kph"), (F.rand(5) > 0.05).alias("is_complete"),
-        F.lit(3).alias("n_fixes"), F.lit("hmm").alias("match_source"), F.lit(DAY).cast("date").alias("dt"),
+        F.lit(3).alias("n_fixes"), F.lit("hmm").alias("match_source"),
+        F.lit(1.0).alias("confidence"), F.lit(DAY).cast("date").alias("dt"),
         F.lit(PART).alias("partition"))
     write_table(tr.select(*[F.col(c).cast(SEGMENT_TRAVERSALS.spark_schema()[c].dataType)
                             for c in SEGMENT_TRAVERSALS.names]),

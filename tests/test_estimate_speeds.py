@@ -179,7 +179,7 @@ def test_estimates_match_simulator_truth(spark, tmp_path):
         "exit_time_utc": paths["exit_time_utc"], "duration_s": dur, "traversed_m": paths["length_m"],
         "speed_kph": paths["length_m"] / dur * 3.6,
         "is_complete": (paths["seq"] > 0) & (paths["seq"] < last),  # trips start/end inside a segment
-        "n_fixes": np.int32(3), "match_source": "hmm",
+        "n_fixes": np.int32(3), "match_source": "hmm", "confidence": 1.0,
         "dt": paths.groupby("trace_id")["enter_time_utc"].transform("min").dt.date.astype(str),
         "partition": paths["partition"],
     })
