@@ -425,3 +425,255 @@ def test_cli_without_road_network_says_build_it_first(tmp_path):
     proc = _cli(str(INPUT / "times.csv"), "--warehouse", str(tmp_path / "empty"))
     assert proc.returncode != 0
     assert "build the road network first" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- per-file ingest: refused files, limits, streaming reads ---------------------------------------------------
+
+class _ChunkSpy:
+    """A binary stream that records the largest single read (a streaming reader never asks for the whole file)."""
+
+    def __init__(self, data: bytes):
+        import io
+
+        self._io = io.BytesIO(data)
+        self.largest = 0
+        self.total = 0
+
+    def read(self, n: int = -1) -> bytes:
+        out = self._io.read(n)
+        self.largest = max(self.largest, len(out))
+        self.total += len(out)
+        return out
+
+
+def test_scan_refuses_a_gzip_bomb_early_reading_in_chunks():
+    import gzip
+
+    bomb = gzip.compress(b"trace_id,timestamp,lon,lat\n" + b"0,0,0,0\n" * (4 << 20), compresslevel=9)
+    spy = _ChunkSpy(bomb)
+    with pytest.raises(formats.FileRejected) as err:
+        formats.scan_file("bomb.csv.gz", spy, len(bomb), formats.IngestLimits(ratio_floor_bytes=1 << 20))
+    assert err.value.reason == "decompression_limit" and "bomb.csv.gz" in str(err.value)
+    assert "compression ratio over 100" in str(err.value)
+    assert spy.largest <= formats.CHUNK_BYTES
+    small = formats.IngestLimits(max_decompressed_bytes=1 << 20)
+    with pytest.raises(formats.FileRejected) as err:
+        formats.scan_file("bomb.csv.gz", _ChunkSpy(bomb), len(bomb), small)
+    assert err.value.reason == "decompression_limit" and "max_decompressed_bytes" in str(err.value)
+
+
+def test_scan_reads_a_large_csv_in_chunks_and_counts_what_it_hashed():
+    import hashlib
+
+    data = (INPUT / "times.csv").read_bytes()
+    body = data.split(b"\n", 1)[1]
+    big = data + body * 20000  # ~7 MB: more than one chunk
+    spy = _ChunkSpy(big)
+    scan = formats.scan_file("big.csv", spy, len(big), formats.IngestLimits())
+    assert spy.largest <= formats.CHUNK_BYTES < len(big) == spy.total
+    assert scan.sha256 == hashlib.sha256(big).hexdigest() and scan.data_bytes == len(big) and scan.format == "csv"
+
+
+@pytest.mark.parametrize("case", ["long_field", "long_last_line"])
+def test_scan_refuses_a_line_over_the_field_limit_naming_file_and_line(case):
+    head = b"trace_id,timestamp,lon,lat\na,1709280000,-8.61,41.15\n"
+    long = b"a,1709280010,-8.61," + b"4" * 5000
+    data = head + long + (b"\nb,1709280000,-8.61,41.15\n" if case == "long_field" else b"")
+    with pytest.raises(formats.FileRejected) as err:
+        formats.scan_file("f.csv", _ChunkSpy(data), len(data), formats.IngestLimits(max_line_bytes=4096))
+    assert err.value.reason == "field_too_long"
+    assert str(err.value).startswith("f.csv: line 3 is longer than 4096 bytes")
+
+
+def _bad_files(folder: Path) -> dict[str, str]:
+    """One file per refusal reason (limits set by `_SMALL_LIMITS`) -> expected reason."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.csv").write_bytes(b"")
+    (folder / "corrupt.csv.gz").write_bytes(gzip.compress((INPUT / "times.csv").read_bytes())[:40])
+    shutil.copy(INPUT / "wrong_format" / "not_probes.csv", folder / "not_probes.csv")
+    (folder / "bomb.csv.gz").write_bytes(gzip.compress(b"trace_id,timestamp,lon,lat\n" + b"0" * (2 << 20)))
+    (folder / "long.csv").write_bytes(b"trace_id,timestamp,lon,lat\nx,1709280000,-8.61," + b"1" * 70000 + b"\n")
+    (folder / "huge.jsonl").write_bytes((INPUT / "probes.jsonl").read_bytes() * 200)
+    return {"empty.csv": "empty_file", "corrupt.csv.gz": "unreadable_file", "not_probes.csv": "wrong_format",
+            "bomb.csv.gz": "decompression_limit", "long.csv": "field_too_long", "huge.jsonl": "file_too_large"}
+
+
+_SMALL_LIMITS = ["--max-file-bytes", "100000", "--max-decompressed-bytes", "1000000", "--max-line-bytes", "65536"]
+
+
+def test_bad_files_are_refused_one_by_one_and_the_good_ones_ingested(spark, ingest_warehouse, tmp_path):
+    """The Airflow form: a landing folder with one file per refusal reason and two good files -> exit 0, the good
+    files' rows in probes, one rejected_files row per bad file, nothing else written for them."""
+    from spark_apps.ingest_probes import main
+    from speedprofile.spark import read_metrics, read_table
+
+    landing = Path(ingest_warehouse) / "landing" / "dt=2024-03-01"
+    expected = _bad_files(landing)
+    shutil.copy(INPUT / "times.csv", landing / "times.csv")
+    shutil.copy(INPUT / "midnight.csv", landing / "midnight.csv")
+    assert main(["--warehouse", ingest_warehouse, "--date", "2024-03-01", *_SMALL_LIMITS]) == 0
+    probes = read_table(spark, ingest_warehouse, "probes").toPandas()
+    assert sorted({Path(p).name for p in probes["source_file"]}) == ["midnight.csv", "times.csv"]
+    assert int((~probes["is_context"]).sum()) == EXPECTED["times.csv"]["rows_kept"] + EXPECTED["midnight.csv"]["rows_kept"]
+    refused = read_table(spark, ingest_warehouse, "rejected_files").toPandas()
+    assert dict(zip(refused["source_file"].map(lambda p: Path(p).name), refused["reason"], strict=True)) == expected
+    assert refused["detail"].str.len().gt(0).all() and not refused["detail"].str.contains("\n").any()
+    m = read_metrics(None, ingest_warehouse, "ingest_probes", "2024-03-01", None)
+    assert m["files"] == 2 and m["rows_in"] == m["rows_kept"] + sum(m["rejected"].values())
+    # The same landing folder again: still one row per refused file, no doubled probes.
+    assert main(["--warehouse", ingest_warehouse, "--date", "2024-03-01", *_SMALL_LIMITS]) == 0
+    assert read_table(spark, ingest_warehouse, "rejected_files").count() == len(expected)
+    assert read_table(spark, ingest_warehouse, "probes").count() == len(probes)
+    # Within the default limits the long-field and the large file are ingested (their rows accounted) and their
+    # rejected_files rows go; the bomb (2 MB of zeros without a newline) still has a line over 1 MiB.
+    assert main(["--warehouse", ingest_warehouse, "--date", "2024-03-01"]) == 0
+    left = read_table(spark, ingest_warehouse, "rejected_files").toPandas()
+    assert sorted(left["reason"]) == ["empty_file", "field_too_long", "unreadable_file", "wrong_format"]
+    m = read_metrics(None, ingest_warehouse, "ingest_probes", "2024-03-01", None)
+    assert m["files"] == 4 and m["rows_in"] == m["rows_kept"] + sum(m["rejected"].values())
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "corrupt.csv.gz", "bomb.csv.gz", "long.csv", "huge.jsonl"])
+def test_cli_file_over_a_limit_or_unreadable_ends_with_one_line_naming_it(name, ingest_warehouse, tmp_path):
+    reason = _bad_files(tmp_path / "in")[name]
+    proc = _cli(str(tmp_path / "in" / name), "--warehouse", ingest_warehouse, *_SMALL_LIMITS)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and reason in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(Path(ingest_warehouse) / "rejected_files").to_pylist()
+    assert [(Path(r["source_file"]).name, r["reason"]) for r in rows] == [(name, reason)]
+
+
+# ---- rejects that cannot be used: outside_network, future_time -------------------------------------------------
+
+_NOW = pd.Timestamp("2024-03-01T08:05:00Z")
+
+
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_future_times_and_fixes_off_the_network_are_rejected_and_accounted(spark, ingest_warehouse, tmp_path):
+    """Clock 08:05Z, skew 900 s: 08:19Z is kept, 08:21Z and 2099 are future_time; swapped lat/lon and a fix in
+    Lisbon are outside_network (the network covers central Porto only). The same rules hold for Parquet input
+    (pandas kernel)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from speedprofile.ingest.pipeline import ingest
+    from speedprofile.spark import read_table
+
+    csv = _write(tmp_path / "in" / "clock.csv", "\n".join([
+        "trace_id,timestamp,lon,lat",
+        "c1,2024-03-01T08:00:00Z,-8.6100,41.1500",
+        "c1,2024-03-01T08:19:00Z,-8.6000,41.1500",
+        "c1,2024-03-01T08:21:00Z,-8.5990,41.1500",
+        "c1,2099-12-31T00:00:00Z,-8.5980,41.1500",
+        "c2,2024-03-01T08:00:00Z,41.1500,-8.6100",
+        "c2,2024-03-01T08:00:10Z,-9.1393,38.7223",
+        "c2,2024-03-01T08:00:20Z,-8.6100,41.1510",
+    ]) + "\n")
+    pq.write_table(pa.table({"trace_id": ["p1", "p1", "p1"],
+                             "timestamp": ["2024-03-01T08:00:00Z", "2024-03-01T08:30:00Z", "2024-03-01T08:00:30Z"],
+                             "lon": [-8.61, -8.609, 41.15], "lat": [41.16, 41.16, -8.61]}),
+                   tmp_path / "in" / "clock.parquet")
+    result = ingest(spark, ingest_warehouse, [str(tmp_path / "in")], now=_NOW, future_skew_s=900)
+    rejected = read_table(spark, ingest_warehouse, "rejected_probes").toPandas()
+    by_row = {(Path(f).name, int(r)): why for f, r, why in zip(rejected["source_file"], rejected["source_row"],
+                                                                 rejected["reason"], strict=True)}
+    assert by_row == {("clock.csv", 4): "future_time", ("clock.csv", 5): "future_time",
+                      ("clock.csv", 6): "outside_network", ("clock.csv", 7): "outside_network",
+                      ("clock.parquet", 2): "future_time", ("clock.parquet", 3): "outside_network"}
+    detail = dict(zip(rejected["source_row"], rejected["detail"], strict=True))
+    assert "later than 2024-03-01T08:20:00Z" in detail[4]
+    assert result.rows_in == 10 == result.rows_kept + result.rows_rejected
+    assert result.rejected["future_time"] == 3 and result.rejected["outside_network"] == 3
+    probes = read_table(spark, ingest_warehouse, "probes").toPandas()
+    assert sorted(probes["source_row"]) == [1, 2, 3, 8]
+    assert set(probes["dt"].astype(str)) == {"2024-03-01"}  # no dt=2099-12-31 folder
+    assert not (Path(ingest_warehouse) / "probes" / "dt=2099-12-31").exists()
+
+
+def test_spark_sql_future_time_check_agrees_with_the_kernel(spark):
+    from speedprofile.ingest import transforms
+
+    texts = ["2024-03-01T08:20:00Z", "2024-03-01T08:20:01Z", "1709281201", "2099-01-01T00:00:00+01:00"]
+    rec = pd.DataFrame({"source_file": "f", "source_row": range(1, 5), "raw": texts, "trace_id": "a",
+                        "timestamp": texts, "lon": "-8.61", "lat": "41.15", "speed_kph": None, "heading_deg": None,
+                        "accuracy_m": None, "reason": None, "detail": None})
+    limit = pd.Timestamp("2024-03-01T08:20:00Z")
+    exp = kernel.validate_records(rec.assign(prematched_segment_id=None), limit)
+    got = transforms.validate_records(spark.createDataFrame(rec, transforms.RECORDS_DDL), limit).toPandas()
+    assert got["reason"].tolist() == exp["reason"].tolist() == [None, "future_time", "future_time", "future_time"]
+    assert got["detail"].tolist() == exp["detail"].tolist()
+
+
+# ---- content-level idempotency ---------------------------------------------------------------------------------
+
+def test_a_fix_already_in_probes_is_never_added_again_whatever_file_it_comes_in(spark, ingest_warehouse, tmp_path):
+    """times.csv, then the same rows gzipped, then with one line appended, then as JSONL: probes keeps each
+    (trace, time, position) once; re-deliveries are rejected as already_ingested and accounted per dt; the one
+    new fix is kept as a new piece numbered after the stored ones."""
+    import gzip
+
+    from speedprofile.ingest.pipeline import ingest
+    from speedprofile.spark import read_metrics, read_table
+
+    src = (INPUT / "times.csv").read_text()
+    first = ingest(spark, ingest_warehouse, [str(INPUT / "times.csv")], now=_NOW)
+    assert first.rows_kept == 9
+    gz = tmp_path / "again" / "times.csv.gz"
+    gz.parent.mkdir()
+    gz.write_bytes(gzip.compress(src.encode()))
+    second = ingest(spark, ingest_warehouse, [str(gz)], now=_NOW)
+    assert (second.rows_in, second.rows_kept, second.rejected["already_ingested"]) == (9, 0, 9)
+    appended = _write(tmp_path / "more" / "times_plus.csv", src + "t_s,1709280090,-8.6082,41.1500\n")
+    third = ingest(spark, ingest_warehouse, [appended], now=_NOW)
+    assert (third.rows_in, third.rows_kept, third.rejected["already_ingested"]) == (10, 1, 9)
+    jl = _write(tmp_path / "jl" / "times.jsonl", '{"trace_id": "t_ms", "timestamp": 1709280030000, '
+                                                 '"lon": -8.6094, "lat": 41.15}\n')
+    fourth = ingest(spark, ingest_warehouse, [jl], now=_NOW)
+    assert (fourth.rows_kept, fourth.rejected["already_ingested"]) == (0, 1)
+    probes = read_table(spark, ingest_warehouse, "probes").toPandas()
+    owned = probes[~probes["is_context"]]
+    assert len(owned) == 10
+    assert not owned.duplicated(["trace_id", "timestamp_utc", "lon_deg", "lat_deg"]).any()
+    assert not owned.duplicated(["trace_id", "timestamp_utc"]).any()
+    t_s = owned[owned["trace_id"] == "t_s"]
+    new = t_s[t_s["source_file"] == appended]
+    assert len(new) == 1 and int(new["piece"].iloc[0]) > int(t_s[t_s["source_file"] != appended]["piece"].max())
+    m = read_metrics(None, ingest_warehouse, "ingest_probes", "2024-03-01", None)
+    assert m["files"] == 4 and m["rows_in"] == 9 + 9 + 10 + 1
+    assert m["rows_kept"] == 10 and m["rejected"]["already_ingested"] == 19
+    assert m["rows_in"] == m["rows_kept"] + sum(m["rejected"].values())
+    # Re-ingesting the same bytes replaces that file's own rows: nothing is rejected against itself.
+    again = ingest(spark, ingest_warehouse, [appended], now=_NOW)
+    assert (again.rows_kept, again.rejected["already_ingested"]) == (1, 9)
+    assert read_table(spark, ingest_warehouse, "probes").where("NOT is_context").count() == 10
+
+
+def test_a_correction_same_trace_and_time_new_position_is_rejected_and_the_stored_fix_stays(
+        spark, ingest_warehouse, tmp_path):
+    """Rule: the fix delivered first stays. A later fix at the same trace and time but another position is
+    rejected as conflicting_fix, its detail naming the stored position; probes is unchanged."""
+    from speedprofile.ingest.pipeline import ingest
+    from speedprofile.spark import read_table
+
+    ingest(spark, ingest_warehouse, [str(INPUT / "times.csv")], now=_NOW)
+    before = read_table(spark, ingest_warehouse, "probes").toPandas().sort_values(["trace_id", "timestamp_utc"])
+    fix = _write(tmp_path / "fix" / "correction.csv",
+                 "trace_id,timestamp,lon,lat\nt_s,1709280030,-8.6095,41.1502\n")
+    result = ingest(spark, ingest_warehouse, [fix], now=_NOW)
+    assert (result.rows_in, result.rows_kept, result.rejected["conflicting_fix"]) == (1, 0, 1)
+    after = read_table(spark, ingest_warehouse, "probes").toPandas().sort_values(["trace_id", "timestamp_utc"])
+    assert after[["trace_id", "timestamp_utc", "lon_deg", "lat_deg"]].values.tolist() == \
+        before[["trace_id", "timestamp_utc", "lon_deg", "lat_deg"]].values.tolist()
+    rej = read_table(spark, ingest_warehouse, "rejected_probes").where("reason = 'conflicting_fix'").first()
+    assert rej["source_file"] == fix and "lon=-8.6094" in rej["detail"]

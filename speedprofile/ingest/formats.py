@@ -33,7 +33,6 @@ _EXTENSIONS = {
 MS_TO_KPH = 3.6
 HEAD_BYTES = 65536  # decompressed bytes from the start of a file used to tell and check its format
 CHUNK_BYTES = 4 << 20
-RATIO_FLOOR_BYTES = 64 << 20  # the compression-ratio limit applies once this many bytes were decompressed
 RECORDS_PER_FRAME = 65536  # rows per record frame yielded by the Parquet / GPX parsers
 
 
@@ -43,7 +42,8 @@ class IngestLimits:
 
     max_file_bytes: int = 4 << 30             # bytes on disk
     max_decompressed_bytes: int = 16 << 30    # bytes after gzip decompression
-    max_compression_ratio: float = 100.0      # decompressed / on-disk, checked past RATIO_FLOOR_BYTES
+    max_compression_ratio: float = 100.0      # decompressed / on-disk, checked past ratio_floor_bytes
+    ratio_floor_bytes: int = 64 << 20         # the ratio limit applies once this many bytes were decompressed
     max_line_bytes: int = 1 << 20             # longest CSV/JSONL line (so the longest field), bytes
     max_document_bytes: int = 256 << 20       # trips-json files are parsed as one JSON document
 
@@ -204,7 +204,7 @@ def _chunks(raw: BinaryIO, path: str, size: int, limits: IngestLimits, digest) -
                         raise FileRejected(path, "decompression_limit", (
                             f"decompresses to more than {limits.max_decompressed_bytes} bytes "
                             f"(limit max_decompressed_bytes)"))
-                    if out_total > RATIO_FLOOR_BYTES and out_total > limits.max_compression_ratio * max(size, 1):
+                    if out_total > limits.ratio_floor_bytes and out_total > limits.max_compression_ratio * max(size, 1):
                         raise FileRejected(path, "decompression_limit", (
                             f"compression ratio over {limits.max_compression_ratio:g} ({size} bytes on disk "
                             f"decompress to more than {out_total}; limit max_compression_ratio)"))

@@ -531,8 +531,8 @@ def _existing_fixes(spark: SparkSession, warehouse: str, dts: set[str], own: lis
     folders = sorted(days & present)
     if not folders:
         return None
-    df = (spark.read.schema(PROBES.spark_schema(with_partitions=False)).parquet(*[wh.join(root, f) for f in folders])
-          .where(~F.col("is_context")))
+    df = (spark.read.schema(PROBES.spark_schema()).option("basePath", root)
+          .parquet(*[wh.join(root, f) for f in folders]).where(~F.col("is_context")))
     if own:
         name = F.col("_metadata.file_name")
         df = df.where(~reduce(lambda a, b: a | b, [name.startswith(f"src-{o}-") for o in own]))
