@@ -20,7 +20,7 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.providers.standard.sensors.python import PythonSensor
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, get_parsing_context
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, get_parsing_context
 
 from speedprofile.stages import Stage, partition_day_stages, stage
 
@@ -43,11 +43,10 @@ DEFAULT_ARGS = {
 GATE_ARGS = {"retries": 0, "execution_timeout": timedelta(minutes=10)}  # bad data does not heal on retry
 SENSOR_ARGS = {"mode": "reschedule", "poke_interval": 600, "timeout": 12 * 3600, "execution_timeout": None,
                "retries": 0}
-# Gate thresholds (DAG params) besides the stage flags of the registry.
-GATE_PARAMS = {
-    "min_match_rate": (0.5, "gate: minimum matched share of match_traces' input"),
-    "max_speed_kph": (200.0, "gate: highest plausible speed, km/h"),
-}
+# Run settings a trigger may override with its conf (`--conf '{"window_weeks": 2}'`): the registry's stage flags
+# plus the gate thresholds. Read from dag_run.conf, not declared as DAG params: Airflow deep-copies the params into
+# every task it builds, which doubled the parse time per DAG (benchmarks/dag_parse.py).
+GATE_SETTINGS = {"min_match_rate": 0.5, "max_speed_kph": 200.0}
 START = datetime(2024, 1, 1)
 
 
@@ -129,7 +128,7 @@ def run_gate(stage_name: str, warehouse: str, cell: str | None, **context) -> di
 
     from speedprofile.quality import QualityError, Thresholds, gate, ingest_gate
 
-    params = context.get("params") or {}
+    params = settings(context)
     try:
         if cell is None:
             res = ingest_gate(warehouse, _day(context))
@@ -180,7 +179,7 @@ def _submit(st: Stage, warehouse: str, cell: str | None) -> SparkSubmitOperator:
     if cell is not None:
         args += ["--partition", cell]
     for f in st.flags:
-        args += [f.flag, "{{ params." + f.param + " }}"]
+        args += [f.flag, "{{ (dag_run.conf or {}).get('" + f.param + "', " + repr(f.default) + ") }}"]
     return SparkSubmitOperator(
         task_id=st.name, application=str(REPO / (st.app or "")), conn_id="spark_default",
         name=st.name if cell is None else f"{st.name}__{cell}", application_args=args,
@@ -188,15 +187,21 @@ def _submit(st: Stage, warehouse: str, cell: str | None) -> SparkSubmitOperator:
     )
 
 
-def _params(stages: list[Stage]) -> dict[str, Param]:
-    out = {f.param: Param(f.default, type="integer" if isinstance(f.default, int) else "number", minimum=1,
-                          description=f.help) for s in stages for f in s.flags}
-    out.update({k: Param(v, type="number", minimum=0, description=d) for k, (v, d) in GATE_PARAMS.items()})
-    return out
-
-
 PARTITION_STAGES = partition_day_stages(runner=None)
-PARAMS_TEMPLATE = _params(PARTITION_STAGES)
+SETTINGS = {**{f.param: f.default for s in PARTITION_STAGES for f in s.flags}, **GATE_SETTINGS}
+
+
+DOC_MD = __doc__ + f"""
+Run settings (defaults; override per run with the trigger's conf, e.g. `{{"window_weeks": 2}}`):
+{", ".join(f"`{k}` = {v}" for k, v in SETTINGS.items())}. Stages and their order: `speedprofile stages`.
+"""
+
+
+def settings(context: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings: defaults overridden by the trigger's conf."""
+    dag_run = context.get("dag_run")
+    conf = (getattr(dag_run, "conf", None) or {}) if dag_run is not None else {}
+    return {**SETTINGS, **{k: v for k, v in conf.items() if k in SETTINGS}}
 
 
 def build_ingest_dag(warehouse: str) -> DAG:
@@ -227,9 +232,9 @@ def build_dag(cell: str, warehouse: str) -> DAG:
         catchup=False,  # history goes through `airflow backfill create` (docs/airflow.md)
         max_active_runs=1,  # one partition-day at a time per partition: a 2-core box runs one Spark app per slot
         max_active_tasks=1,
-        dagrun_timeout=timedelta(hours=6), default_args=DEFAULT_ARGS, params=dict(PARAMS_TEMPLATE),
+        dagrun_timeout=timedelta(hours=6), default_args=DEFAULT_ARGS,
         tags=["speedprofile", f"partition:{cell}"],
-        doc_md=__doc__,
+        doc_md=DOC_MD,
     ) as dag:
         done: dict[str, Any] = {}  # stage name -> the task its downstream stages wait for (its gate, if any)
         for st in PARTITION_STAGES:

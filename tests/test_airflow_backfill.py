@@ -3,42 +3,23 @@ exactly those partition-days (and nothing of other partitions or days)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import sqlite3
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from speedprofile.warehouse import metrics_path
 from tests.plugins.orchestration import (
-    AIRFLOW,
     E2E_CELL,
     SIM_DAYS,
-    airflow_env,
-    free_port,
+    airflow_services,
     parquet_rows,
     partition_folders,
     run_airflow,
+    wait_for,
 )
 
 DAG_ID = f"speed_profile__{E2E_CELL}"
-SERVICES = ("api-server", "scheduler", "dag-processor")
-
-
-def wait_for(what: str, check, timeout_s: float, every_s: float = 3.0, on_timeout=lambda: ""):
-    """Poll `check()` until it returns something truthy; fail with `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{on_timeout()}")
 
 
 def db_rows(home: Path, sql: str, *args) -> list[tuple]:
@@ -67,44 +48,10 @@ def task_failures(home: Path) -> str:
 
 
 @pytest.fixture
-def airflow_services(airflow_home, airflow_warehouse):
-    """API server, scheduler and DAG processor on a free port, each in its own process group; killed by PID."""
-    port = free_port()
-    env = airflow_env(airflow_home, airflow_warehouse, port)
-    procs: list[subprocess.Popen] = []
-    logs = airflow_home / "logs"
-    logs.mkdir(exist_ok=True)
-    try:
-        for svc in SERVICES:
-            out = open(logs / f"{svc}.out", "w")
-            procs.append(subprocess.Popen([AIRFLOW, svc], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
-            out.close()
-
-        def healthy():
-            for p, svc in zip(procs, SERVICES, strict=True):
-                if p.poll() is not None:
-                    pytest.fail(f"airflow {svc} exited with {p.returncode}:\n{(logs / f'{svc}.out').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3) as r:
-                    h = json.load(r)
-                return h["metadatabase"]["status"] == "healthy" and h["scheduler"]["status"] == "healthy"
-            except (OSError, ValueError, KeyError):
-                return False
-
-        wait_for("the API server and scheduler to report healthy", healthy, 240)
-        yield {"home": airflow_home, "warehouse": airflow_warehouse, "port": port, "procs": procs}
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=10)
+def airflow_services_backfill(airflow_home, airflow_warehouse):
+    """API server, scheduler and DAG processor over a copy of the ingested e2e warehouse."""
+    with airflow_services(airflow_home, airflow_warehouse) as svc:
+        yield {"home": airflow_home, "warehouse": airflow_warehouse, **svc}
 
 
 def table_snapshot(warehouse: Path) -> dict[str, dict[str, int]]:
@@ -115,8 +62,9 @@ def table_snapshot(warehouse: Path) -> dict[str, dict[str, int]]:
     return snap
 
 
-def test_backfill_writes_exactly_the_requested_partition_days(airflow_services):
-    home, wh, port = airflow_services["home"], airflow_services["warehouse"], airflow_services["port"]
+def test_backfill_writes_exactly_the_requested_partition_days(airflow_services_backfill):
+    svc = airflow_services_backfill
+    home, wh, port = svc["home"], svc["warehouse"], svc["port"]
     wait_for(f"the DAG processor to register {DAG_ID}",
              lambda: db_rows(home, "SELECT dag_id FROM dag WHERE dag_id = ?", DAG_ID), 240,
              on_timeout=lambda: (home / "logs" / "dag-processor.out").read_text()[-3000:])

@@ -86,22 +86,34 @@ def test_tasks_follow_the_registry_dependency_graph(dagbag):
 
 
 def test_stage_tasks_submit_the_stage_app_with_warehouse_date_partition(dagbag, tmp_path):
+    from types import SimpleNamespace
+
     cell = CELLS[1]
     dag = dagbag.dags[f"speed_profile__{cell}"]
     env = dag.get_template_env()
-    ctx = {"data_interval_start": pendulum.datetime(2024, 3, 5, tz="UTC"),
-           "data_interval_end": pendulum.datetime(2024, 3, 6, tz="UTC"),
-           "params": {k: v.value for k, v in dag.params.items()}}
-    for stage in STAGES:
-        op = dag.task_dict[stage]
-        assert type(op).__name__ == "SparkSubmitOperator"
-        assert op.application == str(REPO / "spark_apps" / f"{stage}.py")
-        assert op._conn_id == "spark_default"
-        args = [env.from_string(str(a)).render(**ctx) for a in op.application_args]
-        expected = ["--warehouse", str((tmp_path / "wh").resolve()), "--date", "2024-03-05", "--partition", cell]
-        for f in stage_of(stage).flags:
-            expected += [f.flag, str(f.default)]
-        assert args == expected
+    for conf, weeks in (({}, "4"), ({"window_weeks": 2}, "2")):
+        ctx = {"data_interval_start": pendulum.datetime(2024, 3, 5, tz="UTC"),
+               "data_interval_end": pendulum.datetime(2024, 3, 6, tz="UTC"), "dag_run": SimpleNamespace(conf=conf)}
+        for stage in STAGES:
+            op = dag.task_dict[stage]
+            assert type(op).__name__ == "SparkSubmitOperator"
+            assert op.application == str(REPO / "spark_apps" / f"{stage}.py")
+            assert op._conn_id == "spark_default"
+            args = [env.from_string(str(a)).render(**ctx) for a in op.application_args]
+            expected = ["--warehouse", str((tmp_path / "wh").resolve()), "--date", "2024-03-05", "--partition", cell]
+            for f in stage_of(stage).flags:
+                expected += [f.flag, weeks if f.param == "window_weeks" else str(f.default)]
+            assert args == expected
+
+
+def test_gates_read_thresholds_from_the_trigger_conf():
+    from types import SimpleNamespace
+
+    from speedprofile.orchestration import SETTINGS, settings
+
+    assert settings({}) == SETTINGS
+    assert settings({"dag_run": SimpleNamespace(conf={"min_match_rate": 0.1, "other": 1})}) == {
+        **SETTINGS, "min_match_rate": 0.1}
 
 
 def test_daily_data_interval_timetable(dagbag):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -170,3 +174,58 @@ def parquet_rows(folder: Path) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.rglob("*.parquet"))
+
+
+SERVICES = ("api-server", "scheduler", "dag-processor")
+
+
+def wait_for(what: str, check, timeout_s: float, every_s: float = 3.0, on_timeout=lambda: ""):
+    """Poll `check()` until it returns something truthy; fail with `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{on_timeout()}")
+
+
+@contextlib.contextmanager
+def airflow_services(home: Path, warehouse: Path, extra_env: dict[str, str] | None = None):
+    """API server, scheduler and DAG processor on a free port, each in its own process group; stopped by PID.
+    Yields {"port", "env", "procs"} once the API server reports the metadata DB and the scheduler healthy."""
+    port = free_port()
+    env = {**airflow_env(home, warehouse, port), **(extra_env or {})}
+    procs: list[subprocess.Popen] = []
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        for svc in SERVICES:
+            with open(logs / f"{svc}.out", "w") as out:
+                procs.append(subprocess.Popen([AIRFLOW, svc], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+
+        def healthy():
+            for p, svc in zip(procs, SERVICES, strict=True):
+                if p.poll() is not None:
+                    pytest.fail(f"airflow {svc} exited with {p.returncode}:\n{(logs / f'{svc}.out').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3) as r:
+                    h = json.load(r)
+                return h["metadatabase"]["status"] == "healthy" and h["scheduler"]["status"] == "healthy"
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_for("the API server and scheduler to report healthy", healthy, 240)
+        yield {"port": port, "env": env, "procs": procs}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
