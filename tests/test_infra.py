@@ -35,7 +35,8 @@ SECRETS = {
     "vault_spark_auth_secret": "spark-rpc-secret-0123456789abcdef01234",
     "vault_spark_ui_secret_key": "c3BhcmstdWkta2V5LWZvci10ZXN0cy0wMTIzNDU2Nzg5YWJj",
 }
-RENDER_HOSTS = ["pi-head", "pi-w01", "pi-w05"]  # head (8 GB), an 8 GB worker, a 4 GB worker
+RENDER_HOSTS = ["pi-head", "pi-w01", "pi-w05"]  # head (8 GB), an 8 GB worker (MinIO node), a 4 GB worker
+MINIO_ADDRESSES = ["192.168.50.11", "192.168.50.12", "192.168.50.13", "192.168.50.14"]
 
 
 def ansible_env() -> dict[str, str]:
@@ -240,9 +241,9 @@ def test_rendered_spark_defaults_point_at_the_master_and_the_s3a_warehouse(rende
         f"org.apache.hadoop:hadoop-aws:{d['spark_hadoop_version']}",
         f"software.amazon.awssdk:bundle:{d['spark_aws_sdk_version']}",
     ]
-    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://192.168.50.11:9000"  # first MinIO node
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://192.168.50.11:9000"  # first MinIO node, over TLS
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
-    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
     assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith("EnvironmentVariableCredentialsProvider")
     assert conf["spark.pyspark.python"] == "/opt/speedprofile/venv/bin/python"
     assert not any("s3a" in k and ("secret" in k.lower() or "access.key" in k.lower()) for k in conf)
@@ -284,6 +285,51 @@ def test_credentials_only_in_the_restricted_env_file(rendered):
     unit = (rendered / "pi-w05/etc/systemd/system/spark-worker.service").read_text()
     # Executors inherit the worker's environment: that is how they get the credentials.
     assert re.search(r"^EnvironmentFile=\S*/etc/spark/s3a\.env$", unit, re.M)
+
+
+def test_rendered_minio_serves_tls_with_a_certificate_the_role_made(rendered):
+    import socket
+    import ssl
+    import threading
+
+    env = parse_env(rendered / "pi-w01/etc/default/minio")
+    certs = rendered / "pi-w01/etc/minio/certs"
+    assert env["MINIO_VOLUMES"].strip('"').split() == [f"https://{a}:9000/mnt/minio/data" for a in MINIO_ADDRESSES]
+    assert f"--certs-dir {certs}" in env["MINIO_OPTS"]
+    assert stat.S_IMODE((certs / "private.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((rendered / "pi-w01/etc/default/minio").stat().st_mode) == 0o640
+    unit = (rendered / "pi-w01/etc/systemd/system/minio.service").read_text()
+    assert f"EnvironmentFile={rendered}/pi-w01/etc/default/minio" in unit
+    # A real TLS handshake with the rendered pair: trusted through the role's CA, for loopback and each node address.
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((certs / "public.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} >= {*MINIO_ADDRESSES, "127.0.0.1"}
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(certs / "public.crt", certs / "private.key")
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+
+        def serve():
+            for _ in range(2):
+                conn, _ = srv.accept()
+                try:
+                    with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                        tls.sendall(b"ok")
+                except (ssl.SSLError, OSError):
+                    pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        trusting = ssl.create_default_context(cafile=str(certs / "CAs" / "ca.crt"))
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                trusting.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.recv(2) == b"ok"
+        stranger = ssl.create_default_context()  # the system store alone does not know the private CA
+        with pytest.raises(ssl.SSLCertVerificationError), socket.create_connection(("127.0.0.1", port)) as raw:
+            stranger.wrap_socket(raw, server_hostname="127.0.0.1")
+        t.join(timeout=10)
 
 
 def test_worker_memory_follows_the_pi_model_and_executors_fit(rendered):
