@@ -112,7 +112,7 @@ def test_airflow_ui_login_trigger_partition_day_and_read_a_gate_log(airflow_home
                     return None
                 text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
                 m = re.search(r"State\s*\n\s*(\w+)", text)
-                state = m.group(1) if m else None
+                state = m.group(1).lower() if m else None
                 return state if state in ("success", "failed") else None
 
             state = wait_for(f"run {run_id} to finish", final_state, 2400, every_s=10,
