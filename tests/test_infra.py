@@ -71,10 +71,12 @@ def role_defaults(role: str) -> dict:
     return yaml.safe_load((ANSIBLE / "roles" / role / "defaults" / "main.yml").read_text())
 
 
-def compose_model() -> dict:
+def compose_model(env: dict[str, str] | None = None) -> dict:
+    """docker-compose.yml resolved with example.env (plus `env`), as Compose itself models it."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDPROFILE_PUBLISH")} | (env or {})
     out = subprocess.run(
         [str(compose_binary()), "-f", "docker-compose.yml", "--env-file", str(EXAMPLE_ENV), "config", "--format", "json"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO, capture_output=True, text=True, check=True, env=full,
     )
     return json.loads(out.stdout)
 
@@ -153,6 +155,114 @@ def test_compose_runs_the_whole_stack():
     assert services["postgis"]["image"].startswith("postgis/postgis:")
 
 
+def published(services: dict) -> list[tuple[str, str, str]]:
+    return [(name, str(p.get("host_ip", "")), str(p["published"]))
+            for name, svc in services.items() for p in svc.get("ports", [])]
+
+
+def test_compose_publishes_every_port_on_loopback_unless_the_operator_opts_in():
+    ports = published(compose_model()["services"])
+    assert {p for _, _, p in ports} >= {"7077", "8090", "9000", "9001", "5432", "8080"}
+    assert all(ip == "127.0.0.1" for _, ip, _ in ports), ports
+    lan = published(compose_model({"SPEEDPROFILE_PUBLISH_ADDRESS": "192.168.50.10"})["services"])
+    assert all(ip == "192.168.50.10" for _, ip, _ in lan), lan
+
+
+def test_compose_spark_is_authenticated_and_minio_speaks_tls():
+    services = compose_model()["services"]
+    example = parse_env(EXAMPLE_ENV)
+    spark = [n for n in services if n.startswith("spark-")] + ["airflow-api-server", "airflow-scheduler",
+                                                                  "airflow-dag-processor"]
+    for name in spark:
+        svc = services[name]
+        assert "/opt/speedprofile/spark-entrypoint.sh" in svc["entrypoint"], name
+        assert svc["environment"]["SPARK_AUTH_SECRET"] == example["SPARK_AUTH_SECRET"]
+        assert svc["environment"]["SPARK_CONF_DIR"] == "/tmp/spark-conf"
+        mounts = {v["target"]: v for v in svc["volumes"]}
+        assert mounts["/certs"]["source"] == "minio-certs" and mounts["/certs"].get("read_only")
+    conf = parse_conf(REPO / "infra" / "docker" / "spark-defaults.conf")
+    assert conf["spark.authenticate"] == "true" and conf["spark.network.crypto.enabled"] == "true"
+    assert conf["spark.master.rest.enabled"] == "false" and "spark.authenticate.secret" not in conf
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://minio:9000"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
+    minio = services["minio"]
+    assert minio["command"][-2:] == ["--certs-dir", "/certs/minio"]
+    assert "https://" in " ".join(services["minio-init"]["command"]) and "http://" not in " ".join(
+        services["minio-init"]["command"])
+    certs = services["certs"]
+    assert "make_certs.py --out /certs/minio --hosts minio,localhost,127.0.0.1" in " ".join(certs["command"])
+    # every service that holds a secret waits for the preflight check, directly or through another service
+    for name in ("minio", "spark-master", "postgis", "airflow-api-server"):
+        seen, todo = set(), [name]
+        while todo:
+            for dep in services[todo.pop()].get("depends_on", {}):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        assert "preflight" in seen or name == "postgis", name
+
+
+def test_compose_puts_no_secret_on_a_command_line():
+    services = compose_model()["services"]
+    secrets = [v for k, v in parse_env(EXAMPLE_ENV).items() if "PASSWORD" in k or "SECRET" in k]
+    for name, svc in services.items():
+        argv = json.dumps([svc.get("entrypoint"), svc.get("command"), svc.get("healthcheck", {}).get("test")])
+        for value in secrets:
+            assert value not in argv, (name, value)
+
+
+def test_compose_preflight_refuses_example_and_default_secrets(tmp_path):
+    pre = compose_model()["services"]["preflight"]
+    argv = [sys.executable, str(REPO / "infra/docker/check_secrets.py"), "--rules",
+            str(ANSIBLE / "roles/common/defaults/main.yml"), *pre["command"]]
+    checked = [c.split(":")[0] for c in pre["command"]]
+    assert set(checked) >= {k for k in parse_env(EXAMPLE_ENV) if "PASSWORD" in k or "SECRET" in k}
+    bad = subprocess.run(argv, env={**os.environ, **pre["environment"]}, capture_output=True, text=True)
+    assert bad.returncode == 1
+    refused = re.findall(r"refused: (\w+)", bad.stderr)
+    assert set(refused) == set(checked), bad.stderr
+    for value in pre["environment"].values():
+        assert value not in bad.stderr + bad.stdout
+    good = {k: f"{k.lower()}-9f2c4e1ab37d5c08e6f14a92b0d7c3e5" for k in checked}
+    ok = subprocess.run(argv, env={**os.environ, **good}, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    zeros = subprocess.run(argv, env={**os.environ, **good, "AIRFLOW_JWT_SECRET": "0" * 64,
+                                      "MINIO_ROOT_USER": "minioadmin"}, capture_output=True, text=True)
+    assert set(re.findall(r"refused: (\w+)", zeros.stderr)) == {"AIRFLOW_JWT_SECRET", "MINIO_ROOT_USER"}
+
+
+def test_spark_entrypoint_writes_a_private_conf_and_trusts_the_minio_ca(tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run([sys.executable, str(ANSIBLE / "roles/minio/files/make_certs.py"), "--out", str(certs),
+                    "--hosts", "minio,localhost,127.0.0.1"], check=True, capture_output=True)
+    secret = "spark-rpc-secret-for-the-entrypoint-test-0123"
+    conf = tmp_path / "spark-conf"
+    env = {**os.environ, "SPARK_AUTH_SECRET": secret, "SPARK_CONF_DIR": str(conf),
+           "SPEEDPROFILE_SPARK_DEFAULTS": str(REPO / "infra/docker/spark-defaults.conf"),
+           "SPEEDPROFILE_MINIO_CA": str(certs / "CAs" / "ca.crt")}
+    env.pop("JAVA_TOOL_OPTIONS", None)
+    proc = subprocess.run(["bash", str(REPO / "infra/docker/spark-entrypoint.sh"), "env"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    child = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    assert "SPARK_AUTH_SECRET" not in child  # the command runs without the secret in its environment
+    assert secret not in proc.stdout
+    written = parse_conf(conf / "spark-defaults.conf")
+    assert written["spark.authenticate.secret"] == secret and written["spark.authenticate"] == "true"
+    assert stat.S_IMODE((conf / "spark-defaults.conf").stat().st_mode) == 0o600
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o700
+    store = conf / "truststore.p12"
+    assert f"-Djavax.net.ssl.trustStore={store}" in child["JAVA_TOOL_OPTIONS"]
+    listing = subprocess.run(["keytool", "-list", "-keystore", str(store), "-storepass", "speedprofile-truststore"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "speedprofile-minio-ca" in listing
+    assert int(re.search(r"contains (\d+) entr", listing).group(1)) > 50  # the JDK's public CAs are kept too
+    missing = subprocess.run(["bash", str(REPO / "infra/docker/spark-entrypoint.sh"), "true"],
+                             env={k: v for k, v in env.items() if k != "SPARK_AUTH_SECRET"},
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "SPARK_AUTH_SECRET" in missing.stderr
+
+
 # ---- one release everywhere ----------------------------------------------------------------------------------
 
 
@@ -161,7 +271,7 @@ def test_spark_version_agrees_in_pyproject_roles_and_compose():
     assert role_defaults("spark")["spark_version"] == pinned
     services = compose_model()["services"]
     spark_services = [s for s in services.values() if s.get("image", "").startswith("speedprofile/spark:")]
-    assert len(spark_services) == 3
+    assert len(spark_services) == 5  # master, 2 workers, and the one-shot preflight and certs
     for s in spark_services:
         assert s["image"] == f"speedprofile/spark:{pinned}"
         assert s["build"]["args"]["SPARK_VERSION"] == pinned

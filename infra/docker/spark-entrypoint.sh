@@ -1,0 +1,31 @@
+#!/bin/bash
+# Entry point of the Spark and Airflow containers of docker-compose.yml: builds a private SPARK_CONF_DIR (mode
+# 0700) from the mounted spark-defaults.conf plus the cluster's RPC secret ($SPARK_AUTH_SECRET), and a Java trust
+# store holding the JDK's CAs and the MinIO CA, then runs the container's command. The secret goes into a file
+# of mode 0600 (never onto a command line) and is removed from the environment the command sees.
+set -euo pipefail
+: "${SPARK_AUTH_SECRET:?SPARK_AUTH_SECRET is not set (copy infra/docker/example.env to .env)}"
+src=${SPEEDPROFILE_SPARK_DEFAULTS:-/opt/speedprofile/spark-defaults.conf}
+conf=${SPARK_CONF_DIR:?SPARK_CONF_DIR is not set}
+ca=${SPEEDPROFILE_MINIO_CA:-/certs/client/CAs/ca.crt}
+umask 077
+mkdir -p "$conf"
+chmod 700 "$conf"
+{
+  cat "$src"
+  printf '\n# RPC secret of the cluster (from SPARK_AUTH_SECRET)\nspark.authenticate.secret %s\n' "$SPARK_AUTH_SECRET"
+} > "$conf/spark-defaults.conf.tmp"
+mv "$conf/spark-defaults.conf.tmp" "$conf/spark-defaults.conf"
+if [ -f "$ca" ]; then
+  # The trust store holds public certificates only; its password guards nothing secret.
+  store="$conf/truststore.p12" pass=speedprofile-truststore
+  java_home=$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")
+  rm -f "$store"
+  keytool -importkeystore -noprompt -srckeystore "$java_home/lib/security/cacerts" -srcstorepass changeit \
+    -destkeystore "$store" -deststoretype PKCS12 -deststorepass "$pass" >/dev/null 2>&1
+  keytool -importcert -noprompt -alias speedprofile-minio-ca -file "$ca" -keystore "$store" \
+    -storetype PKCS12 -storepass "$pass" >/dev/null
+  export JAVA_TOOL_OPTIONS="${JAVA_TOOL_OPTIONS:-} -Djavax.net.ssl.trustStore=$store -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword=$pass"
+fi
+unset SPARK_AUTH_SECRET
+exec "$@"
