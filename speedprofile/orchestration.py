@@ -77,7 +77,14 @@ def partition_cells(warehouse: str) -> list[str]:
     try:
         with open(path) as fh:
             listing = json.load(fh)
-        return [str(p["cell"]) for p in listing["partitions"]]
+        from speedprofile.validate import is_cell
+
+        cells = [p["cell"] for p in listing["partitions"]]
+        bad = [c for c in cells if not is_cell(c)]
+        if bad:  # a cell names folders and DAG ids: anything but an H3 cell gets no DAG
+            log.warning("speedprofile: %d entries of %s are not H3 cells (e.g. %r); no DAGs for them.",
+                        len(bad), path, str(bad[0])[:60])
+        return [c for c in cells if is_cell(c)]
     except FileNotFoundError:
         log.warning("speedprofile: no partition list at %s (run `speedprofile network build`); "
                     "no speed_profile DAGs generated.", path)
@@ -175,12 +182,15 @@ def publish_partition(warehouse: str, cell: str) -> str:
 
 
 def _submit(st: Stage, warehouse: str, cell: str | None) -> SparkSubmitOperator:
+    """The stage's task: spark-submit on a `spark` connection, a Spark Connect client on a `spark_connect` one."""
+    from speedprofile.airflow_stage import StageOperator
+
     args = ["--warehouse", warehouse, "--date", DATE]
     if cell is not None:
         args += ["--partition", cell]
     for f in st.flags:
         args += [f.flag, "{{ (dag_run.conf or {}).get('" + f.param + "', " + repr(f.default) + ") }}"]
-    return SparkSubmitOperator(
+    return StageOperator(
         task_id=st.name, application=str(REPO / (st.app or "")), conn_id="spark_default",
         name=st.name if cell is None else f"{st.name}__{cell}", application_args=args,
         outlets=[asset(warehouse, t, cell) for t in st.outputs if "." not in t],

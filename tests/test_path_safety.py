@@ -199,3 +199,11 @@ def test_fuzzed_names_never_escape_the_warehouse_layer(parts, value):
     except UserError:
         return
     assert remote.startswith("s3a://bucket/wh") and under("/wh", remote.removeprefix("s3a://bucket"))
+
+
+def test_dags_are_made_only_for_valid_cells_of_the_partition_list(tmp_path, monkeypatch):
+    from speedprofile import orchestration
+
+    root, _ = make_warehouse(tmp_path, [CELL, "x/../../../victim", OTHER, "871f1a000fffff"])
+    monkeypatch.delenv("SPEEDPROFILE_PARTITIONS_FILE", raising=False)
+    assert orchestration.partition_cells(str(root)) == [CELL, OTHER]
