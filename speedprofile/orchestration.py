@@ -182,12 +182,15 @@ def publish_partition(warehouse: str, cell: str) -> str:
 
 
 def _submit(st: Stage, warehouse: str, cell: str | None) -> SparkSubmitOperator:
+    """The stage's task: spark-submit on a `spark` connection, a Spark Connect client on a `spark_connect` one."""
+    from speedprofile.airflow_stage import StageOperator
+
     args = ["--warehouse", warehouse, "--date", DATE]
     if cell is not None:
         args += ["--partition", cell]
     for f in st.flags:
         args += [f.flag, "{{ (dag_run.conf or {}).get('" + f.param + "', " + repr(f.default) + ") }}"]
-    return SparkSubmitOperator(
+    return StageOperator(
         task_id=st.name, application=str(REPO / (st.app or "")), conn_id="spark_default",
         name=st.name if cell is None else f"{st.name}__{cell}", application_args=args,
         outlets=[asset(warehouse, t, cell) for t in st.outputs if "." not in t],

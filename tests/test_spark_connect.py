@@ -1,0 +1,75 @@
+"""Stages as Spark Connect clients of a long-lived server: same tables as spark-submit, through `run` and Airflow."""
+
+import json
+import shutil
+import socket
+import subprocess
+
+import pyarrow.dataset as ds
+import pytest
+
+from speedprofile import server
+from speedprofile.cli import main as sp
+from tests.plugins.orchestration import AIRFLOW, E2E_CELL, REPO, SIM_DAYS, airflow_env, key_lines
+
+TABLES = ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def connect_url(tmp_path_factory):
+    """A real Spark Connect server (Spark's start-connect-server.sh) on 127.0.0.1, stopped after the module."""
+    port = _free_port()
+    state = tmp_path_factory.mktemp("connect_server")
+    url = server.start(port=port, master="local[2]", state=str(state), timeout=300)
+    yield url
+    server.stop(port, str(state))
+    assert not server.answering("127.0.0.1", port)
+
+
+def _rows(warehouse, table):
+    t = ds.dataset(str(warehouse / table), format="parquet", partitioning="hive").to_table()
+    cols = sorted(t.column_names)
+    t = t.select(cols)
+    return sorted(json.dumps(r, sort_keys=True, default=str) for r in t.to_pylist())
+
+
+def test_server_binds_loopback_and_status_answers(connect_url, capsys):
+    host, port = connect_url.removeprefix("sc://").split(":")
+    assert host == "127.0.0.1"
+    assert sp(["server", "status", "--port", port]) == 0
+    assert "answering" in capsys.readouterr().out
+
+
+def test_run_remote_writes_the_same_tables_as_spark_submit(airflow_warehouse, tmp_path, connect_url):
+    remote_wh = tmp_path / "remote"
+    shutil.copytree(airflow_warehouse, remote_wh)
+    args = ["run", "--date", SIM_DAYS[0], "--to-date", SIM_DAYS[1], "--all"]
+    assert sp([*args, "--warehouse", str(airflow_warehouse)]) == 0
+    assert sp([*args, "--warehouse", str(remote_wh), "--remote", connect_url]) == 0
+    for table in TABLES:
+        local, remote = _rows(airflow_warehouse, table), _rows(remote_wh, table)
+        assert local, table
+        assert local == remote, table
+    logs = sorted((remote_wh / "_logs").glob("match_traces_*.log"))
+    assert logs and "spark-submit" not in logs[-1].read_text()
+
+
+def test_airflow_partition_day_on_a_spark_connect_connection(airflow_warehouse, airflow_home, connect_url):
+    env = airflow_env(airflow_home, airflow_warehouse)
+    host, port = connect_url.removeprefix("sc://").split(":")
+    env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark_connect", "host": host, "port": int(port)})
+    proc = subprocess.run([AIRFLOW, "dags", "test", f"speed_profile__{E2E_CELL}", SIM_DAYS[1]], env=env,
+                          cwd=str(REPO), capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert "DagRun Finished" in out and "state=success" in out, key_lines(out)
+    assert out.count(f"Spark Connect client of sc://{host}:{port}") == 4
+    day = SIM_DAYS[0]
+    for table in ("segment_traversals", "bucketed_traversals"):
+        assert (airflow_warehouse / table / f"dt={day}" / f"partition={E2E_CELL}").is_dir(), table
+    assert (airflow_warehouse / "speed_estimates" / f"partition={E2E_CELL}").is_dir()
