@@ -20,6 +20,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check speedprofile schemas spark_apps dags tests benchmarks
+	$(VENV)/bin/mypy
 
 airflow: setup
 	scripts/airflow_ui.sh

@@ -32,7 +32,7 @@ SHARDS = 16  # DAG files holding the partition DAGs (speed_profile_shard_00.py .
 POSTGIS_CONN_ID = "speedprofile_postgis"
 DSN_ENV = "SPEEDPROFILE_PG_DSN"
 DATE = "{{ data_interval_start | ds }}"
-DEFAULT_ARGS = {
+DEFAULT_ARGS: dict[str, Any] = {
     "owner": "speedprofile",
     "retries": 2,
     "retry_delay": timedelta(minutes=2),
@@ -40,8 +40,8 @@ DEFAULT_ARGS = {
     "max_retry_delay": timedelta(minutes=20),
     "execution_timeout": timedelta(hours=1),
 }
-GATE_ARGS = {"retries": 0, "execution_timeout": timedelta(minutes=10)}  # bad data does not heal on retry
-SENSOR_ARGS = {"mode": "reschedule", "poke_interval": 600, "timeout": 12 * 3600, "execution_timeout": None,
+GATE_ARGS: dict[str, Any] = {"retries": 0, "execution_timeout": timedelta(minutes=10)}  # bad data does not heal on retry
+SENSOR_ARGS: dict[str, Any] = {"mode": "reschedule", "poke_interval": 600, "timeout": 12 * 3600, "execution_timeout": None,
                "retries": 0}
 # Run settings a trigger may override with its conf (`--conf '{"window_weeks": 2}'`): the registry's stage flags
 # plus the gate thresholds. Read from dag_run.conf, not declared as DAG params: Airflow deep-copies the params into
@@ -248,6 +248,7 @@ def build_dag(cell: str, warehouse: str) -> DAG:
     ) as dag:
         done: dict[str, Any] = {}  # stage name -> the task its downstream stages wait for (its gate, if any)
         for st in PARTITION_STAGES:
+            task: SparkSubmitOperator | PythonOperator
             if st.runner == "spark":
                 task = _submit(st, warehouse, cell)
             else:  # the registry's only Airflow-side stage: publishing to PostGIS

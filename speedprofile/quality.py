@@ -218,7 +218,7 @@ def _match_traces(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: i
     r.balance("rows_out", rows_in, rows_out, _rejected(m))
     r.same("metrics rows_out", rows_out, f"segment_traversals rows in dt={dt} partition={p}", out.rows)
     fixes_in, matched = r.key("fixes_in"), r.key("fixes_matched")
-    unmatched = m.get("fixes_unmatched") if isinstance(m.get("fixes_unmatched"), dict) else {}
+    unmatched: dict[str, Any] = m["fixes_unmatched"] if isinstance(m.get("fixes_unmatched"), dict) else {}
     if fixes_in is not None and matched is not None:
         r.res.facts.update(fixes_in=int(fixes_in), fixes_matched=int(matched))
         if int(fixes_in) != int(matched) + sum(int(v) for v in unmatched.values()):

@@ -168,8 +168,9 @@ def render(cells: list[Cell], fresh: list[Freshness]) -> str:
                          f"written {f.written_utc} ({_age(f.age_s)})")
         else:
             lines.append(f"  {f.partition}  none")
-    n = {s: sum(c.state == s for c in cells) for s in (DONE, FAILED, MISSING)}
-    lines.append(f"{len(by_key)} partition-day(s): {n[DONE]} stage runs done, {n[FAILED]} failed, {n[MISSING]} missing")
+    count = {s: sum(c.state == s for c in cells) for s in (DONE, FAILED, MISSING)}
+    lines.append(f"{len(by_key)} partition-day(s): {count[DONE]} stage runs done, {count[FAILED]} failed, "
+                 f"{count[MISSING]} missing")
     return "\n".join(lines)
 
 

@@ -171,7 +171,7 @@ def _est_cells(warehouse: str) -> list[str]:
     return estimate_partitions(warehouse)
 
 
-def point_header(answers: list[Answer], lat: float, lon: float, radius_m: float) -> str:
+def point_header(answers: list[Answer], lat: float | None, lon: float | None, radius_m: float) -> str:
     """The line before a point query's answers: which road was chosen and why, and how many directions."""
     first = answers[0]
     dirs = "both directions" if len(answers) > 1 else "one-way"
