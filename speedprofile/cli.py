@@ -91,6 +91,9 @@ def spark_log_to_file(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from speedprofile import procs
+
+    previous = procs.raise_on_sigterm()  # SIGTERM, like SIGINT, ends the verb and every process it started
     try:
         args = build_parser(argv).parse_args(argv)
         with spark_log_to_file(args):
@@ -98,14 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"speedprofile: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("speedprofile: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, procs.Terminated) as exc:
+        procs.stop_children()
+        print(f"speedprofile: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + exc.signum
     except Exception as exc:
         if os.environ.get("SPEEDPROFILE_DEBUG"):
             raise
         print(f"speedprofile: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return 1
+    finally:
+        procs.restore_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""SIGTERM or SIGINT to a real `speedprofile run` stops its spark-submit and every process below it (driver JVM,
-Python driver), and `run` exits non-zero (128 + signal) with one line; nothing keeps running as an orphan.
+"""SIGTERM or SIGINT to a real `speedprofile run` or `speedprofile ingest` stops its Spark processes (the
+spark-submit with its driver JVM and Python driver; the in-process Spark JVM) and the verb exits with 128 + the
+signal number; nothing keeps running as an orphan.
 """
 
 from __future__ import annotations
@@ -89,3 +90,39 @@ def test_signal_stops_the_spark_submit_group_and_exits_non_zero(tmp_path, signum
     procs = processes()
     left = {p for p, (_, pgrp, _) in procs.items() if pgrp == group} | (below & set(procs))
     assert not left, {p: procs[p][2][:120] for p in left}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_ingest_ends_its_spark_jvm_and_exits_non_zero(tiny_network_warehouse, tmp_path, signum):
+    import shutil
+
+    root = tmp_path / "wh"
+    shutil.copytree(tiny_network_warehouse, root)
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "speedprofile.cli", "ingest", "--warehouse", str(root),
+         str(REPO / "fixtures" / "ingest_probes" / "input" / "times.csv")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )
+    try:
+        deadline, jvm = time.time() + 300, None
+        while time.time() < deadline and ingest.poll() is None and jvm is None:
+            procs = processes()
+            jvm = next((p for p in descendants(ingest.pid, procs) if "java" in procs[p][2].split()[0]), None)
+            time.sleep(0.05)
+        assert jvm is not None, f"no Spark JVM seen (ingest exited {ingest.poll()}): {ingest.communicate()[1][-2000:]}"
+        time.sleep(1.0)  # let the session come up part-way
+        below = descendants(ingest.pid, processes())
+        os.kill(ingest.pid, signum)
+        ingest.communicate(timeout=120)
+    finally:
+        if ingest.poll() is None:
+            ingest.kill()
+            ingest.wait()
+    assert ingest.returncode == 128 + signum  # 143 for SIGTERM, 130 for SIGINT
+    # The JVM (and anything it started) ends with its driver: nothing keeps running or writing.
+    deadline = time.time() + 60
+    while time.time() < deadline and below & set(processes()):
+        time.sleep(0.2)
+    procs = processes()
+    assert not (below & set(procs)), {p: procs[p][2][:120] for p in below & set(procs)}
