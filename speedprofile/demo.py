@@ -87,7 +87,7 @@ def cli(args: argparse.Namespace) -> int:
     step("ingest", ["ingest", "--warehouse", warehouse, str(sim / "probes")])
     last = str(date.fromisoformat(args.start_date) + timedelta(days=args.days - 1))
     step("run", ["run", "--warehouse", warehouse, "--date", args.start_date, "--to-date", last, "--all",
-                 "--window-weeks", "1"])
+                 "--window-weeks", "1", "--in-process"])
     maps = out / "speeds_fri_0800_vs_0300.png"
     step("map", ["map", "--warehouse", warehouse, "--out", str(maps), "--at", "Fri 08:00", "--at", "Fri 03:00"])
 

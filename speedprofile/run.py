@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of: " + ", ".join(STAGES))
     p.add_argument("--master", default=os.environ.get("SPEEDPROFILE_SPARK_MASTER"), help="Spark master URL")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra spark-submit --conf")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every stage in this process on one local Spark session (one JVM for all stages; "
+                        "for a single machine, e.g. the demo)")
     p.add_argument("--remote", default=os.environ.get("SPEEDPROFILE_SPARK_REMOTE"),
                    help="Spark Connect server URL sc://HOST:PORT (default $SPEEDPROFILE_SPARK_REMOTE; none: spark-submit)")
     for f in {f.param: f for s in STAGES for f in registered(s).flags}.values():
@@ -113,6 +116,7 @@ def run_stages(
     warehouse: str, date: str, to_date: str | None, partitions: list[str], stages: list[str] | tuple[str, ...] = STAGES,
     master: str | None = None, confs: list[str] | None = None, window_weeks: int = 4,
     log_dir: str | None = None, echo=print, progress: bool = False, remote: str | None = None,
+    in_process: bool = False,
 ) -> dict[str, float]:
     """Run the stages in order; returns seconds per stage. Raises UserError naming the log on failure.
     With `progress`, a bar (or plain lines off a terminal) counts stage x partition-days done, rows/s and ETA."""
@@ -133,8 +137,13 @@ def run_stages(
         t0 = time.monotonic()
         if bar:
             bar.start(stage, log)
-        with open(log, "w") as fh:
-            rc = run_child(cmd, fh, submit_env(remote), stage)
+        if in_process:
+            if master or confs or remote:
+                raise UserError("--in-process runs on a local session: it takes no --master, --conf or --remote")
+            rc = run_in_process(stage, cmd[cmd.index(app_path(stage)) + 1:], log)
+        else:
+            with open(log, "w") as fh:
+                rc = run_child(cmd, fh, submit_env(remote), stage)
         timings[stage] = time.monotonic() - t0
         if bar:
             bar.finish(stage, ok=rc == 0)
@@ -148,6 +157,28 @@ def run_stages(
     if bar:
         bar.close()
     return timings
+
+
+def run_in_process(stage: str, argv: list[str], log: Path) -> int:
+    """Run a stage app's main() in this process on the active (or a new local) Spark session; its own output and
+    a one-line error go to `log`. Returns the app's exit code (2 for a user error, 1 for any other failure)."""
+    import contextlib
+    import traceback
+
+    if "SPARK_CONF_DIR" not in os.environ and LOCAL_CONF_DIR.is_dir():
+        os.environ["SPARK_CONF_DIR"] = str(LOCAL_CONF_DIR)  # read when the first session starts
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    app = importlib.import_module(f"spark_apps.{stage}")
+    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        try:
+            return int(app.main(argv) or 0)
+        except UserError as exc:
+            print(f"error: {exc}")
+            return 2
+        except Exception:
+            traceback.print_exc()
+            return 1
 
 
 class _StageProgress:
@@ -325,6 +356,7 @@ def _cli(args: argparse.Namespace) -> int:
                                          args.master, args.conf, args.window_weeks, args.remote)))
         return 0
     timings = run_stages(args.warehouse, args.date, args.to_date, partitions, stages, args.master, args.conf,
-                         args.window_weeks, args.log_dir, progress=True, remote=args.remote)
+                         args.window_weeks, args.log_dir, progress=True, remote=args.remote,
+                         in_process=args.in_process)
     print(f"run: {len(timings)} stage(s) in {sum(timings.values()):.1f} s")
     return 0
