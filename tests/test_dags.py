@@ -207,7 +207,8 @@ def test_dag_modules_import_no_pyspark_or_pandas(tmp_path):
         "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "new = set(sys.modules) - before\n"
         "print(sorted(m for m in new if m.split('.')[0] in ('pyspark', 'pandas', 'numpy', 'pyarrow', 'speedprofile')\n"
-        "             and m not in ('speedprofile', 'speedprofile.stages', 'speedprofile.orchestration')))\n"
+        "             and m not in ('speedprofile', 'speedprofile.stages', 'speedprofile.orchestration',\n"
+        "                           'speedprofile.validate', 'speedprofile.errors')))\n"
         "print('pyspark' in sys.modules)\n"
     )
     env = {"SPEEDPROFILE_WAREHOUSE": str(tmp_path / "wh"), "PATH": "/usr/bin:/bin",
