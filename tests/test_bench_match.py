@@ -61,3 +61,36 @@ def test_bench_bad_arguments_fail_with_one_line(capsys, data_dir, argv_tail, mes
     rc, _, err = _run(capsys, argv)
     assert rc == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_cross_validation_adds_keys_and_scores_held_out_folds(capsys, data_dir, tmp_path):
+    out_json = tmp_path / "cv.json"
+    rc, out, _ = _run(capsys, ["bench", "match", "--kubicka", str(data_dir / "kubicka2015"),
+                               "--tracks", "00000000,00000006,00000048", "--folds", "3",
+                               "--grid", '{"sigma_m": [7, 10], "radius_m": [40]}', "--out", str(out_json)])
+    assert rc == 0
+    last = json.loads(out.strip().splitlines()[-1])
+    assert {"tracks", "points", "accuracy", "points_per_second", "cores"} <= set(last)
+    assert last["cv_folds"] == 3
+    cv = json.loads(out_json.read_text())["cv"]
+    assert cv["grid_size"] == 2 and len(cv["per_fold"]) == 3
+    # one track per fold: each fold's test accuracy is that track's accuracy under the parameters chosen without it
+    for row in cv["per_fold"]:
+        assert len(row["tracks"]) == 1
+        assert row["test_accuracy"] == pytest.approx(cv["held_out_per_track"][row["tracks"][0]], abs=1e-5)
+        assert row["params"]["sigma_m"] in (7, 10)
+    assert last["cv_accuracy_worst_fold"] == min(r["test_accuracy"] for r in cv["per_fold"])
+    assert last["cv_accuracy_worst_fold"] <= last["cv_accuracy_mean"] <= 1.0
+    assert last["cv_accuracy_min_track"] == pytest.approx(min(cv["held_out_per_track"].values()), abs=1e-5)
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["--folds", "1"], "need 2 <= K"),
+    (["--folds", "2", "--grid", "[1, 2]"], "expected a JSON object"),
+    (["--folds", "2", "--grid", '{"no_such": [1]}'], "unknown parameter no_such"),
+])
+def test_bench_cross_validation_bad_arguments(capsys, data_dir, argv_tail, message):
+    argv = ["bench", "match", "--kubicka", str(data_dir / "kubicka2015"), "--tracks", "00000000,00000048", *argv_tail]
+    rc, _, err = _run(capsys, argv)
+    assert rc == 2
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -284,8 +284,8 @@ def _transition(src, i, factor, score, back, px, py, t, cnt, cseg, coff, cdist, 
 
 @njit(cache=True, nogil=True)
 def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, bound_factor, bound_slack, bound_min,
-            max_speed, max_gap_s, gap_join_m, skip_max_s, recover_factor, uturn_penalty, back_tol, out_ptr, out_seg,
-            seg_from, seg_to, seg_len, seg_rev, n_nodes):
+            max_speed, max_gap_s, gap_join_m, skip_max_s, recover_factor, uturn_penalty, back_tol, stay_s, stay_m,
+            out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, n_nodes):
     """Newson & Krumm HMM over the points with candidates.
 
     t_end[i] is the last time point i's position was observed (thinned fixes near it extend it). A time gap
@@ -296,8 +296,9 @@ def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, b
     skip_max_s. If none does, the path breaks at the first skipped point and matching resumes from there.
 
     Returns (chosen candidate per point or -1, predecessor point per point or -1 = chain start, break flags:
-    1 = time gap, 2 = no plausible transition, 3 = outlier skipped, route bound used per point, forward score per
-    point and candidate). Points without candidates are left out.
+    1 = time gap, 2 = no plausible transition, 3 = outlier skipped, route bound and backward tolerance used per
+    point, forward score per point and candidate). Leaving a standstill (a point seen for stay_s), backward moves
+    up to stay_m along a segment count as standing still. Points without candidates are left out.
     """
     n = px.shape[0]
     kmax = cseg.shape[1]
@@ -306,6 +307,7 @@ def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, b
     pred_pt = np.full(n, -1, np.int64)
     brk = np.zeros(n, np.int8)
     pt_bound = np.zeros(n, np.float64)
+    pt_btol = np.zeros(n, np.float64)
     nseg = seg_len.shape[0]
     dist = np.full(n_nodes, np.inf)
     pred = np.full(n_nodes, -1, np.int64)
@@ -372,25 +374,31 @@ def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, b
                 mark[v] = stamp
                 n_targets += 1
         src = prev
+        btol = back_tol
+        if stay_s > 0.0 and t_end[prev] - t[prev] >= stay_s:
+            btol = max(back_tol, stay_m)  # leaving a standstill: its drift is no backward movement
         bound = _transition(prev, i, 1.0, score, back, px, py, t, cnt, cseg, coff, cdist, inv2s2, beta, beta_per_m,
-                            bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, back_tol, out_ptr, out_seg,
+                            bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, btol, out_ptr, out_seg,
                             seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, mark, stamp, n_targets)
         if bound < 0.0 and pend < 0 and prevprev >= 0 and t[i] - t_end[prevprev] <= max_gap_s:
             # the previous point may be a spike: connect from the one before it
             src = prevprev
+            btol = back_tol
             bound = _transition(prevprev, i, 1.0, score, back, px, py, t, cnt, cseg, coff, cdist, inv2s2, beta,
-                                beta_per_m, bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, back_tol,
+                                beta_per_m, bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, btol,
                                 out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv,
                                 mark, stamp, n_targets)
         if bound < 0.0 and recover_factor > 1.0:
             src = prev
+            btol = back_tol if t_end[prev] - t[prev] < stay_s or stay_s <= 0.0 else max(back_tol, stay_m)
             bound = _transition(prev, i, recover_factor, score, back, px, py, t, cnt, cseg, coff, cdist, inv2s2, beta,
-                                beta_per_m, bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, back_tol,
+                                beta_per_m, bound_factor, bound_slack, bound_min, max_speed, uturn_penalty, btol,
                                 out_ptr, out_seg, seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv,
                                 mark, stamp, n_targets)
         if bound >= 0.0:
             pred_pt[i] = src
             pt_bound[i] = bound
+            pt_btol[i] = btol
             if src == prevprev and src != prev:
                 brk[prev] = 3
                 # the spike is dropped: the chain continues from prevprev
@@ -439,7 +447,7 @@ def viterbi(px, py, t, t_end, cnt, cseg, coff, cdist, sigma, beta, beta_per_m, b
             if pj >= 0:
                 cur = back[j, cur]
             j = pj
-    return chosen, pred_pt, brk, pt_bound, score
+    return chosen, pred_pt, brk, pt_bound, pt_btol, score
 
 
 @njit(cache=True, nogil=True)
@@ -497,12 +505,12 @@ def _grow_f(a, n):
 
 
 @njit(cache=True, nogil=True)
-def build_path(order, pred_pt, cseg, coff, chosen, pt_bound, back_tol, uturn_penalty, out_ptr, out_seg, seg_from,
+def build_path(order, pred_pt, cseg, coff, chosen, pt_bound, pt_btol, uturn_penalty, out_ptr, out_seg, seg_from,
                seg_to, seg_len, seg_rev, n_nodes):
     """Legs (segment, from offset, to offset, chain, path position at start) along the matched chains.
 
-    `order` lists matched points in time order; pt_bound is the route bound the Viterbi pass used to reach each
-    point. Returns legs and, per matched point, its position (metres along
+    `order` lists matched points in time order; pt_bound and pt_btol are the route bound and backward tolerance
+    the Viterbi pass used to reach each point. Returns legs and, per matched point, its position (metres along
     its chain's path) and chain number.
     """
     m = order.shape[0]
@@ -543,7 +551,7 @@ def build_path(order, pred_pt, cseg, coff, chosen, pt_bound, back_tol, uturn_pen
         if q > 0 and j >= 0 and j == order[q - 1]:
             sa = cseg[j, chosen[j]]
             oa_raw = coff[j, chosen[j]]
-            _route_m, kind, nt = _route(sa, oa_raw, sb, ob, pt_bound[i], back_tol, uturn_penalty, out_ptr, out_seg,
+            _route_m, kind, nt = _route(sa, oa_raw, sb, ob, pt_bound[i], pt_btol[i], uturn_penalty, out_ptr, out_seg,
                                      seg_from, seg_to, seg_len, seg_rev, dist, pred, touched, hk, hv, True,
                                      mark, q)
         if kind == -1:

@@ -260,6 +260,8 @@ def cli(args: argparse.Namespace) -> int:
     tracks = list_tracks(args.kubicka, only)
     warm_up()
     combos = _grid(args.grid) if args.folds else None
+    if args.folds and not 2 <= args.folds <= len(tracks):
+        raise UserError(f"--folds {args.folds}: need 2 <= K <= number of tracks ({len(tracks)})")
     summary = run(args.kubicka, tracks)
     if args.folds:
         print()

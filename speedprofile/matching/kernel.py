@@ -162,15 +162,15 @@ class Matcher:
             kx, ky, float(p.radius_m), int(p.max_candidates), net.gx0, net.gy0, net.cell_m, net.ncy, net.grid_keys,
             net.grid_ptr, net.grid_items, net.pc_seg, net.pc_x0, net.pc_y0, net.pc_x1, net.pc_y1, net.pc_off0,
             net.seg_scale, net.seg_len)
-        chosen, pred_pt, brk, pt_bound, score = _core.viterbi(
+        chosen, pred_pt, brk, pt_bound, pt_btol, score = _core.viterbi(
             kx, ky, kt, kt_end, cnt, cseg, coff, cdist, *_floats(
                 p.sigma_m, p.beta_m, p.beta_per_m, p.bound_factor, p.bound_slack_m, p.bound_min_m,
                 p.max_route_kph / 3.6, p.max_gap_s, p.gap_join_m, p.skip_max_s, p.recover_factor, p.uturn_penalty_m,
-                p.back_tol_m), net.out_ptr, net.out_seg, net.seg_from, net.seg_to,
+                p.back_tol_m, p.stay_s, p.stay_m), net.out_ptr, net.out_seg, net.seg_from, net.seg_to,
             net.seg_len, net.seg_rev, net.n_nodes)
         order = np.nonzero(chosen >= 0)[0]
         lseg, lo0, lo1, lchain, ls0, pos, pchain = _core.build_path(
-            order, pred_pt, cseg, coff, chosen, pt_bound, *_floats(p.back_tol_m, p.uturn_penalty_m), net.out_ptr, net.out_seg,
+            order, pred_pt, cseg, coff, chosen, pt_bound, pt_btol, float(p.uturn_penalty_m), net.out_ptr, net.out_seg,
             net.seg_from, net.seg_to, net.seg_len, net.seg_rev, net.n_nodes)
         # per kept point outcome
         k_status = np.where(cnt == 0, "off_network", "outlier").astype(object)
