@@ -24,8 +24,6 @@ from speedprofile.serve.timeofweek import format_bucket, parse_many
 
 DEFAULT_AT = ("Fri 08:00",)
 CMAP = "viridis"
-HTML_CELL_BUDGET = 2_000_000  # segments x slider steps embedded in one page (~7 bytes each)
-STEP_CHOICES = (1, 3, 6, 12, 24, 36, 72)  # slider step in 5-minute buckets
 AXES_COLOUR = "#f7f7f2"  # map background (PNG axes and HTML canvas)
 MISSING_COLOUR = "#b4b4b4"  # segments without an estimate at that time
 _WIDTH = {"motorway": 2.4, "trunk": 2.2, "primary": 1.8, "secondary": 1.5, "tertiary": 1.2}
@@ -138,58 +136,100 @@ def render_png(warehouse: str, out: str | Path, at: Sequence[str] | str | None =
     return out
 
 
-def _b64(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+HOURS = 168  # hover details (p15-p85, traces, source) are kept per hour of the week: the hour's first bucket
 
 
-def html_step(n_segments: int) -> int:
-    """Slider step (in 5-minute buckets) keeping segments x steps within HTML_CELL_BUDGET."""
-    for step in STEP_CHOICES:
-        if n_segments * math.ceil(N_BUCKETS / step) <= HTML_CELL_BUDGET:
-            return step
-    return STEP_CHOICES[-1]
+def _profiles(warehouse: str, segs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per segment (rows of segs): 200 DCT coefficients of the gap-filled 2016-bucket speed profile, a has-data
+    flag, and per hour of the week p15 / p85 (km/h), distinct traces and the source index (255 = none)."""
+    from speedprofile.serve import predicted_speeds as ps
+    from speedprofile.serve.data import estimate_partitions, load_estimates
+    from speedprofile.serve.exports import fill_week
+
+    n = len(segs)
+    out = {"coef": np.zeros((n, ps.COEFFICIENT_COUNT), np.int16), "has": np.zeros(n, np.uint8),
+           **{k: np.full((n, HOURS), 255, np.uint8) for k in ("p15", "p85", "traces", "src")}}
+    src_code = {s: i for i, s in enumerate(SOURCES)}
+    row_of = pd.Series(np.arange(n), index=segs["segment_id"].to_numpy())
+    for cell in sorted(set(segs["partition"]) & set(estimate_partitions(warehouse))):
+        est = load_estimates(warehouse, [cell], columns=["segment_id", "tow_bucket", "speed_kph", "p15_kph",
+                                                           "p85_kph", "n_traces", "source"])
+        r = row_of.reindex(est["segment_id"].to_numpy()).to_numpy()
+        b = est["tow_bucket"].to_numpy(dtype=float)
+        ok = np.isfinite(r) & (b >= 0) & (b < N_BUCKETS)
+        r, b, est = r[ok].astype(int), b[ok].astype(int), est[ok]
+        rows = np.unique(r)
+        local = pd.Series(np.arange(len(rows)), index=rows)[r].to_numpy()
+        speeds = np.full((len(rows), N_BUCKETS), np.nan)
+        speeds[local, b] = est["speed_kph"].to_numpy(dtype=float)
+        filled, has = fill_week(speeds)
+        out["coef"][rows[has]] = ps.compress(filled[has])
+        out["has"][rows[has]] = 1
+        first = b % 12 == 0
+        h, rr = b[first] // 12, r[first]
+
+        def u8(v) -> np.ndarray:
+            x = pd.to_numeric(pd.Series(v), errors="coerce").to_numpy(dtype=float)
+            return np.where(np.isfinite(x), np.clip(np.round(x), 0, 254), 255).astype(np.uint8)
+
+        for key, col in (("p15", "p15_kph"), ("p85", "p85_kph"), ("traces", "n_traces")):
+            out[key][rr, h] = u8(est[col].to_numpy()[first])
+        out["src"][rr, h] = pd.Series(est["source"].to_numpy()[first]).map(src_code).fillna(255).to_numpy(np.uint8)
+    return out
 
 
 def render_html(warehouse: str, out: str | Path, at: Sequence[str] | str | None = None,
                 partitions: Sequence[str] | None = None) -> Path:
-    """One self-contained HTML page (inline data, script and style; no network) with a time-of-week slider."""
+    """One self-contained HTML page (inline data, script and style; no network) with a time-of-week slider over all
+    2016 five-minute buckets. Speeds travel as the 200 DCT coefficients of the Valhalla codec, hover details per
+    hour, geometry as integer micro-degree deltas, all in one gzip stream (the page inflates it with the
+    browser's DecompressionStream): well under 1 kB per segment."""
+    import gzip
+
     import matplotlib
+
+    from speedprofile.serve import predicted_speeds as ps
 
     start = parse_many(at, list(DEFAULT_AT))[0]
     segs = _network(warehouse, partitions)
-    step = html_step(len(segs))
-    buckets = list(range(0, N_BUCKETS, step))
-    cols = ["speed_kph", "p15_kph", "p85_kph", "n_traces", "confidence", "source"]
-    g = _grid(warehouse, segs, buckets, cols)
-
-    def u8(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
-        return np.where(np.isfinite(a), np.clip(np.round(a * scale), 0, 254), 255).astype(np.uint8)
-
-    lat0 = float(np.nanmean(np.concatenate(segs["geom_lat_deg"].to_numpy())))
-    coords = [np.round(np.column_stack([lo, la]).ravel(), 6).tolist()
-              for lo, la in zip(segs["geom_lon_deg"], segs["geom_lat_deg"], strict=True)]
+    prof = _profiles(warehouse, segs)
+    lons, lats = segs["geom_lon_deg"].to_numpy(), segs["geom_lat_deg"].to_numpy()
+    counts = np.array([len(x) for x in lons], dtype=np.uint16)
+    xy = np.column_stack([np.round(np.concatenate(lons).astype(float) * 1e6),
+                          np.round(np.concatenate(lats).astype(float) * 1e6)]).astype(np.int64)
+    dxy = np.diff(xy, axis=0, prepend=np.zeros((1, 2), np.int64)).astype(np.int32)  # deltas compress well
+    names = [None if pd.isna(v) else str(v) for v in segs["name"]]
+    name_list = sorted({v for v in names if v is not None})
+    name_idx = {v: i + 1 for i, v in enumerate(name_list)}
+    classes = sorted(set(segs["road_class"].astype(str)))
+    class_idx = {c: i for i, c in enumerate(classes)}
+    sections = [  # (name, array): 8-, 4-, 2-, then 1-byte items, so every section starts aligned
+        ("ids", segs["segment_id"].to_numpy(np.int64)),
+        ("xy", dxy.ravel()),
+        ("names", np.array([name_idx.get(v, 0) for v in names], np.uint32)),
+        ("coef", prof["coef"].ravel()),
+        ("counts", counts),
+        ("lengths", np.clip(np.round(segs["length_m"].to_numpy(float)), 0, 65535).astype(np.uint16)),
+        ("classes", np.array([class_idx[c] for c in segs["road_class"].astype(str)], np.uint8)),
+        ("has", prof["has"]),
+        *((k, prof[k].ravel()) for k in ("p15", "p85", "traces", "src")),
+    ]
+    layout, blobs, offset = {}, [], 0
+    for name, arr in sections:
+        raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+        layout[name] = [offset, len(raw)]
+        blobs.append(raw)
+        offset += len(raw)
+    packed = gzip.compress(b"".join(blobs), compresslevel=9, mtime=0)
     lut = (matplotlib.colormaps[CMAP](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(int)
+    lat0 = float(np.nanmean(np.concatenate(lats).astype(float))) if len(lats) else 0.0
+    filled = ps.decompress(prof["coef"][prof["has"] == 1]) if prof["has"].any() else np.zeros((0, N_BUCKETS))
     data = {
-        "lat0": lat0,
-        "step": step,
-        "buckets": buckets,
-        "labels": [format_bucket(b) for b in buckets],
-        "start": min(range(len(buckets)), key=lambda i: abs(buckets[i] - start)),
-        "vmax": _vmax(g["speed_kph"]),
-        "lut": ["#{:02x}{:02x}{:02x}".format(*c) for c in lut],
-        "sources": list(SOURCES),
-        "ids": segs["segment_id"].astype("int64").tolist(),
-        "names": [None if pd.isna(n) else str(n) for n in segs["name"]],
-        "classes": segs["road_class"].astype(str).tolist(),
-        "lengths": np.round(segs["length_m"].to_numpy(float)).tolist(),
-        "coords": coords,
-        "speed": _b64(u8(g["speed_kph"])),
-        "p15": _b64(u8(g["p15_kph"])),
-        "p85": _b64(u8(g["p85_kph"])),
-        "traces": _b64(np.where(np.isfinite(g["n_traces"]), np.clip(g["n_traces"], 0, 65534), 65535)
-                       .astype("<u2")),
-        "conf": _b64(u8(g["confidence"], 100)),
-        "src": _b64(np.where(g["source"] >= 0, g["source"], 255).astype(np.uint8)),
+        "n": len(segs), "lat0": lat0, "start": int(start), "hours": HOURS,
+        "vmax": _vmax(filled), "lut": ["#{:02x}{:02x}{:02x}".format(*c) for c in lut],
+        "sources": list(SOURCES), "names": name_list, "classes": classes,
+        "ncoef": ps.COEFFICIENT_COUNT, "norm": ps.SPEED_NORMALIZATION, "layout": layout,
+        "bin": base64.b64encode(packed).decode("ascii"),
     }
     # Escape "/" and "<" so no URL or closing tag can appear in the page text.
     payload = json.dumps(data, separators=(",", ":")).replace("/", "\\/").replace("<", "\\u003c")
@@ -223,48 +263,63 @@ html,body{margin:0;height:100%;background:#f7f7f2;color:#eee;font:14px system-ui
 <script type="application/json" id="data">__DATA__</script>
 <script>
 "use strict";
+(async () => {
 const D = JSON.parse(document.getElementById("data").textContent);
-const N = D.ids.length, T = D.buckets.length;
-function bytes(b64) { const s = atob(b64), a = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return a; }
-const SPEED = bytes(D.speed), P15 = bytes(D.p15), P85 = bytes(D.p85), CONF = bytes(D.conf), SRC = bytes(D.src);
-const TRACES = new Uint16Array(bytes(D.traces).buffer);
+const N = D.n, T = 2016, H = D.hours, K = D.ncoef;
+const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const label_of = t => `${DAYS[Math.floor(t / 288)]} ${String(Math.floor(t % 288 / 12)).padStart(2, "0")}:${String(t % 12 * 5).padStart(2, "0")}`;
+const packed = Uint8Array.from(atob(D.bin), c => c.charCodeAt(0));
+const buf = await new Response(new Blob([packed]).stream().pipeThrough(new DecompressionStream("gzip"))).arrayBuffer();
+const sec = (name, Type) => { const [o, n] = D.layout[name]; return new Type(buf.slice(o, o + n)); };
+const IDS = sec("ids", BigInt64Array), DXY = sec("xy", Int32Array), NAMEI = sec("names", Uint32Array);
+const COEF = sec("coef", Int16Array), COUNTS = sec("counts", Uint16Array), LENGTHS = sec("lengths", Uint16Array);
+const CLASSI = sec("classes", Uint8Array), HAS = sec("has", Uint8Array);
+const P15 = sec("p15", Uint8Array), P85 = sec("p85", Uint8Array), TRACES = sec("traces", Uint8Array), SRC = sec("src", Uint8Array);
 const kx = Math.cos(D.lat0 * Math.PI / 180);
 const WIDTH = {motorway: 3.2, trunk: 3, primary: 2.6, secondary: 2.2, tertiary: 1.8};
 let minx = Infinity, maxx = -Infinity, miny = Infinity, maxy = -Infinity;
-const XY = D.coords.map(c => { const p = new Float64Array(c.length);
-  for (let i = 0; i < c.length; i += 2) { p[i] = c[i] * kx; p[i + 1] = c[i + 1];
-    minx = Math.min(minx, p[i]); maxx = Math.max(maxx, p[i]); miny = Math.min(miny, p[i + 1]); maxy = Math.max(maxy, p[i + 1]); }
-  return p; });
+const XY = new Array(N); { let x = 0, y = 0, v = 0;
+  for (let i = 0; i < N; i++) { const p = new Float64Array(2 * COUNTS[i]);
+    for (let k = 0; k < p.length; k += 2, v++) { x += DXY[2 * v]; y += DXY[2 * v + 1]; p[k] = x / 1e6 * kx; p[k + 1] = y / 1e6;
+      minx = Math.min(minx, p[k]); maxx = Math.max(maxx, p[k]); miny = Math.min(miny, p[k + 1]); maxy = Math.max(maxy, p[k + 1]); }
+    XY[i] = p; } }
+const SPEED = new Float32Array(N), COS = new Float64Array(K);
+function speeds(t) {  // DCT-III of each segment's 200 coefficients at bucket t (Valhalla's decompress_speed_bucket)
+  for (let k = 0; k < K; k++) COS[k] = Math.cos(Math.PI / T * (t + 0.5) * k) * (k === 0 ? Math.SQRT1_2 : 1);
+  for (let i = 0, o = 0; i < N; i++, o += K) { if (!HAS[i]) { SPEED[i] = -1; continue; }
+    let s = 0; for (let k = 0; k < K; k++) s += COEF[o + k] * COS[k]; SPEED[i] = Math.max(0, D.norm * s); }
+}
 const canvas = document.getElementById("map"), ctx = canvas.getContext("2d");
 const slider = document.getElementById("slider"), label = document.getElementById("label"), tip = document.getElementById("tip");
 slider.max = T - 1; slider.value = D.start;
 document.getElementById("vmax").textContent = D.vmax;
 const ramp = document.getElementById("ramp").getContext("2d");
 for (let i = 0; i < 160; i++) { ramp.fillStyle = D.lut[Math.round(i * 255 / 159)]; ramp.fillRect(i, 0, 1, 12); }
-let view = null, screen = [], hover = -1;
+let view = null, screen = [], hover = -1, shown = -1;
 function fit() {
   canvas.width = window.innerWidth; canvas.height = window.innerHeight - 56;
   const s = Math.min((canvas.width - 40) / Math.max(maxx - minx, 1e-6), (canvas.height - 40) / Math.max(maxy - miny, 1e-6));
   view = {s: s, ox: (canvas.width - s * (maxx - minx)) / 2 - s * minx, oy: (canvas.height + s * (maxy - miny)) / 2 + s * miny};
 }
-function colour(v) { return v === 255 ? "#b4b4b4" : D.lut[Math.min(255, Math.round(v / D.vmax * 255))]; }
+function colour(v) { return v < 0 ? "#b4b4b4" : D.lut[Math.min(255, Math.round(v / D.vmax * 255))]; }
 function draw() {
-  const t = +slider.value; label.textContent = D.labels[t];
+  const t = +slider.value; label.textContent = label_of(t);
+  if (t !== shown) { speeds(t); shown = t; }
   ctx.fillStyle = "#f7f7f2"; ctx.fillRect(0, 0, canvas.width, canvas.height);
   ctx.lineCap = "round"; ctx.lineJoin = "round";
-  const order = [...Array(N).keys()].sort((a, b) => { const va = SPEED[a * T + t], vb = SPEED[b * T + t]; return (vb === 255 ? -1 : vb) - (va === 255 ? -1 : va); });
+  const order = [...Array(N).keys()].sort((a, b) => SPEED[b] - SPEED[a]);
   screen = new Array(N);
   for (const i of order) {
     const p = XY[i], q = new Float64Array(p.length);
     for (let k = 0; k < p.length; k += 2) { q[k] = view.ox + view.s * p[k]; q[k + 1] = view.oy - view.s * p[k + 1]; }
-    const w = WIDTH[D.classes[i]] || 1.4, off = w * 0.6 + 0.5, s = new Float64Array(q.length);
+    const w = WIDTH[D.classes[CLASSI[i]]] || 1.4, off = w * 0.6 + 0.5, s = new Float64Array(q.length);
     for (let k = 0; k < q.length; k += 2) {   // shift to the right-hand side of the driving direction
       const a = Math.max(0, k - 2), b = Math.min(q.length - 2, k + 2);
       let dx = q[b] - q[a], dy = q[b + 1] - q[a + 1]; const L = Math.hypot(dx, dy) || 1;
       s[k] = q[k] - dy / L * off; s[k + 1] = q[k + 1] + dx / L * off;
     }
     screen[i] = s;
-    ctx.strokeStyle = colour(SPEED[i * T + t]); ctx.lineWidth = i === hover ? w + 3 : w;
+    ctx.strokeStyle = colour(SPEED[i]); ctx.lineWidth = i === hover ? w + 3 : w;
     ctx.beginPath(); ctx.moveTo(s[0], s[1]); for (let k = 2; k < s.length; k += 2) ctx.lineTo(s[k], s[k + 1]); ctx.stroke();
   }
 }
@@ -278,18 +333,22 @@ function nearest(x, y) {
   return best;
 }
 function detail(i) {
-  const t = +slider.value, j = i * T + t, v = SPEED[j];
-  const head = `<b>${esc(D.names[i] || "(unnamed)")}</b><br>segment ${D.ids[i]}, ${D.classes[i]}, ${D.lengths[i]} m<br>${D.labels[t]}: `;
-  if (v === 255) return head + "no estimate";
+  const t = +slider.value, h = Math.floor(t / 12), j = i * H + h, v = SPEED[i];
+  const name = NAMEI[i] ? D.names[NAMEI[i] - 1] : "(unnamed)";
+  const head = `<b>${esc(name)}</b><br>segment ${IDS[i]}, ${D.classes[CLASSI[i]]}, ${LENGTHS[i]} m<br>${label_of(t)}: `;
+  if (v < 0) return head + "no estimate";
   const spread = P15[j] === 255 || P85[j] === 255 ? "n/a" : `${P15[j]}\u2013${P85[j]}`;
-  return head + `<b>${v} km/h</b><br>p15\u2013p85 ${spread} km/h<br>${TRACES[j] === 65535 ? "?" : TRACES[j]} traces, confidence ${(CONF[j] / 100).toFixed(2)}<br>source ${SRC[j] === 255 ? "?" : D.sources[SRC[j]]}`;
+  const at = label_of(h * 12);
+  return head + `<b>${Math.round(v)} km/h</b><br>at ${at}: p15\u2013p85 ${spread} km/h, ${TRACES[j] === 255 ? "?" : TRACES[j]} traces` +
+    `<br>source ${SRC[j] === 255 ? "?" : D.sources[SRC[j]]}`;
 }
 function esc(s) { return s.replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})[c]); }
-let drag = null;
+let drag = null, pending = false;
+function redraw() { if (pending) return; pending = true; requestAnimationFrame(() => { pending = false; draw(); if (hover >= 0) tip.innerHTML = detail(hover); }); }
 canvas.addEventListener("mousedown", e => { drag = {x: e.clientX, y: e.clientY, ox: view.ox, oy: view.oy}; canvas.style.cursor = "grabbing"; });
 window.addEventListener("mouseup", () => { drag = null; canvas.style.cursor = "grab"; });
 canvas.addEventListener("mousemove", e => {
-  if (drag) { view.ox = drag.ox + e.clientX - drag.x; view.oy = drag.oy + e.clientY - drag.y; draw(); return; }
+  if (drag) { view.ox = drag.ox + e.clientX - drag.x; view.oy = drag.oy + e.clientY - drag.y; redraw(); return; }
   const r = canvas.getBoundingClientRect(), i = nearest(e.clientX - r.left, e.clientY - r.top);
   if (i !== hover) { hover = i; draw(); }
   if (i < 0) { tip.style.display = "none"; return; }
@@ -299,14 +358,16 @@ canvas.addEventListener("mousemove", e => {
 canvas.addEventListener("mouseleave", () => { tip.style.display = "none"; if (hover >= 0) { hover = -1; draw(); } });
 canvas.addEventListener("wheel", e => { e.preventDefault();
   const r = canvas.getBoundingClientRect(), x = e.clientX - r.left, y = e.clientY - r.top, f = e.deltaY < 0 ? 1.25 : 0.8;
-  view.ox = x - (x - view.ox) * f; view.oy = y - (y - view.oy) * f; view.s *= f; draw(); }, {passive: false});
-slider.addEventListener("input", () => { draw(); if (hover >= 0) tip.innerHTML = detail(hover); });
+  view.ox = x - (x - view.ox) * f; view.oy = y - (y - view.oy) * f; view.s *= f; redraw(); }, {passive: false});
+slider.addEventListener("input", redraw);
 window.addEventListener("resize", () => { fit(); draw(); });
 fit(); draw();
-window.speedmap = {labels: D.labels, step: D.step,
+window.speedmap = {labels: [...Array(T).keys()].map(label_of), step: 1, ready: true,
+  speedOf: id => SPEED[IDS.indexOf(BigInt(id))],
   // screen position (page pixels) of the middle vertex of a segment, for scripted hovering
-  pointOf: id => { const i = D.ids.indexOf(id), s = screen[i], k = 2 * Math.floor(s.length / 4), r = canvas.getBoundingClientRect();
+  pointOf: id => { const i = IDS.indexOf(BigInt(id)), s = screen[i], k = 2 * Math.floor(s.length / 4), r = canvas.getBoundingClientRect();
     return [r.left + (s.length > 4 ? s[k] : (s[0] + s[2]) / 2), r.top + (s.length > 4 ? s[k + 1] : (s[1] + s[3]) / 2)]; }};
+})();
 </script></body></html>
 """
 
