@@ -42,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 CV_GRID = {
     "radius_m": [40.0, 50.0],
     "sigma_m": [7.0, 10.0, 13.0],
-    "beta_per_m": [0.1, 0.15, 0.25],
+    "beta_per_m": [0.1, 0.15],
     "skip_max_s": [0.0, 30.0],
     "stay_s": [0.0, 30.0],
+    "offroad_m": [0.0, 25.0],
 }
 
 

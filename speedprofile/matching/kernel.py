@@ -53,6 +53,7 @@ class MatchParams:
     recover_factor: float = 1.0  # no transition fits: retry with the bound times this before skipping/breaking
     skip_max_s: float = 30.0     # fixes that connect to nothing are skipped as outliers for up to this long
     gap_join_m: float = 100.0    # a time gap does not break the path when the fixes are this close (a pause)
+    offroad_m: float = 25.0      # a piece of path whose fixes are on average farther than this is off the map
     uturn_penalty_m: float = 100.0  # extra metres charged for turning round (mid-segment or at a node)
     back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
     thin_m: float = 8.0          # skip fixes closer than this to the last kept one; 0 = keep all
@@ -168,6 +169,8 @@ class Matcher:
                 p.max_route_kph / 3.6, p.max_gap_s, p.gap_join_m, p.skip_max_s, p.recover_factor, p.uturn_penalty_m,
                 p.back_tol_m, p.stay_s, p.stay_m), net.out_ptr, net.out_seg, net.seg_from, net.seg_to,
             net.seg_len, net.seg_rev, net.n_nodes)
+        if p.offroad_m > 0:
+            _drop_offroad_chains(chosen, pred_pt, cdist, p.offroad_m)
         order = np.nonzero(chosen >= 0)[0]
         lseg, lo0, lo1, lchain, ls0, pos, pchain = _core.build_path(
             order, pred_pt, cseg, coff, chosen, pt_bound, pt_btol, float(p.uturn_penalty_m), net.out_ptr, net.out_seg,
@@ -402,6 +405,20 @@ class Matcher:
             "_exit_us": np.round(exit_).astype(np.int64),
         }
         return trav, st
+
+
+def _drop_offroad_chains(chosen: np.ndarray, pred_pt: np.ndarray, cdist: np.ndarray, offroad_m: float) -> None:
+    """Unmatch (in place) every matched piece of path whose fixes lie on average farther than offroad_m from it:
+    the vehicle was off the mapped network (a car park, a footpath), and the roads nearby are not where it drove."""
+    order = np.nonzero(chosen >= 0)[0]
+    if not len(order):
+        return
+    start = np.ones(len(order), bool)
+    start[1:] = pred_pt[order[1:]] != order[:-1]
+    cid = np.cumsum(start) - 1
+    d = cdist[order, chosen[order]]
+    mean = np.bincount(cid, weights=d) / np.bincount(cid)
+    chosen[order[mean[cid] > offroad_m]] = -1
 
 
 def _floats(*values) -> tuple[float, ...]:
