@@ -1,14 +1,14 @@
-"""Ingest throughput: rows/s of `speedprofile ingest` on a generated CSV (default 1.2 M fixes, Porto area).
+"""Ingest throughput: rows/s of `speedprofile ingest` on generated CSVs (default 1 M and 5 M fixes, Porto area).
 
-Prints the figures and writes benchmarks/results/ingest_throughput.json. Baselines in the same run:
-- before/after: the ingest code of commit BEFORE_COMMIT (extracted with `git archive`) and the current code
-  ingest the same sample (the first `--before-rows` rows, whole traces) in the same way (fresh process,
-  local Spark, warm-up job first); the ratio is quoted both per wall second and per CPU second of the whole
-  process tree (driver + JVM + Python workers), which stays comparable on a shared machine;
-- the current code on the full CSV, then a re-ingest of the same file (replaces the rows: the warm path);
-- the Python kernel alone (one process, no Spark) on a sample, for what Spark adds or saves.
+Prints the figures and writes benchmarks/results/ingest_throughput.json. For every size, in the same run and the
+same way (fresh process, local Spark, a warm-up job first):
+- before: the ingest code of commit BEFORE_COMMIT (extracted with `git archive`), up to `--before-max-rows`;
+- after: the current code on the same CSV, then a re-ingest of the same rows gzipped (another file: every row is
+  checked against probes and rejected as already_ingested: the content-level idempotency path);
+ratios are quoted per wall second and per CPU second of the whole process tree (driver + JVM + Python workers),
+which stays comparable on a shared machine. Also: the Python kernel alone (one process, no Spark) on a sample.
 
-    .venv/bin/python benchmarks/ingest_throughput.py [--rows N] [--before-rows N] [--master local[2]]
+    .venv/bin/python benchmarks/ingest_throughput.py [--rows 1000000,5000000] [--before-max-rows N] [--master local[2]]
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ WORK = REPO / "benchmarks" / "work" / "ingest_throughput"
 RESULTS = REPO / "benchmarks" / "results" / "ingest_throughput.json"
 FIXES_PER_TRACE = 600  # 50 minutes at 5 s
 H3_RES = 7
-BEFORE_COMMIT = "73fac52"  # ingest before the Spark SQL parsing / vectorised trace step
+BEFORE_COMMIT = "f361ed5"  # ingest before per-file scanning, content-level idempotency and the single-shuffle write
+# The warehouse's partitions: every res-7 cell of a box around the generated traces (random walks from Porto).
+AREA = ((-9.2, 40.7), (-8.0, 41.6))
 
 # Runs one ingest (or two: --again) in a fresh process with the code under sys.argv[1]; prints one JSON line.
 _RUNNER = r"""
 import json, os, sys, time
-code, master, warehouse, again, csv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", sys.argv[5:]
+code, master, warehouse, again, csv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 sys.path.insert(0, code)
 from pyspark.sql import SparkSession
 from speedprofile.ingest.pipeline import ingest
@@ -59,9 +61,9 @@ spark = (SparkSession.builder.master(master).appName("bench-ingest").config("spa
 spark.sparkContext.setLogLevel("ERROR")
 spark.range(10).selectExpr("id % 2 AS k").groupBy("k").count().collect()  # JVM + Python workers up, untimed
 runs = []
-for _ in range(2 if again else 1):
+for paths in [csv] + ([again] if again != "-" else []):
     c0, w0 = tree_cpu_s(os.getpid()), time.perf_counter()
-    r = ingest(spark, warehouse, csv)
+    r = ingest(spark, warehouse, paths if isinstance(paths, list) else [paths])
     wall, cpu = time.perf_counter() - w0, tree_cpu_s(os.getpid()) - c0
     runs.append({"rows_in": r.rows_in, "rows_kept": r.rows_kept, "rows_rejected": r.rows_rejected,
                  "context_rows": r.context_rows, "rejected": {k: v for k, v in r.rejected.items() if v},
@@ -103,18 +105,6 @@ def generate_csv(path: Path, rows: int, seed: int = 7) -> int:
     return n
 
 
-def head_csv(src: Path, dest: Path, rows: int) -> int:
-    """The header and the first `rows` rows (rounded down to whole traces) of a generated CSV."""
-    rows = max(FIXES_PER_TRACE, rows // FIXES_PER_TRACE * FIXES_PER_TRACE)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(src) as fin, open(dest, "w") as fout:
-        for i, line in enumerate(fin):
-            if i > rows:
-                break
-            fout.write(line)
-    return min(rows, sum(1 for _ in open(dest)) - 1)
-
-
 def kernel_baseline(path: Path, sample_rows: int) -> float:
     """Rows/s of the Python kernel alone (one process, no Spark): pandas parse + validate, sort, trace step."""
     import pyarrow as pa
@@ -132,14 +122,23 @@ def kernel_baseline(path: Path, sample_rows: int) -> float:
     return (len(lines) - 1) / (time.perf_counter() - t0)
 
 
-def run_ingest(code: Path, master: str, warehouse: Path, csv: Path, again: bool = False) -> list[dict]:
-    """Ingest csv into a fresh warehouse with the code under `code`, in a fresh Python + Spark process."""
+def area_cells() -> list[str]:
+    import h3
+
+    (lon0, lat0), (lon1, lat1) = AREA
+    return sorted(h3.polygon_to_cells(h3.LatLngPoly([(lat0, lon0), (lat0, lon1), (lat1, lon1), (lat1, lon0)]), H3_RES))
+
+
+def run_ingest(code: Path, master: str, warehouse: Path, csv: Path, again: Path | None = None) -> list[dict]:
+    """Ingest csv (then `again`) into a fresh warehouse with the code under `code`, in a fresh Python + Spark
+    process."""
     shutil.rmtree(warehouse, ignore_errors=True)
     (warehouse / "road_segments").mkdir(parents=True)
-    (warehouse / "road_segments" / "_partitions.json").write_text(json.dumps({"h3_res": H3_RES, "partitions": []}))
+    (warehouse / "road_segments" / "_partitions.json").write_text(json.dumps(
+        {"h3_res": H3_RES, "partitions": [{"cell": c} for c in area_cells()]}))
     env = dict(os.environ, PYTHONPATH=str(code), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(code), master, str(warehouse), "1" if again else "0", str(csv)],
+        [sys.executable, "-c", _RUNNER, str(code), master, str(warehouse), str(again) if again else "-", str(csv)],
         capture_output=True, text=True, env=env, cwd=str(code),
     )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -159,66 +158,78 @@ def before_code(commit: str) -> Path:
     return dest
 
 
+def gzip_copy(src: Path, dest: Path) -> Path:
+    import gzip
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, gzip.open(dest, "wb", compresslevel=1) as fout:
+        shutil.copyfileobj(fin, fout, 4 << 20)
+    return dest
+
+
+def _figures(run: dict) -> dict:
+    return {k: run[k] for k in ("seconds", "cpu_seconds", "rows_per_second", "rows_per_cpu_second")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=1_200_000)
-    p.add_argument("--before-rows", type=int, default=100_000,
-                   help="rows of the sample both code versions ingest (the old code is slow)")
+    p.add_argument("--rows", default="1000000,5000000", help="comma-separated sizes")
+    p.add_argument("--before-max-rows", type=int, default=5_000_000,
+                   help="run the code of BEFORE_COMMIT only on sizes up to this (it is slow)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--baseline-rows", type=int, default=120_000)
+    p.add_argument("--no-again", action="store_true", help="skip the gzipped re-delivery run")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
 
     shutil.rmtree(WORK, ignore_errors=True)
-    csv = WORK / "input" / "probes.csv"
-    t0 = time.perf_counter()
-    rows = generate_csv(csv, args.rows)
-    gen_s = time.perf_counter() - t0
-    sample = WORK / "sample" / "probes.csv"
-    sample_rows = head_csv(csv, sample, args.before_rows)
-
-    old = run_ingest(before_code(BEFORE_COMMIT), args.master, WORK / "wh_before", sample)[0]
-    new_sample = run_ingest(REPO, args.master, WORK / "wh_after_sample", sample)[0]
-    first, again = run_ingest(REPO, args.master, WORK / "warehouse", csv, again=True)
-    base = kernel_baseline(csv, args.baseline_rows)
-    assert old["rows_in"] == new_sample["rows_in"] == sample_rows
-    for k in ("rows_kept", "rows_rejected", "context_rows", "rejected"):
-        assert old[k] == new_sample[k], (k, old[k], new_sample[k])  # same accounting before and after
-    assert first["rows_in"] == rows == first["rows_kept"] + first["rows_rejected"]
-
+    old_code = before_code(BEFORE_COMMIT)
+    sizes = []
+    for n in [int(x) for x in args.rows.split(",")]:
+        csv = WORK / f"input_{n}" / "probes.csv"
+        t0 = time.perf_counter()
+        rows = generate_csv(csv, n)
+        gen_s = time.perf_counter() - t0
+        entry: dict = {"rows": rows, "csv_bytes": csv.stat().st_size, "generate_seconds": round(gen_s, 2),
+                       "load_average_1m_before": round(os.getloadavg()[0], 1)}
+        again = None if args.no_again else gzip_copy(csv, WORK / f"again_{n}" / "probes.csv.gz")
+        runs = run_ingest(REPO, args.master, WORK / "warehouse", csv, again)
+        after = runs[0]
+        assert after["rows_in"] == rows == after["rows_kept"] + after["rows_rejected"]
+        entry["after"] = after
+        if again is not None:
+            entry["after_gzipped_redelivery"] = runs[1]
+            assert runs[1]["rows_in"] == rows and runs[1]["rows_kept"] == 0
+        if rows <= args.before_max_rows:
+            before = run_ingest(old_code, args.master, WORK / "wh_before", csv)[0]
+            assert before["rows_in"] == rows
+            entry["before"] = before
+            entry["speedup_wall"] = round(before["seconds"] / after["seconds"], 2)
+            entry["speedup_cpu"] = round(before["cpu_seconds"] / after["cpu_seconds"], 2)
+        entry["load_average_1m_after"] = round(os.getloadavg()[0], 1)
+        sizes.append(entry)
+        line = (f"{rows:,} rows: now {after['seconds']} s, {after['rows_per_second']:,} rows/s, "
+                f"{after['rows_per_cpu_second']:,} rows per CPU second")
+        if "before" in entry:
+            b = entry["before"]
+            line += (f"; before ({BEFORE_COMMIT}) {b['seconds']} s, {b['rows_per_second']:,} rows/s, "
+                     f"{b['rows_per_cpu_second']:,} rows per CPU second (x{entry['speedup_wall']} wall, "
+                     f"x{entry['speedup_cpu']} CPU)")
+        if again is not None:
+            line += f"; gzipped re-delivery {runs[1]['rows_per_second']:,} rows/s"
+        print(line, flush=True)
+        shutil.rmtree(WORK / f"again_{n}", ignore_errors=True)
+        shutil.rmtree(WORK / "warehouse", ignore_errors=True)
+        shutil.rmtree(WORK / "wh_before", ignore_errors=True)
+    first = int(args.rows.split(",")[0])
+    base = kernel_baseline(WORK / f"input_{first}" / "probes.csv", args.baseline_rows)
     out = {
-        "rows": rows,
-        "csv_bytes": csv.stat().st_size,
         "master": args.master,
         "cores": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 1),
-        "generate_seconds": round(gen_s, 2),
-        "ingest_seconds": first["seconds"],
-        "rows_per_second": first["rows_per_second"],
-        "cpu_seconds": first["cpu_seconds"],
-        "rows_per_cpu_second": first["rows_per_cpu_second"],
-        "reingest_seconds": again["seconds"],
-        "reingest_rows_per_second": again["rows_per_second"],
-        "rows_kept": first["rows_kept"],
-        "rows_rejected": first["rows_rejected"],
-        "context_rows": first["context_rows"],
-        "rejected": first["rejected"],
+        "before_commit": BEFORE_COMMIT,
+        "sizes": sizes,
         "kernel_baseline_rows_per_second": round(base),
-        "spark_vs_kernel_ratio": round(first["rows_per_second"] / base, 2),
-        "before_after": {
-            "before_commit": BEFORE_COMMIT,
-            "rows": sample_rows,
-            "before": {k: old[k] for k in ("seconds", "cpu_seconds", "rows_per_second", "rows_per_cpu_second")},
-            "after": {k: new_sample[k] for k in ("seconds", "cpu_seconds", "rows_per_second", "rows_per_cpu_second")},
-            "speedup_wall": round(old["seconds"] / new_sample["seconds"], 2),
-            "speedup_cpu": round(old["cpu_seconds"] / new_sample["cpu_seconds"], 2),
-        },
     }
-    print(f"ingested {rows} rows: {first['seconds']} s, {first['rows_per_second']:,} rows/s "
-          f"({first['rows_per_cpu_second']:,} rows per CPU second); re-ingest {again['rows_per_second']:,} rows/s")
-    ba = out["before_after"]
-    print(f"same {sample_rows} rows, before ({BEFORE_COMMIT}) vs now: {old['rows_per_second']:,} -> "
-          f"{new_sample['rows_per_second']:,} rows/s (x{ba['speedup_wall']} wall, x{ba['speedup_cpu']} CPU)")
     print(json.dumps(out, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")

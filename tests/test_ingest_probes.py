@@ -570,7 +570,7 @@ def test_future_times_and_fixes_off_the_network_are_rejected_and_accounted(spark
     from speedprofile.ingest.pipeline import ingest
     from speedprofile.spark import read_table
 
-    csv = _write(tmp_path / "in" / "clock.csv", "\n".join([
+    _write(tmp_path / "in" / "clock.csv", "\n".join([
         "trace_id,timestamp,lon,lat",
         "c1,2024-03-01T08:00:00Z,-8.6100,41.1500",
         "c1,2024-03-01T08:19:00Z,-8.6000,41.1500",

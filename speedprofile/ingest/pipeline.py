@@ -650,9 +650,11 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
         rejected = rows.where(F.col("reason").isNotNull()).select(
             *[F.col(c.name).cast(REJECTED_PROBES.spark_schema()[c.name].dataType) for c in REJECTED_PROBES.columns],
             "src")
-        # Written straight from the per-trace tasks (no second shuffle): a folder gets one file per task that has
-        # rows for it. The staging folder was just deleted, so a plain append is enough.
-        probes.write.mode("append").partitionBy("dt", "partition", "src").parquet(wh.join(stage, "probes"))
+        # One file per output folder (not one per task and folder): fewer, larger files for the readers, and
+        # per-file costs dominate at ~1k rows per folder (readers sort a piece's rows themselves). The staging
+        # folder was just deleted, so a plain append (no dynamic-overwrite renames) is enough.
+        (probes.repartition("dt", "partition", "src")
+         .write.mode("append").partitionBy("dt", "partition", "src").parquet(wh.join(stage, "probes")))
         (rejected.repartition("dt", "src")
          .write.mode("append").partitionBy("dt", "src").parquet(wh.join(stage, "rejected_probes")))
     finally:
