@@ -17,7 +17,6 @@ from schemas import TABLES, Table
 from speedprofile import storage
 from speedprofile import warehouse as wh
 
-
 SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
