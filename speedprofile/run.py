@@ -226,7 +226,10 @@ class _StageProgress:
 
         def poll() -> None:
             while not stop.wait(2.0):
-                self._sync(final=False)
+                try:
+                    self._sync(final=False)
+                except (OSError, ValueError):  # a metrics file being written: count it at the next poll
+                    continue
 
         threading.Thread(target=poll, daemon=True).start()
 
