@@ -12,6 +12,7 @@ import pendulum
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
 from speedprofile.quality import QualityError, Thresholds, gate, probes_status
 from speedprofile.stages import partition_day_stages, spark_stage_names
@@ -96,7 +97,7 @@ def test_stage_tasks_submit_the_stage_app_with_warehouse_date_partition(dagbag, 
                "data_interval_end": pendulum.datetime(2024, 3, 6, tz="UTC"), "dag_run": SimpleNamespace(conf=conf)}
         for stage in STAGES:
             op = dag.task_dict[stage]
-            assert type(op).__name__ == "SparkSubmitOperator"
+            assert isinstance(op, SparkSubmitOperator)
             assert op.application == str(REPO / "spark_apps" / f"{stage}.py")
             assert op._conn_id == "spark_default"
             args = [env.from_string(str(a)).render(**ctx) for a in op.application_args]
@@ -208,7 +209,7 @@ def test_dag_modules_import_no_pyspark_or_pandas(tmp_path):
         "new = set(sys.modules) - before\n"
         "print(sorted(m for m in new if m.split('.')[0] in ('pyspark', 'pandas', 'numpy', 'pyarrow', 'speedprofile')\n"
         "             and m not in ('speedprofile', 'speedprofile.stages', 'speedprofile.orchestration',\n"
-        "                           'speedprofile.validate', 'speedprofile.errors')))\n"
+        "                           'speedprofile.validate', 'speedprofile.errors', 'speedprofile.airflow_stage')))\n"
         "print('pyspark' in sys.modules)\n"
     )
     env = {"SPEEDPROFILE_WAREHOUSE": str(tmp_path / "wh"), "PATH": "/usr/bin:/bin",
