@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -345,3 +346,57 @@ def test_pipeline_survives_a_worker_killed_mid_stage(standalone_cluster, pipelin
     finally:
         done.set()
         restore_workers(standalone_cluster)
+
+
+# ---- Spark Connect server: clients need its token -------------------------------------------------------------
+
+CONNECT_CLIENT = """
+import sys
+from pyspark.sql import SparkSession
+try:
+    print("COUNT", SparkSession.builder.remote(sys.argv[1]).getOrCreate().range(7).count())
+except Exception as exc:
+    print("REFUSED", type(exc).__name__, " ".join(str(exc).split())[:300])
+"""
+
+
+def test_spark_connect_server_refuses_clients_without_its_token(tmp_path):
+    """The head node's Connect server as the spark role runs it (loopback, spark.connect.authenticate.token): a
+    client with the token runs a query; one without it, or with another token, is refused."""
+    mod = load_cluster_module()
+    port, token = mod.free_port(), "connect-token-for-the-test-0123456789abcdef"
+    conf = tmp_path / "conf"
+    mod.write_properties(conf / "spark-defaults.conf", {
+        "spark.connect.authenticate.token": token, "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port), "spark.ui.enabled": "false"})
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]",
+           "--class", "org.apache.spark.sql.connect.service.SparkConnectServer", "spark-internal"]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as fh:
+        server = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=submit_env(conf), cwd=tmp_path,
+                                  start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and server.poll() is None and "server started" not in log.read_text():
+            time.sleep(0.5)
+        assert "Spark Connect server started" in log.read_text(), log.read_text()[-3000:]
+        assert token not in Path(f"/proc/{server.pid}/cmdline").read_text(errors="replace")
+
+        def client(url: str) -> str:
+            out = subprocess.run([sys.executable, "-c", CONNECT_CLIENT, url], capture_output=True, text=True,
+                                 timeout=300, env=submit_env())
+            return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-500:]
+
+        assert client(f"sc://localhost:{port}/;token={token}") == "COUNT 7"
+        for url in (f"sc://localhost:{port}", f"sc://localhost:{port}/;token=not-the-token-0123456789abcdef"):
+            answer = client(url)
+            assert answer.startswith("REFUSED"), answer
+            assert "COUNT" not in answer
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

@@ -34,6 +34,7 @@ SECRETS = {
     "vault_airflow_api_secret_key": "api-secret-0123456789abcdef0123456789",
     "vault_spark_auth_secret": "spark-rpc-secret-0123456789abcdef01234",
     "vault_spark_ui_secret_key": "c3BhcmstdWkta2V5LWZvci10ZXN0cy0wMTIzNDU2Nzg5YWJj",
+    "vault_spark_connect_token": "spark-connect-token-0123456789abcdef0123",
 }
 RENDER_HOSTS = ["pi-head", "pi-w01", "pi-w05"]  # head (8 GB), an 8 GB worker (MinIO node), a 4 GB worker
 MINIO_ADDRESSES = ["192.168.50.11", "192.168.50.12", "192.168.50.13", "192.168.50.14"]
@@ -469,16 +470,20 @@ def test_systemd_units_start_master_and_workers(rendered):
     assert not (rendered / "pi-head/etc/systemd/system/spark-worker.service").exists()
 
 
-def test_airflow_spark_default_connection_resolves_to_the_master(rendered, monkeypatch):
+def test_airflow_spark_default_connection_reaches_the_connect_server_with_its_token(rendered, monkeypatch):
     env = parse_env(rendered / "pi-head/etc/speedprofile/airflow.env")
     for key, value in env.items():
         if key.startswith("AIRFLOW_CONN_"):
             monkeypatch.setenv(key, value)
-    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+    from airflow.providers.apache.spark.hooks.spark_connect import SparkConnectHook
 
-    hook = SparkSubmitHook(conn_id="spark_default")
-    assert hook._connection["master"] == "spark://192.168.50.10:7077"
-    assert hook._connection["deploy_mode"] == "client"
+    # "localhost": the client sends the token over a loopback-only (local) gRPC channel
+    url = SparkConnectHook(conn_id="spark_default").get_connection_url()
+    assert url == f"sc://localhost:15002/;token={SECRETS['vault_spark_connect_token']}"
+    conf = parse_conf(rendered / "pi-head/etc/spark/spark-defaults.conf")
+    assert conf["spark.connect.authenticate.token"] == SECRETS["vault_spark_connect_token"]
+    unit = (rendered / "pi-head/etc/systemd/system/spark-connect.service").read_text()
+    assert "spark.connect.grpc.binding.address=127.0.0.1" in unit and SECRETS["vault_spark_connect_token"] not in unit
     assert env["SPEEDPROFILE_WAREHOUSE"] == "s3a://speedprofile/warehouse"
     assert env["SPARK_CONF_DIR"] == "/etc/spark"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
@@ -603,7 +608,8 @@ def example_vault() -> dict[str, str]:
 
 
 SECRET_MIN = {"vault_minio_root_user": 3, "vault_airflow_jwt_secret": 32, "vault_airflow_api_secret_key": 32,
-              "vault_spark_auth_secret": 32, "vault_spark_ui_secret_key": 43, "vault_s3_secret_key": 16}
+              "vault_spark_auth_secret": 32, "vault_spark_ui_secret_key": 43, "vault_s3_secret_key": 16,
+              "vault_spark_connect_token": 32}
 
 
 def test_roles_refuse_default_example_and_placeholder_secrets(tmp_path):
