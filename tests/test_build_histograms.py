@@ -15,6 +15,7 @@ from spark_apps import build_histograms as app
 from speedprofile.aggregate import kernels as K
 from speedprofile.aggregate import transforms as T
 from speedprofile.spark import read_metrics, read_table
+from tests import reference_kernels as R
 from tests.plugins.aggregation import fixture_frame, seed_table
 
 P, Q = "8739220f0ffffff", "872a100d2ffffff"
@@ -42,11 +43,11 @@ def to_spark(spark, pdf):
 
 def test_kernel_merge_is_associative_and_equals_one_pass():
     df = synthetic(300)
-    a, b, c = (K.histograms_of(g, keys=KEYS) for _, g in df.groupby("dt"))
-    left = K.merge_histograms(K.merge_histograms(a, b, keys=KEYS), c, keys=KEYS)
-    right = K.merge_histograms(a, K.merge_histograms(b, c, keys=KEYS), keys=KEYS)
+    a, b, c = (R.histograms_of(g, keys=KEYS) for _, g in df.groupby("dt"))
+    left = R.merge_histograms(R.merge_histograms(a, b, keys=KEYS), c, keys=KEYS)
+    right = R.merge_histograms(a, R.merge_histograms(b, c, keys=KEYS), keys=KEYS)
     pd.testing.assert_frame_equal(left, right)
-    once = K.histograms_of(df, keys=KEYS)
+    once = R.histograms_of(df, keys=KEYS)
     pd.testing.assert_frame_equal(left.drop(columns="n_traces"), once.drop(columns="n_traces"), check_dtype=False)
     # n_traces is exact per day; across days a trace seen on several days counts once per day
     per_day = df.groupby([*KEYS, "dt"])["trace_id"].nunique().groupby(list(KEYS)).sum().to_numpy()
@@ -64,7 +65,7 @@ def test_spark_merge_is_associative_and_equals_one_pass(spark):
     once = T.histogram_partials(df, keys=KEYS)
     assertDataFrameEqual(left.drop("n_traces"), once.drop("n_traces"), checkRowOrder=False, rtol=1e-9)
     # and the Spark partials equal the pandas kernel
-    ref = spark.createDataFrame(K.merge_histograms(*[K.histograms_of(g, keys=KEYS) for _, g in
+    ref = spark.createDataFrame(R.merge_histograms(*[R.histograms_of(g, keys=KEYS) for _, g in
                                                      synthetic(400).groupby("dt")], keys=KEYS), left.schema)
     assertDataFrameEqual(left, ref, checkRowOrder=False, rtol=1e-9)
 
@@ -147,7 +148,7 @@ def test_arrow_kernels_equal_the_reference_on_many_batches():
     batched = pa.Table.from_batches(table.to_batches(max_chunksize=37))
     assert batched.column("trace_id").num_chunks > 10
     got = K.histogram_table(batched, keys).to_pandas().sort_values(list(keys)).reset_index(drop=True)
-    ref = K.histograms_of(df, keys=keys).reset_index(drop=True)
+    ref = R.histograms_of(df, keys=keys).reset_index(drop=True)
     assert got[list(keys)].astype(str).equals(ref[list(keys)].astype(str))
     assert [list(x) for x in got["bin_ids"]] == list(ref["bin_ids"])
     assert [list(x) for x in got["bin_counts"]] == list(ref["bin_counts"])
@@ -156,8 +157,8 @@ def test_arrow_kernels_equal_the_reference_on_many_batches():
 
     daily = pa.Table.from_pandas(got.drop(columns="dt"), preserve_index=False)
     merged = K.merge_histogram_table(pa.Table.from_batches(daily.to_batches(max_chunksize=11)), KEYS).to_pandas()
-    per_day = [K.histograms_of(g, keys=KEYS) for _, g in df.groupby("dt")]
-    want = K.merge_histograms(*per_day, keys=KEYS)
+    per_day = [R.histograms_of(g, keys=KEYS) for _, g in df.groupby("dt")]
+    want = R.merge_histograms(*per_day, keys=KEYS)
     merged = merged.sort_values(list(KEYS)).reset_index(drop=True)
     assert [list(x) for x in merged["bin_counts"]] == list(want["bin_counts"])
     assert (merged["n_obs"].to_numpy() == want["n_obs"].to_numpy()).all()
