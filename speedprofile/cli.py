@@ -68,8 +68,9 @@ NO_IN_PROCESS_SPARK = ("speedprofile.run", "speedprofile.demo", "speedprofile.st
 @contextlib.contextmanager
 def spark_log_to_file(args: argparse.Namespace):
     """A Spark session started in this process by the verb logs to a file (its path printed at the end), not to
-    the console. `run` is left alone: its spark-submits write their own stage logs."""
-    if args._module in NO_IN_PROCESS_SPARK or not LOG4J_FILE_CONF.is_file() or os.environ.get("SPEEDPROFILE_SPARK_CONSOLE_LOG"):
+    the console. `run` is left alone unless --in-process: its spark-submits write their own stage logs."""
+    in_process = args._module not in NO_IN_PROCESS_SPARK or getattr(args, "in_process", False)
+    if not in_process or not LOG4J_FILE_CONF.is_file() or os.environ.get("SPEEDPROFILE_SPARK_CONSOLE_LOG"):
         yield
         return
     from speedprofile.run import default_log_dir
