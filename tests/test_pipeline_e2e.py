@@ -95,10 +95,14 @@ def test_match_rate_is_high_on_clean_simulated_traces(pipeline):
     assert fixes_in > 0 and matched / fixes_in >= 0.95
 
 
-def test_running_again_gives_identical_tables(pipeline):
+def test_running_again_in_process_gives_identical_tables(pipeline, tmp_path):
+    """The second run goes through `run --in-process` (every stage on this session): the same tables as the
+    spark-submit run, so re-running is idempotent and the single-session path computes what the apps compute."""
     wh = pipeline["wh"]
     before = {t: _table(wh, t) for t in ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")}
-    run_stages(wh, START, END, pipeline["cells"], STAGES, window_weeks=1, echo=lambda *_: None)
+    run_stages(wh, START, END, pipeline["cells"], STAGES, window_weeks=1, echo=lambda *_: None,
+               log_dir=str(tmp_path), in_process=True)
+    assert all((tmp_path / f"{s}_{START}_{END}.log").exists() for s in STAGES)
     for name, old in before.items():
         new = _table(wh, name)
         keys = [c for c in ("dt", "partition", "window", "trace_id", "piece", "seq", "segment_id", "tow_bucket") if c in old]

@@ -73,3 +73,16 @@ def test_airflow_partition_day_on_a_spark_connect_connection(airflow_warehouse, 
     for table in ("segment_traversals", "bucketed_traversals"):
         assert (airflow_warehouse / table / f"dt={day}" / f"partition={E2E_CELL}").is_dir(), table
     assert (airflow_warehouse / "speed_estimates" / f"partition={E2E_CELL}").is_dir()
+
+
+def test_remote_and_in_process_commands():
+    from speedprofile import run
+    from speedprofile.errors import UserError
+
+    cmd = run.stage_command("match_traces", "W", "2026-11-02", "2026-11-02", ["c"], remote="sc://127.0.0.1:1")
+    assert cmd[0].endswith("python") or "python" in cmd[0]
+    assert cmd[1].endswith("spark_apps/match_traces.py")
+    assert run.submit_env("sc://127.0.0.1:1")["SPARK_REMOTE"] == "sc://127.0.0.1:1"
+    with pytest.raises(UserError):
+        run.stage_command("match_traces", "W", "2026-11-02", "2026-11-02", ["c"], master="local[2]",
+                          remote="sc://127.0.0.1:1")
