@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -74,6 +75,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/speedprofile-bench/partition_day")
     ap.add_argument("--out", default="/tmp/speedprofile-bench/partition_day.json")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the Spark Connect server is stopped on the way out
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

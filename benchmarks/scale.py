@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -180,6 +181,7 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/speedprofile-bench/scale.json")
     ap.add_argument("--keep", action="store_true", help="keep each size's warehouse and probes")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the Spark Connect server is stopped on the way out
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
