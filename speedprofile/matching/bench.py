@@ -5,8 +5,8 @@ Krumm's route-overlap measure, directed: the reverse twin of a true arc is a mis
 route length. Throughput = matched points / CPU seconds of matching (graph loading timed separately).
 
 `--folds K` adds k-fold cross-validation: the tracks are dealt into K folds (in id order, round robin); for each
-fold the parameter set of a small grid with the best accuracy on the other folds is chosen and scored on that
-fold only. Parameters that only help the tracks they were chosen on show up as a gap between the training and the
+fold the parameter set of a small grid with the best accuracy on the other folds is chosen (ties: the set with the
+fewest changes from the defaults) and scored on that fold only. Parameters that only help the tracks they were chosen on show up as a gap between the training and the
 held-out accuracy.
 """
 
@@ -219,6 +219,8 @@ def cross_validate(root: str, tracks: list[str], folds: int, combos: list[dict],
             matched = pm.legs["seg_index"].to_numpy() if len(pm.legs) else np.zeros(0, np.int64)
             correct[c, j], union[c, j], true_len[j] = route_overlap(matched, route, net.seg_len)
     acc = np.divide(correct, union, out=np.zeros_like(correct), where=union > 0)
+    defaults = MatchParams().to_dict()
+    off_default = [sum(float(v) != float(defaults[k]) for k, v in kw.items()) for kw in combos]
     fold_of = np.arange(len(tracks)) % folds
 
     def weighted(c: int, mask: np.ndarray) -> float:
@@ -231,7 +233,8 @@ def cross_validate(root: str, tracks: list[str], folds: int, combos: list[dict],
     for f in range(folds):
         test = fold_of == f
         train = ~test
-        best = max(range(nc), key=lambda c: (weighted(c, train), -c))
+        # ties (the training tracks cannot tell the parameter sets apart) go to the one nearest the defaults
+        best = max(range(nc), key=lambda c: (round(weighted(c, train), 9), -off_default[c], -c))
         held_out[test] = acc[best, test]
         row = {"fold": f, "tracks": [tracks[j] for j in np.nonzero(test)[0]], "params": combos[best],
                "train_accuracy": round(weighted(best, train), 5), "test_accuracy": round(weighted(best, test), 5)}

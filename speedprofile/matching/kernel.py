@@ -407,9 +407,13 @@ class Matcher:
         return trav, st
 
 
+OFFROAD_VS_TRACE = 2.5  # ... and farther than this times the trace's median fix-to-path distance
+
+
 def _drop_offroad_chains(chosen: np.ndarray, pred_pt: np.ndarray, cdist: np.ndarray, offroad_m: float) -> None:
-    """Unmatch (in place) every matched piece of path whose fixes lie on average farther than offroad_m from it:
-    the vehicle was off the mapped network (a car park, a footpath), and the roads nearby are not where it drove."""
+    """Unmatch (in place) every matched piece of path whose fixes lie on average farther than offroad_m from it,
+    and farther than OFFROAD_VS_TRACE x the median distance over the whole trace: the vehicle was off the mapped
+    network (a car park, a footpath), and the roads nearby are not where it drove."""
     order = np.nonzero(chosen >= 0)[0]
     if not len(order):
         return
@@ -418,7 +422,9 @@ def _drop_offroad_chains(chosen: np.ndarray, pred_pt: np.ndarray, cdist: np.ndar
     cid = np.cumsum(start) - 1
     d = cdist[order, chosen[order]]
     mean = np.bincount(cid, weights=d) / np.bincount(cid)
-    chosen[order[mean[cid] > offroad_m]] = -1
+    # a noisy receiver is far from every road all the time: off the map means far compared with the trace itself
+    limit = max(offroad_m, OFFROAD_VS_TRACE * float(np.median(d)))
+    chosen[order[mean[cid] > limit]] = -1
 
 
 def _floats(*values) -> tuple[float, ...]:
