@@ -77,7 +77,8 @@ def test_airflow_ui_login_trigger_partition_day_and_read_a_gate_log(airflow_home
             page.fill("input[name=username]", "operator")
             page.fill("input[name=password]", password)
             page.click("button[type=submit]")
-            expect(page.get_by_role("link", name="Dags", exact=True).first).to_be_visible()
+            expect(page.locator("a[href='/dags']").first).to_be_visible(timeout=120_000)
+            assert "/login" not in page.url
 
             # one DAG per partition (the DAG processor registers them from the shard files)
             def listed():
@@ -97,7 +98,7 @@ def test_airflow_ui_login_trigger_partition_day_and_read_a_gate_log(airflow_home
             page.goto(f"{base}/dags/{DAG_ID}")
             page.click("[data-testid=trigger-dag-button]")
             dialog = page.locator("[role=dialog][data-scope=dialog][data-state=open]")
-            expect(dialog.get_by_text("Single Run")).to_be_visible()
+            expect(dialog.locator("[data-testid=trigger-dag-submit]")).to_be_visible(timeout=60_000)
             dialog.locator("[data-testid=trigger-dag-submit]").click()
             page.wait_for_url(re.compile(rf"/dags/{DAG_ID}/runs/[^/]+$"))
             run_url = page.url
