@@ -154,3 +154,15 @@ def test_backed_off_answer_says_what_it_rests_on(serve_warehouse):
     assert p.own_traces == 0 and "backed off: 0 own traces in this bucket (3 needed)" in p.line()
     (o,) = query_warehouse(str(serve_warehouse), parse_time_of_week("Fri 12:00"), segment_id=101)
     assert o.source == "observed" and "backed off" not in o.line()
+
+
+def test_point_query_from_postgis_also_passes_over_roads_without_estimates(tmp_path, postgis_dsn):
+    wh = _with_service_aisle(tmp_path / "wh")
+    publish(str(wh), postgis_dsn)
+    b = parse_time_of_week("Fri 12:00")
+    for kw in ({}, {"radius_m": 5.0}):
+        pg = query_postgis(postgis_dsn, b, lon=-8.6058, lat=41.147, **kw)
+        local = query_warehouse(str(wh), b, lon=-8.6058, lat=41.147, **kw)
+        assert [a.segment_id for a in pg] == [a.segment_id for a in local]
+        assert (pg[0].passed_over or {}).get("segment_id") == (local[0].passed_over or {}).get("segment_id")
+    assert [a.segment_id for a in query_postgis(postgis_dsn, b, lon=-8.6058, lat=41.147)] == [101, 102]
