@@ -147,8 +147,8 @@ def _profiles(warehouse: str, segs: pd.DataFrame) -> dict[str, np.ndarray]:
     from speedprofile.serve.exports import fill_week
 
     n = len(segs)
-    out = {"coef": np.zeros((n, ps.COEFFICIENT_COUNT), np.int16), "has": np.zeros(n, np.uint8),
-           **{k: np.full((n, HOURS), 255, np.uint8) for k in ("p15", "p85", "traces", "src")}}
+    out: dict[str, np.ndarray] = {"coef": np.zeros((n, ps.COEFFICIENT_COUNT), np.int16), "has": np.zeros(n, np.uint8)}
+    out.update({k: np.full((n, HOURS), 255, np.uint8) for k in ("p15", "p85", "traces", "src")})
     src_code = {s: i for i, s in enumerate(SOURCES)}
     row_of = pd.Series(np.arange(n), index=segs["segment_id"].to_numpy())
     for cell in sorted(set(segs["partition"]) & set(estimate_partitions(warehouse))):
@@ -200,7 +200,7 @@ def render_html(warehouse: str, out: str | Path, at: Sequence[str] | str | None 
     dxy = np.diff(xy, axis=0, prepend=np.zeros((1, 2), np.int64)).astype(np.int32)  # deltas compress well
     names = [None if pd.isna(v) else str(v) for v in segs["name"]]
     name_list = sorted({v for v in names if v is not None})
-    name_idx = {v: i + 1 for i, v in enumerate(name_list)}
+    name_idx: dict[str | None, int] = {v: i + 1 for i, v in enumerate(name_list)}
     classes = sorted(set(segs["road_class"].astype(str)))
     class_idx = {c: i for i, c in enumerate(classes)}
     sections = [  # (name, array): 8-, 4-, 2-, then 1-byte items, so every section starts aligned
