@@ -131,6 +131,16 @@ def matcher_for(token: str, network, home: str, params: MatchParams) -> Matcher:
     return m
 
 
+def _emit_mask(matcher: Matcher, emit: frozenset) -> np.ndarray:
+    """Per network segment of the matcher: is its partition one the job writes (cached on the matcher)."""
+    cached = getattr(matcher, "_emit_mask", None)
+    if cached is None or cached[0] is not emit:
+        mask = np.array([p in emit for p in matcher.net.seg_partition.tolist()], dtype=np.bool_)
+        cached = (emit, mask)
+        matcher._emit_mask = cached  # type: ignore[attr-defined]
+    return cached[1]
+
+
 def _np(col: pa.ChunkedArray | pa.Array, dtype, null) -> np.ndarray:
     """Arrow column -> numpy array of dtype with nulls replaced by `null`."""
     if isinstance(col, pa.ChunkedArray):
@@ -253,12 +263,18 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
                 seg_part[sidx >= 0] = matcher.net.seg_partition[sidx[sidx >= 0]]
                 reason = trav["reject_reason"].copy()
                 reason[(reason == None) & ~trav["owned"]] = "owned_by_other_piece"  # noqa: E711
-                on_emit = np.array([p in emit for p in seg_part.tolist()], dtype=np.bool_)
+                on_emit = np.zeros(len(sidx), np.bool_)
+                on_emit[sidx >= 0] = _emit_mask(matcher, emit)[sidx[sidx >= 0]]
                 # every traversal on an emitted partition is counted (kept or per reason); kept ones are output
-                for p_, r_ in zip(seg_part[on_emit].tolist(), reason[on_emit].tolist(), strict=True):
-                    acc = stats.setdefault((dts[a], p_), {})
-                    k_ = "traversals:" + (r_ or "")
-                    acc[k_] = acc.get(k_, 0) + 1
+                if on_emit.any():
+                    keys_, n_ = np.unique(np.char.add(np.char.add(seg_part[on_emit].astype(str), "|"),
+                                                      np.where(reason[on_emit] == None, "",  # noqa: E711
+                                                               reason[on_emit]).astype(str)), return_counts=True)
+                    for key_, c_ in zip(keys_.tolist(), n_.tolist(), strict=True):
+                        p_, r_ = key_.split("|", 1)
+                        acc = stats.setdefault((dts[a], p_), {})
+                        k_ = "traversals:" + r_
+                        acc[k_] = acc.get(k_, 0) + c_
                 keep = on_emit & (reason == None)  # noqa: E711
                 if keep.any():
                     trav = {k: v[keep] for k, v in trav.items()}
