@@ -106,13 +106,43 @@ def _pid_alive(sd: Path) -> bool:
     return False
 
 
-def stop(port: int = DEFAULT_PORT, state: str | None = None) -> bool:
-    """Stop the server started from this state folder; False when none was running."""
+def stop(port: int = DEFAULT_PORT, state: str | None = None, timeout: float = 60.0, host: str = "127.0.0.1") -> bool:
+    """Stop the server started from this state folder and wait until its JVM is gone (SIGKILL after `timeout`
+    seconds); False when none was running."""
+    import signal
+
     sd = state_dir(port, state)
+    pids = []
+    for f in _pid_files(sd):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except ValueError:
+            continue
     was = _pid_alive(sd)
     subprocess.run([os.path.join(spark_home(), "sbin", "stop-connect-server.sh")], env=server_env(sd),
                    capture_output=True, text=True)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.3)
+    while was and answering(host, port) and time.monotonic() < deadline:  # the JVM's gRPC port closes last
+        time.sleep(0.3)
     return was
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -121,7 +151,7 @@ def cli(args: argparse.Namespace) -> int:
         print(f"server: Spark Connect at {u} (use: speedprofile run --remote {u}, or SPEEDPROFILE_SPARK_REMOTE={u})")
         return 0
     if args.subverb == "stop":
-        print("server: stopped" if stop(args.port, args.state_dir) else "server: none was running")
+        print("server: stopped" if stop(args.port, args.state_dir, host=args.host) else "server: none was running")
         return 0
     up = answering(args.host, args.port)
     print(f"server: {url(args.host, args.port)} {'answering' if up else 'not running'}")
