@@ -59,7 +59,8 @@ class Progress:
         el = time.monotonic() - self.t0
         parts = [f"{self.done}/{self.total} {self.unit}s" + (f" ({self.done / self.total:.0%})" if self.total else "")]
         if self.rows and el > 0:
-            parts.append(f"{self.rows / el:,.0f} rows/s")
+            rate = self.rows / el
+            parts.append(f"{rate:,.0f} rows/s" if rate >= 10 else f"{rate:.2g} rows/s")
         if 0 < self.done < self.total and el > 0:
             parts.append(f"ETA {_fmt_s(el / self.done * (self.total - self.done))}")
         parts.append(f"elapsed {_fmt_s(el)}")

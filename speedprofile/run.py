@@ -214,7 +214,7 @@ class _StageProgress:
                     continue
                 n += 1
                 m = read_json(path) or {}
-                rows += int(m.get("rows_in") or m.get("histogram_rows_in") or 0)
+                rows += int(m.get("fixes_in") or m.get("rows_in") or m.get("histogram_rows_in") or 0)
         return n, rows
 
     def start(self, stage: str, log: Path) -> None:
