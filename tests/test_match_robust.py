@@ -97,3 +97,30 @@ def test_confidence_per_traversal(track):
     legs = m.match_points(jlon, jlat, t - t[0]).legs
     clean = m.match_points(lon, lat, t - t[0]).legs
     assert legs["confidence"].min() < clean["confidence"].min() or legs["confidence"].mean() < clean["confidence"].mean()
+
+
+def test_dense_fixes_give_steady_traversal_speeds():
+    """1 Hz fixes with 5 m noise along a street of 15 m segments at a constant 36 km/h: averaging path positions
+    over +-smooth_s keeps the per-segment speeds near the truth; without it they scatter."""
+    from speedprofile.matching.network import build_network
+
+    k = 40  # segments of 15 m along the equator, one way
+    deg = 15.0 / M_PER_DEG
+    net = build_network(np.arange(k, dtype=np.int64), np.arange(k), np.arange(1, k + 1), np.full(k, 15.0),
+                        np.arange(0, 2 * k + 1, 2), np.repeat(np.arange(k + 1) * deg, 2)[1:-1],
+                        np.zeros(2 * k))
+    rng = np.random.default_rng(5)
+    t = np.arange(0.0, 58.0)
+    x = 2.0 + 10.0 * t + rng.normal(0, 5.0, len(t))
+    lon, lat = x / M_PER_DEG, rng.normal(0, 5.0, len(t)) / M_PER_DEG
+
+    def speed_error(smooth_s: float) -> float:
+        from speedprofile.matching.kernel import MatchParams
+
+        legs = Matcher(net, MatchParams(smooth_s=smooth_s)).match_points(lon, lat, t).legs
+        full = legs[(legs["off0_m"] < 0.5) & (legs["off1_m"] > 14.5)]
+        v = 15.0 / (full["exit_s"] - full["enter_s"]) * 3.6
+        return float(np.median(np.abs(v - 36.0)))
+
+    assert speed_error(2.0) < 0.5 * speed_error(0.0)
+    assert speed_error(2.0) < 5.0

@@ -53,6 +53,7 @@ class MatchParams:
     recover_factor: float = 1.0  # no transition fits: retry with the bound times this before skipping/breaking
     skip_max_s: float = 30.0     # fixes that connect to nothing are skipped as outliers for up to this long
     gap_join_m: float = 100.0    # a time gap does not break the path when the fixes are this close (a pause)
+    smooth_s: float = 2.0        # traversal timing: path positions averaged over fixes within +- this (dense data)
     offroad_m: float = 25.0      # a piece of path whose fixes are on average farther than this is off the map
     uturn_penalty_m: float = 100.0  # extra metres charged for turning round (mid-segment or at a node)
     back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
@@ -196,7 +197,7 @@ class Matcher:
         chain = k_chain[anchor]
         ppos = k_pos[anchor]
         breaks = {"time_gap": int(np.sum(brk == 1)), "no_transition": int(np.sum(brk == 2))}
-        legs = self._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s)
+        legs = self._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, p.smooth_s)
         margin = _core.point_margin(order, chosen, score, cnt, cseg, pchain, lseg, lchain, net.n_segments)
         legs["confidence"] = self._leg_confidence(lseg, lo0, lo1, lchain, ls0, order, pos, pchain, margin, brk)
         legs["segment_id"] = net.segment_id[lseg] if len(lseg) else np.zeros(0, np.int64)
@@ -214,7 +215,7 @@ class Matcher:
         return _core.leg_confidence(x0, x0 + (lo1 - lo0), lchain, s, pchain, conf)
 
     @staticmethod
-    def _leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s) -> dict:
+    def _leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, smooth_s: float = 0.0) -> dict:
         """Enter/exit seconds per leg, interpolated along the path from the fixes' (position, time) anchors."""
         nl = len(lseg)
         enter = np.full(nl, np.nan)
@@ -223,7 +224,7 @@ class Matcher:
         ok = chain >= 0
         if nl and ok.any():
             # one monotone axis over all chains: chain * _BIG_M + position (fixes are in time order)
-            s = chain[ok] * _BIG_M + ppos[ok]
+            s = chain[ok] * _BIG_M + _smooth_positions(ppos[ok], chain[ok], t_s[ok], smooth_s)
             tt = t_s[ok]
             s = np.maximum.accumulate(s)
             x0 = lchain * _BIG_M + ls0
@@ -425,6 +426,25 @@ def _drop_offroad_chains(chosen: np.ndarray, pred_pt: np.ndarray, cdist: np.ndar
     # a noisy receiver is far from every road all the time: off the map means far compared with the trace itself
     limit = max(offroad_m, OFFROAD_VS_TRACE * float(np.median(d)))
     chosen[order[mean[cid] > limit]] = -1
+
+
+def _smooth_positions(pos: np.ndarray, chain: np.ndarray, t: np.ndarray, half_s: float) -> np.ndarray:
+    """Path positions of the fixes (time order) averaged over the fixes of the same chain within half_s seconds:
+    with dense sampling, GPS noise projected on the path would otherwise become speed noise on short segments
+    (a 15 m segment crossed in 1.5 s). Sparse fixes (farther apart than half_s) and the ends of chains are left
+    as they are."""
+    n = len(pos)
+    if half_s <= 0 or n < 3:
+        return pos
+    key = chain * 1e7 + t  # time within chain, chains far apart (traces are shorter than 10^7 s)
+    first = np.searchsorted(key, chain * 1e7, side="left")
+    last = np.searchsorted(key, chain * 1e7 + 5e6, side="right") - 1
+    # symmetric windows (no bias at constant speed), so they shrink to the fix itself at both ends of a chain
+    w = np.minimum(half_s, np.minimum(t - t[first], t[last] - t))
+    lo = np.searchsorted(key, key - w, side="left")
+    hi = np.searchsorted(key, key + w, side="right")
+    c = np.concatenate([[0.0], np.cumsum(pos)])
+    return (c[hi] - c[lo]) / (hi - lo)
 
 
 def _floats(*values) -> tuple[float, ...]:
