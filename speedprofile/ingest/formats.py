@@ -45,7 +45,7 @@ class IngestLimits:
     max_compression_ratio: float = 100.0      # decompressed / on-disk, checked past ratio_floor_bytes
     ratio_floor_bytes: int = 64 << 20         # the ratio limit applies once this many bytes were decompressed
     max_line_bytes: int = 1 << 20             # longest CSV/JSONL line (so the longest field), bytes
-    max_document_bytes: int = 256 << 20       # trips-json files are parsed as one JSON document
+    max_document_bytes: int = 64 << 20        # trips-json files are parsed as one JSON document (on the driver)
 
 
 class FileRejected(UserError):

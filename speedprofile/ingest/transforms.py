@@ -228,13 +228,14 @@ def validate_records(records: DataFrame, max_time_utc: pd.Timestamp | None = Non
     for cond, why, text_ in reversed(checks):
         reason = F.when(cond, F.col("reason") if not why else F.lit(why)).otherwise(reason)
         detail = F.when(cond, text_).otherwise(detail)
-    # The raw line is kept for parse-time rejects only: valid records do not carry it through the shuffle.
-    return timed.select(
-        "source_file", "source_row", F.when(reason.isNotNull(), F.col("raw")).alias("raw"),
-        F.trim(tid).alias("trace_id"), ts.alias("timestamp_utc"),
+    out = timed.select(
+        "source_file", "source_row", "raw", F.trim(tid).alias("trace_id"), ts.alias("timestamp_utc"),
         "lon_deg", "lat_deg", *[F.when(_finite(F.col(c)), F.col(c)).alias(c) for c in kernel.OPTIONAL_FIELDS],
         F.lit(None).cast("bigint").alias("prematched_segment_id"), reason.alias("reason"), detail.alias("detail"),
     )
+    # The raw line is kept for parse-time rejects only: valid records do not carry it through the shuffle. (A
+    # projection of its own, so the reason expression is not evaluated twice.)
+    return out.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw")))
 
 
 def _conform_parsed(df: pd.DataFrame) -> pd.DataFrame:
