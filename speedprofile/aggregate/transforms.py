@@ -111,11 +111,11 @@ HIST_OUTPUT_DDL = ("bin_ids array<smallint>, bin_counts array<bigint>, n_obs big
 
 
 def _per_key(df: DataFrame, keys: Sequence[str], kernel, n_tasks: int | None = None) -> DataFrame:
-    """Hash-distribute rows by key into n_tasks (default spark.sql.shuffle.partitions) and run an Arrow kernel on
-    each task's rows at once (every row of a key is in one task): one shuffle, no per-row Python."""
+    """Hash-distribute rows by key and run an Arrow kernel on each task's rows at once (every row of a key is in
+    one task): one shuffle, no per-row Python. Without n_tasks, adaptive execution sizes the tasks (a small
+    partition-day is one or two Python tasks, not spark.sql.shuffle.partitions of them)."""
     import pyarrow as pa
 
-    n = n_tasks or int(df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     schema = f"{', '.join(f'{k} {df.schema[k].dataType.simpleString()}' for k in keys)}, {HIST_OUTPUT_DDL}"
     key_tuple = tuple(keys)
 
@@ -127,7 +127,8 @@ def _per_key(df: DataFrame, keys: Sequence[str], kernel, n_tasks: int | None = N
         if out is not None:
             yield from out.to_batches()
 
-    return df.repartition(n, *keys).mapInArrow(run, schema)
+    keyed = df.repartition(n_tasks, *keys) if n_tasks else df.repartition(*keys)
+    return keyed.mapInArrow(run, schema)
 
 
 def histogram_partials(bucketed: DataFrame, hot: DataFrame | None = None,
@@ -179,19 +180,17 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
              min_traces: int = MIN_TRACES, n_tasks: int | None = None) -> DataFrame:
     """All 2016 bucket estimates of every segment with any histogram row.
 
-    Rows are hash-distributed by (partition, segment_id) into n_tasks (default spark.sql.shuffle.partitions); each
+    Rows are hash-distributed by (partition, segment_id) into n_tasks (default: sized by adaptive execution); each
     task gathers its Arrow batches and runs the vectorised kernels.iter_estimate_segments on whole blocks of
     segments (one numpy pass per block, not one Python call per segment).
     """
     import numpy as np
     import pyarrow as pa
 
-    spark = hist.sparkSession
-    n = n_tasks or int(spark.conf.get("spark.sql.shuffle.partitions"))
     cls = segments.select("segment_id", "road_class")
     df = (hist.join(cls, "segment_id", "left").fillna({"road_class": "unknown"})
-          .select("partition", "segment_id", "road_class", "tow_bucket", "bin_ids", "bin_counts", *SUM_COLUMNS)
-          .repartition(n, "partition", "segment_id"))
+          .select("partition", "segment_id", "road_class", "tow_bucket", "bin_ids", "bin_counts", *SUM_COLUMNS))
+    df = df.repartition(n_tasks, "partition", "segment_id") if n_tasks else df.repartition("partition", "segment_id")
     out_schema = SPEED_ESTIMATES.spark_schema()
     arrow_schema = SPEED_ESTIMATES.arrow_schema()
     nullable = ("p15_kph", "p85_kph", "mean_kph", "harmonic_mean_kph")
