@@ -195,7 +195,7 @@ def main() -> int:
     defaults = (REPO / "conf" / "spark-defaults.conf").read_text().replace("spark.driver.memory", "#")
     (conf_dir / "spark-defaults.conf").write_text(
         defaults + f"\nspark.driver.memory {args.memory}\nspark.master {args.master}\n"
-        f"spark.eventLog.enabled true\nspark.eventLog.dir file://{event_dir}\n")
+        f"spark.eventLog.enabled true\nspark.eventLog.compress false\nspark.eventLog.dir file://{event_dir}\n")
     shutil.copy(REPO / "conf" / "log4j2.properties", conf_dir / "log4j2.properties")
     env["SPARK_CONF_DIR"] = str(conf_dir)
 
