@@ -106,7 +106,7 @@ def main() -> int:
     state = work / "server"
     os.environ.update(SPARK_LOCAL_IP="127.0.0.1")
     t0 = time.monotonic()
-    url = server.start(port=PORT, master="local[2]", state=str(state))
+    url = server.start(port=PORT, master="local[2]", state=str(state), timeout=600)
     res["server_start_s"] = round(time.monotonic() - t0, 1)
     try:
         conn = {"conn_type": "spark_connect", "host": "127.0.0.1", "port": PORT}

@@ -208,7 +208,7 @@ def main() -> int:
         server.stop(PORT, str(state))
         t0 = time.time()
         os.environ.update(SPARK_CONF_DIR=str(conf_dir), SPARK_LOCAL_IP="127.0.0.1")
-        url = server.start(port=PORT, master=args.master, state=str(state))
+        url = server.start(port=PORT, master=args.master, state=str(state), timeout=600)
         server_start_s = time.time() - t0
         server_pid = [int(p.read_text()) for p in state.glob("*.pid")]
         remote = ["--remote", url]
