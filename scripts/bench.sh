@@ -55,7 +55,7 @@ kubicka_match() {
     echo "bench: error: Kubicka 2015 data not found at $DATA/kubicka2015 (set SPEEDPROFILE_DATA)" >&2
     return 1
   fi
-  out=$("$VENV/bin/speedprofile" bench match --kubicka "$DATA/kubicka2015") || return 1
+  out=$("$VENV/bin/speedprofile" bench match --kubicka "$DATA/kubicka2015" --out "$RESULTS/bench_match.json") || return 1
   printf '%s\n' "$out"
   printf '%s\n' "$out" | tail -n 1 | "$PY" -c 'import json, sys; json.dump(json.loads(sys.stdin.read()), sys.stdout, indent=2)' \
     > "$RESULTS/bench_match_kubicka_cli.json" || return 1

@@ -24,14 +24,14 @@ import numpy as np
 
 from speedprofile.errors import UserError
 
-RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results", "bench_match.json")
+RESULTS = os.path.join(os.environ.get("TMPDIR", "/tmp"), "speedprofile-bench", "bench_match.json")  # scratch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubicka", required=True, metavar="DIR",
                         help="folder of track folders NNNNNNNN/NNNNNNNN.{nodes,arcs,track,route}[.gz]")
     parser.add_argument("--tracks", default=None, help="comma-separated track ids (default: all in DIR)")
-    parser.add_argument("--out", default=None, help="JSON result file (default: benchmarks/results/bench_match.json)")
+    parser.add_argument("--out", default=None, help=f"JSON result file (default: {RESULTS}, a scratch folder)")
     parser.add_argument("--folds", type=int, default=0, metavar="K",
                         help="also cross-validate: tune on K-1 folds of the tracks, score on the K-th (K >= 2)")
     parser.add_argument("--grid", default=None, metavar="JSON",
