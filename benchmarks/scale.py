@@ -217,11 +217,14 @@ def main() -> int:
                      "cpus": os.cpu_count(), "runs": []}
     if args.mode == "connect":
         results["server_start_s"] = round(server_start_s, 2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         for n in sizes:
             res = one_size(n, args, env, work, event_dir, server_pid, remote)
             results["runs"].append(res)
             print(json.dumps({"fixes": n, **{k: v.get("wall_s") for k, v in res["steps"].items()}}), flush=True)
+            out.write_text(json.dumps(results, indent=2))  # each size as soon as it is done
             if not res["ok"]:
                 break
     finally:
@@ -236,8 +239,6 @@ def main() -> int:
         pts = [(r["fixes"], r["steps"][step]["wall_s"]) for r in done if step in r["steps"]]
         results["fit"][step] = fit([p[0] for p in pts], [p[1] for p in pts])
     report(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"written {out}")
     return 0 if done and len(done) == len(results["runs"]) else 1
