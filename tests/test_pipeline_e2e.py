@@ -95,17 +95,29 @@ def test_match_rate_is_high_on_clean_simulated_traces(pipeline):
     assert fixes_in > 0 and matched / fixes_in >= 0.95
 
 
-def test_running_again_in_process_gives_identical_tables(pipeline, tmp_path):
-    """The second run goes through `run --in-process` (every stage on this session): the same tables as the
-    spark-submit run, so re-running is idempotent and the single-session path computes what the apps compute."""
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in ("dt", "partition", "window", "trace_id", "piece", "seq", "segment_id", "tow_bucket") if c in df]
+    return df.sort_values(keys).reset_index(drop=True)
+
+
+def test_running_again_gives_identical_tables(pipeline):
+    wh = pipeline["wh"]
+    before = {t: _table(wh, t) for t in ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")}
+    run_stages(wh, START, END, pipeline["cells"], STAGES, window_weeks=1, echo=lambda *_: None)
+    for name, old in before.items():
+        pd.testing.assert_frame_equal(_sorted(old).astype(str), _sorted(_table(wh, name)).astype(str), obj=name)
+
+
+def test_running_in_process_gives_the_same_tables(pipeline, tmp_path):
+    """`run --in-process` (every stage on this session, other task sizes) writes the same rows; float sums may
+    differ in the last bits, since rows reach the kernels in another order."""
     wh = pipeline["wh"]
     before = {t: _table(wh, t) for t in ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")}
     run_stages(wh, START, END, pipeline["cells"], STAGES, window_weeks=1, echo=lambda *_: None,
                log_dir=str(tmp_path), in_process=True)
     assert all((tmp_path / f"{s}_{START}_{END}.log").exists() for s in STAGES)
     for name, old in before.items():
-        new = _table(wh, name)
-        keys = [c for c in ("dt", "partition", "window", "trace_id", "piece", "seq", "segment_id", "tow_bucket") if c in old]
-        a = old.sort_values(keys).reset_index(drop=True).astype(str)
-        b = new.sort_values(keys).reset_index(drop=True).astype(str)
-        pd.testing.assert_frame_equal(a, b, obj=name)
+        a, b = _sorted(old), _sorted(_table(wh, name))
+        floats = [c for c in a.columns if a[c].dtype.kind == "f"]
+        pd.testing.assert_frame_equal(a.drop(columns=floats).astype(str), b.drop(columns=floats).astype(str), obj=name)
+        pd.testing.assert_frame_equal(a[floats], b[floats], check_exact=False, rtol=1e-9, obj=name)
