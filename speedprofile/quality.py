@@ -17,7 +17,6 @@ Rules (thresholds in `Thresholds`; docs/airflow.md lists them per stage):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -77,30 +76,19 @@ class TableStats:
 
 
 def _fs_and_path(path: str):
-    import pyarrow.fs as pafs
+    from speedprofile.storage import filesystem
 
-    if not wh.is_remote(path):
-        return pafs.LocalFileSystem(), os.path.abspath(path.removeprefix("file://"))
-    if path.startswith("s3a://"):
-        path = "s3://" + path.removeprefix("s3a://")
-    return pafs.FileSystem.from_uri(path)
+    return filesystem(path)
 
 
 def read_json(path: str) -> dict | None:
     """A small JSON file (metrics) or None when it does not exist."""
-    if not wh.is_remote(path):
-        try:
-            with open(path.removeprefix("file://")) as fh:
-                return json.load(fh)
-        except FileNotFoundError:
-            return None
-    import pyarrow.fs as pafs
+    from speedprofile.storage import read_text
 
-    fs, p = _fs_and_path(path)
-    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+    try:
+        return json.loads(read_text(path))
+    except FileNotFoundError:
         return None
-    with fs.open_input_stream(p) as fh:
-        return json.loads(fh.read().decode("utf-8"))
 
 
 def table_stats(partition_dir: str, columns: tuple[str, ...] = ()) -> TableStats:
