@@ -47,4 +47,6 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
+# 4. JVM libraries (Iceberg, JDBC drivers, s3a) into the cache folder, checked against conf/jars.lock.
+scripts/fetch_jars.sh >/dev/null
 echo "setup: ok ($("$VENV/bin/python" -c 'import pyspark; print("pyspark", pyspark.__version__)'), java ${java_major})"

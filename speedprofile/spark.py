@@ -14,7 +14,7 @@ from datetime import date
 from pyspark.sql import DataFrame, SparkSession
 
 from schemas import TABLES, Table
-from speedprofile import storage
+from speedprofile import storage, tables
 from speedprofile import warehouse as wh
 
 SESSION_CONF = {
@@ -45,6 +45,7 @@ def get_session(app_name: str) -> SparkSession:
         spark = SparkSession.builder.getOrCreate()
     else:
         builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
+        builder = builder.config("spark.jars", tables.spark_jars())
         for k, v in SESSION_CONF.items():
             builder = builder.config(k, v)
         spark = builder.getOrCreate()
@@ -100,41 +101,9 @@ def read_table(
     partitions: Sequence[str] | None = None,
     extra_keys: dict[str, Sequence[str]] | None = None,
 ) -> DataFrame:
-    """Rows of `table` restricted to the given dt values and partition cells (None = all), typed by the schema.
-
-    Missing partition folders are simply absent (an empty frame when none exist), never an error.
-    """
-    t = TABLES[table] if isinstance(table, str) else table
-    root = wh.table_path(warehouse, t.name)
-    if not exists(spark, root):
-        return empty_frame(spark, t)
-    key_values: list[tuple[str, list[str] | None]] = []
-    for key in t.partition_by:
-        if key == "dt":
-            key_values.append((key, [str(d) for d in dates] if dates is not None else None))
-        elif key == "partition":
-            key_values.append((key, list(partitions) if partitions is not None else None))
-        else:
-            vals = (extra_keys or {}).get(key)
-            key_values.append((key, list(vals) if vals is not None else None))
-    # Expand explicit paths as deep as the keys are fixed; below that, let Spark discover.
-    paths = [root]
-    for key, values in key_values:
-        if values is None:
-            break
-        paths = [wh.join(p, f"{key}={v}") for p in paths for v in values]
-    paths = [p for p in paths if exists(spark, p)]
-    if not paths:
-        return empty_frame(spark, t)
-    df = (
-        spark.read.schema(t.spark_schema())
-        .option("basePath", root)
-        .parquet(*paths)
-    )
-    for key, values in key_values:
-        if values is not None:
-            df = df.where(df[key].cast("string").isin(values))
-    return df.select(*t.names)
+    """Committed rows of `table` restricted to the given dt values and partition cells (None = all), typed by the
+    schema (speedprofile.tables.read)."""
+    return tables.read(spark, warehouse, table, dates=dates, partitions=partitions, extra_keys=extra_keys)
 
 
 def write_table(
@@ -143,23 +112,9 @@ def write_table(
     table: str | Table,
     replace: Iterable[dict[str, object]],
 ) -> None:
-    """Replace exactly the partitions listed in `replace` (each a {key: value} dict) with the rows of df.
-
-    Idempotent: the listed partitions are cleared first (so a partition whose new output is empty does not keep
-    stale rows), then the frame is appended partitioned by the table's keys. Other partitions are never touched.
-    """
-    t = TABLES[table] if isinstance(table, str) else table
-    spark = df.sparkSession
-    for keys in replace:
-        delete(spark, wh.partition_path(warehouse, t.name, **keys))
-    out = df.select(*t.names)
-    for c in t.partition_by:
-        out = out.withColumn(c, out[c].cast("string")) if c == "dt" else out
-    (
-        out.write.mode("append")
-        .partitionBy(*t.partition_by)
-        .parquet(wh.table_path(warehouse, t.name))
-    )
+    """Replace exactly the partitions listed in `replace` with the rows of df, in one atomic commit
+    (speedprofile.tables.write)."""
+    tables.write(df, warehouse, table, replace)
 
 
 def write_metrics(

@@ -48,10 +48,13 @@ def spark():
     """One local[2] SparkSession for the whole test run (UTC, UI off, few shuffle partitions)."""
     from pyspark.sql import SparkSession
 
+    from speedprofile.tables import spark_jars
+
     session = (
         SparkSession.builder.master("local[2]")
         .appName("speedprofile-tests")
         .config("spark.ui.enabled", "false")
+        .config("spark.jars", spark_jars())
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "4")
         .config("spark.sql.session.timeZone", "UTC")

@@ -1,0 +1,551 @@
+"""The table layer: the only way a stage, gate, CLI verb or server reads or writes a warehouse table.
+
+Every table of `schemas.TABLES` is an Apache Iceberg table in one catalog per warehouse:
+- the catalog is a JDBC catalog: a SQLite file `<warehouse>/catalog.db` for a local warehouse (the default), or the
+  PostgreSQL database named by $SPEEDPROFILE_CATALOG (`postgresql://host:port/db`; user and password from
+  $SPEEDPROFILE_CATALOG_USER / $SPEEDPROFILE_CATALOG_PASSWORD, never from a URL or the code);
+- table data and metadata live under `<warehouse>/<table>/` (local paths, `s3a://` or `s3://`);
+- Spark reads and writes through Iceberg's Spark runtime (jars of conf/jars.lock); everything without a JVM
+  (gates, query, publish, exports, ingest's small tables) through pyiceberg, on the same catalog.
+
+Replacing a partition-day is one Iceberg commit (`overwrite` by a partition filter): readers see the old rows or
+the new, never none or half; two writers of different partitions both commit (Iceberg retries the later commit on
+the new snapshot); a writer killed before its commit leaves the table as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from functools import reduce
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas import TABLES, Table
+from speedprofile import warehouse as wh
+from speedprofile.errors import UserError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+NAMESPACE = "speedprofile"
+CATALOG_ENV = "SPEEDPROFILE_CATALOG"
+CATALOG_USER_ENV = "SPEEDPROFILE_CATALOG_USER"
+CATALOG_PASSWORD_ENV = "SPEEDPROFILE_CATALOG_PASSWORD"
+SQLITE_NAME = "catalog.db"
+SQLITE_BUSY_MS = 120_000  # a writer waits this long for another process's catalog transaction
+COMMIT_RETRIES = 20  # Iceberg retries a commit that lost a race with another partition's commit
+REPO = Path(__file__).resolve().parents[1]
+JARS_LOCK = REPO / "conf" / "jars.lock"
+
+# Table properties: Iceberg's own commit retry (different partitions never conflict, a retry re-applies the
+# overwrite on the newer snapshot); old metadata files are pruned as snapshots expire.
+TABLE_PROPERTIES = {
+    "commit.retry.num-retries": str(COMMIT_RETRIES),
+    "commit.retry.min-wait-ms": "50",
+    "commit.retry.max-wait-ms": "5000",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "50",
+    "format-version": "2",
+    # Writers lay rows out themselves (a partition-day job writes few folders): no extra shuffle by partition
+    # key, one open file per partition per task.
+    "write.distribution-mode": "none",
+    "write.spark.fanout.enabled": "true",
+    # Exact min/max of every column, so a delete by a non-key column (ingest's `src`) drops whole files.
+    "write.metadata.metrics.default": "full",
+}
+
+
+class TableError(UserError):
+    """A table operation that cannot be done as asked (unknown table, catalog not configured)."""
+
+
+# -- jars and catalog settings ---------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPEEDPROFILE_CACHE", Path.home() / ".cache" / "speedprofile"))
+
+
+def jar_paths() -> list[str]:
+    """Local paths of the jars of conf/jars.lock in the cache (scripts/fetch_jars.sh puts them there)."""
+    out = []
+    for line in JARS_LOCK.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        _, artifact, version = line.split()[0].split(":")
+        path = cache_dir() / "jars" / f"{artifact}-{version}.jar"
+        if not path.is_file():
+            raise TableError(f"missing {path}: run `make setup` (scripts/fetch_jars.sh fetches the pinned jars)")
+        out.append(str(path))
+    return out
+
+
+def spark_jars() -> str:
+    """The `spark.jars` / `--jars` value: Iceberg's Spark runtime, the catalog's JDBC drivers, s3a."""
+    return ",".join(jar_paths())
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Where one warehouse's table catalog lives."""
+
+    warehouse: str
+    kind: str  # "sqlite" | "postgresql"
+    location: str  # the SQLite file, or host:port/db
+
+    @property
+    def name(self) -> str:
+        """A catalog name unique to this warehouse and catalog (one Spark session may use several)."""
+        digest = hashlib.sha256(f"{self.warehouse}|{self.kind}|{self.location}".encode()).hexdigest()[:12]
+        return f"sp_{digest}"
+
+    @property
+    def warehouse_uri(self) -> str:
+        """The warehouse root as Iceberg file IO expects it (s3a:// stays s3a:// for Hadoop's S3A)."""
+        if wh.is_remote(self.warehouse):
+            return self.warehouse.rstrip("/")
+        return "file://" + os.path.abspath(self.warehouse.removeprefix("file://"))
+
+    def jdbc(self) -> dict[str, str]:
+        """JDBC catalog properties for Iceberg's Java catalog (no secret: user and password are added by callers
+        that need them from the environment)."""
+        if self.kind == "sqlite":
+            return {"uri": f"jdbc:sqlite:{self.location}?busy_timeout={SQLITE_BUSY_MS}&journal_mode=WAL"}
+        props = {"uri": f"jdbc:postgresql://{self.location}"}
+        return props
+
+    def spark_conf(self) -> dict[str, str]:
+        prefix = f"spark.sql.catalog.{self.name}"
+        conf = {
+            prefix: "org.apache.iceberg.spark.SparkCatalog",
+            f"{prefix}.type": "jdbc",
+            f"{prefix}.warehouse": self.warehouse_uri,
+            f"{prefix}.cache-enabled": "false",  # every read sees the newest commit of any process
+        }
+        for k, v in self.jdbc().items():
+            conf[f"{prefix}.{k}"] = v
+        if self.kind == "postgresql":
+            user, password = _catalog_credentials()
+            conf[f"{prefix}.jdbc.user"] = user
+            conf[f"{prefix}.jdbc.password"] = password
+        return conf
+
+    def sqlalchemy_uri(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.location}?timeout={SQLITE_BUSY_MS // 1000}"
+        from urllib.parse import quote
+
+        user, password = _catalog_credentials()
+        return f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}@{self.location}"
+
+
+def _catalog_credentials() -> tuple[str, str]:
+    user, password = os.environ.get(CATALOG_USER_ENV), os.environ.get(CATALOG_PASSWORD_ENV)
+    if not user or password is None:
+        raise TableError(f"${CATALOG_ENV} names a PostgreSQL catalog: set ${CATALOG_USER_ENV} and "
+                         f"${CATALOG_PASSWORD_ENV} too")
+    return user, password
+
+
+def catalog(warehouse: str) -> Catalog:
+    """The catalog of `warehouse`: $SPEEDPROFILE_CATALOG when set, else `<warehouse>/catalog.db` (local only)."""
+    setting = os.environ.get(CATALOG_ENV, "").strip()
+    if setting.startswith(("postgresql://", "postgres://")):
+        location = setting.split("://", 1)[1]
+        if "@" in location:
+            raise TableError(f"${CATALOG_ENV} must not carry credentials; use ${CATALOG_USER_ENV} and "
+                             f"${CATALOG_PASSWORD_ENV}")
+        return Catalog(warehouse, "postgresql", location)
+    if setting:
+        path = setting.removeprefix("sqlite://").removeprefix("file://")
+        return Catalog(warehouse, "sqlite", os.path.abspath(path))
+    if wh.is_remote(warehouse):
+        raise TableError(f"warehouse {warehouse} is on an object store: set ${CATALOG_ENV} to the catalog "
+                         f"(postgresql://host:port/db, or a local SQLite file for a one-host setup)")
+    root = os.path.abspath(warehouse.removeprefix("file://"))
+    return Catalog(warehouse, "sqlite", os.path.join(root, SQLITE_NAME))
+
+
+# -- pyiceberg side ---------------------------------------------------------------------------------------------------
+
+_py_catalogs: dict[Catalog, Any] = {}
+_lock = threading.Lock()
+
+
+def _fileio_props() -> dict[str, str]:
+    """pyiceberg's S3 settings from the same environment the rest of the stack uses."""
+    props = {}
+    env = os.environ
+    if env.get("AWS_ENDPOINT_URL"):
+        props["s3.endpoint"] = env["AWS_ENDPOINT_URL"]
+    if env.get("AWS_ACCESS_KEY_ID"):
+        props["s3.access-key-id"] = env["AWS_ACCESS_KEY_ID"]
+    if env.get("AWS_SECRET_ACCESS_KEY"):
+        props["s3.secret-access-key"] = env["AWS_SECRET_ACCESS_KEY"]
+    props["s3.region"] = env.get("AWS_REGION", env.get("AWS_DEFAULT_REGION", "us-east-1"))
+    if env.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        props["s3.force-virtual-addressing"] = "false"
+    return props
+
+
+def py_catalog(warehouse: str):
+    """The pyiceberg catalog of `warehouse`, with the namespace and every table of schemas.TABLES created."""
+    cat = catalog(warehouse)
+    with _lock:
+        got = _py_catalogs.get(cat)
+        if got is not None:
+            return got
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        if cat.kind == "sqlite":
+            os.makedirs(os.path.dirname(cat.location), exist_ok=True)
+            _sqlite_wal(cat.location)
+        c = SqlCatalog(cat.name, uri=cat.sqlalchemy_uri(), warehouse=cat.warehouse_uri, **_fileio_props())
+        _create_all(c, cat)
+        _py_catalogs[cat] = c
+        return c
+
+
+def _sqlite_wal(path: str) -> None:
+    """WAL journal: readers never block the one writer (set once per file; it persists)."""
+    con = sqlite3.connect(path, timeout=SQLITE_BUSY_MS / 1000)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def identifier(table: str) -> str:
+    return f"{NAMESPACE}.{table}"
+
+
+def _create_all(c, cat: Catalog) -> None:
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+
+    try:
+        c.create_namespace_if_not_exists(NAMESPACE)
+    except NamespaceAlreadyExistsError:
+        pass
+    existing = {t[-1] for t in c.list_tables(NAMESPACE)}
+    for t in TABLES.values():
+        if t.name in existing:
+            continue
+        try:
+            _create(c, cat, t)
+        except TableAlreadyExistsError:  # another process created it meanwhile
+            pass
+
+
+def iceberg_schema(t: Table):
+    """The table's schema as Arrow types Iceberg has (no 8/16-bit integers: they are stored as int)."""
+    import pyarrow as pa
+
+    fields = []
+    for f in t.arrow_schema():
+        typ = f.type
+        if typ in (pa.int8(), pa.int16()):
+            typ = pa.int32()
+        elif pa.types.is_list(typ) and typ.value_type in (pa.int8(), pa.int16()):
+            typ = pa.list_(pa.int32())
+        fields.append(pa.field(f.name, typ, nullable=True))
+    return pa.schema(fields)
+
+
+def _create(c, cat: Catalog, t: Table) -> None:
+    location = wh.table_path(cat.warehouse_uri, t.name)
+    table = c.create_table(identifier(t.name), schema=iceberg_schema(t), location=location,
+                           properties=TABLE_PROPERTIES)
+    if t.partition_by:
+        with table.update_spec() as spec:
+            for key in t.partition_by:
+                spec.add_identity(key)
+
+
+def load(warehouse: str, table: str | Table):
+    """The pyiceberg Table, refreshed to the newest commit."""
+    t = _table(table)
+    return py_catalog(warehouse).load_table(identifier(t.name))
+
+
+def _table(table: str | Table) -> Table:
+    if isinstance(table, Table):
+        return table
+    if table not in TABLES:
+        raise TableError(f"unknown table {table!r}; tables: {', '.join(sorted(TABLES))}")
+    return TABLES[table]
+
+
+def _key_values(t: Table, dates, partitions, extra_keys) -> list[tuple[str, list[str]]]:
+    out = []
+    for key in t.partition_by:
+        if key == "dt":
+            vals = [str(d) for d in dates] if dates is not None else None
+        elif key == "partition":
+            vals = [str(p) for p in partitions] if partitions is not None else None
+        else:
+            got = (extra_keys or {}).get(key)
+            vals = [str(v) for v in got] if got is not None else None
+        if vals is not None:
+            out.append((key, vals))
+    for key, got in (extra_keys or {}).items():
+        if key not in t.partition_by and got is not None:
+            out.append((key, [str(v) for v in got]))
+    return out
+
+
+def _py_filter(t: Table, key_values: list[tuple[str, list[str]]]):
+    from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, And, In
+
+    if any(not vals for _, vals in key_values):
+        return AlwaysFalse()
+    terms = [In(k, [_py_literal(t, k, v) for v in vals]) for k, vals in key_values]
+    return reduce(And, terms) if terms else AlwaysTrue()
+
+
+def _py_literal(t: Table, key: str, value: str):
+    typ = t.column(key).type
+    if typ == "date":
+        return date.fromisoformat(value)
+    if typ.startswith("int"):
+        return int(value)
+    return value
+
+
+def conform(t: Table, data: pa.Table) -> pa.Table:
+    """Rows read from Iceberg in the table's declared column order and types (int8/int16 back from int)."""
+    import pyarrow as pa
+
+    schema = t.arrow_schema()
+    cols = []
+    for f in schema:
+        col = data.column(f.name) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
+        cols.append(col.cast(f.type) if col.type != f.type else col)
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def read_arrow(
+    warehouse: str, table: str | Table, dates: Sequence[date | str] | None = None,
+    partitions: Sequence[str] | None = None, extra_keys: Mapping[str, Sequence[object]] | None = None,
+    columns: Sequence[str] | None = None, snapshot_id: int | None = None,
+) -> pa.Table:
+    """Committed rows of `table` (optionally restricted to dt values, partitions and other key values, or as of a
+    snapshot), typed by the schema; an empty table when nothing matches."""
+    t = _table(table)
+    tbl = load(warehouse, t)
+    scan = tbl.scan(row_filter=_py_filter(t, _key_values(t, dates, partitions, extra_keys)),
+                    snapshot_id=snapshot_id)
+    data = conform(t, scan.to_arrow())
+    return data.select(list(columns)) if columns else data
+
+
+def read_pandas(warehouse: str, table: str | Table, **kw):
+    return read_arrow(warehouse, table, **kw).to_pandas()
+
+
+def _py_replace_filter(t: Table, replace: Iterable[Mapping[str, object]]):
+    from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, And, EqualTo, Or
+
+    ors = []
+    for keys in replace:
+        terms = [EqualTo(k, _py_literal(t, k, str(v))) for k, v in keys.items()]
+        ors.append(reduce(And, terms) if terms else AlwaysTrue())
+    return reduce(Or, ors) if ors else AlwaysFalse()
+
+
+def write_arrow(warehouse: str, table: str | Table, data: pa.Table,
+                replace: Iterable[Mapping[str, object]]) -> None:
+    """Replace the rows matching any of `replace` (each {key: value}; [{}] = the whole table) with `data`, in one
+    commit; retried on a lost race with another writer."""
+    from pyiceberg.exceptions import CommitFailedException
+    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+    t = _table(table)
+    replace = list(replace)
+    data = data.select(t.names).cast(iceberg_schema(t))
+
+    @retry(retry=retry_if_exception_type(CommitFailedException), stop=stop_after_attempt(COMMIT_RETRIES),
+           wait=wait_random_exponential(multiplier=0.05, max=5), reraise=True)
+    def commit() -> None:
+        tbl = load(warehouse, t)
+        flt = _py_replace_filter(t, replace)
+        if data.num_rows:
+            tbl.overwrite(data, overwrite_filter=flt)
+        else:
+            tbl.delete(delete_filter=flt)
+
+    commit()
+
+
+# -- Spark side -------------------------------------------------------------------------------------------------------
+
+_registered: dict[int, set[str]] = {}
+
+
+def spark_catalog(spark: SparkSession, warehouse: str) -> str:
+    """Register the warehouse's catalog in the session (runtime confs) and return its Spark name."""
+    cat = catalog(warehouse)
+    py_catalog(warehouse)  # namespace and tables exist before Spark looks
+    seen = _registered.setdefault(id(spark), set())
+    if cat.name not in seen:
+        for k, v in cat.spark_conf().items():
+            spark.conf.set(k, v)
+        seen.add(cat.name)
+    return cat.name
+
+
+def spark_identifier(spark: SparkSession, warehouse: str, table: str | Table) -> str:
+    return f"{spark_catalog(spark, warehouse)}.{NAMESPACE}.{_table(table).name}"
+
+
+def _spark_literal(t: Table, key: str, value: object):
+    from pyspark.sql import functions as F
+
+    typ = t.column(key).type
+    if typ == "date":
+        return F.lit(str(value)).cast("date")
+    if typ.startswith("int"):
+        return F.lit(int(str(value)))
+    return F.lit(str(value))
+
+
+def read(
+    spark: SparkSession, warehouse: str, table: str | Table, dates: Sequence[date | str] | None = None,
+    partitions: Sequence[str] | None = None, extra_keys: Mapping[str, Sequence[object]] | None = None,
+    snapshot_id: int | None = None,
+) -> DataFrame:
+    """Committed rows of `table` as a Spark frame, restricted like read_arrow, typed by the schema."""
+    from pyspark.sql import functions as F
+
+    t = _table(table)
+    reader = spark.read
+    if snapshot_id is not None:
+        reader = reader.option("snapshot-id", str(snapshot_id))
+    df = reader.table(spark_identifier(spark, warehouse, t))
+    for key, vals in _key_values(t, dates, partitions, extra_keys):
+        if not vals:
+            df = df.where(F.lit(False))
+        else:
+            df = df.where(F.col(key).isin([_spark_literal(t, key, v) for v in vals]))
+    sch = t.spark_schema()
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in sch.fields])
+
+
+def _spark_replace_condition(t: Table, replace: list[Mapping[str, object]]) -> Column:
+    from pyspark.sql import functions as F
+
+    ors = []
+    for keys in replace:
+        terms = [F.col(k) == _spark_literal(t, k, v) for k, v in keys.items()]
+        ors.append(reduce(lambda a, b: a & b, terms) if terms else F.lit(True))
+    return reduce(lambda a, b: a | b, ors) if ors else F.lit(False)
+
+
+def write(df: DataFrame, warehouse: str, table: str | Table, replace: Iterable[Mapping[str, object]]) -> None:
+    """Replace exactly the rows of the partitions listed in `replace` (each {key: value}) with the rows of df, as
+    one atomic Iceberg commit. A partition whose new output is empty loses its old rows; other partitions are
+    never touched. Rows of df outside the listed partitions are an error (they would escape the replace)."""
+    from pyspark.sql import functions as F
+
+    t = _table(table)
+    replace = list(replace)
+    cond = _spark_replace_condition(t, replace)
+    sch = iceberg_schema(t)
+    out = df.select(*[F.col(f.name).cast(_spark_type(f.type)).alias(f.name) for f in sch])
+    if replace and any(replace):
+        out = out.where(F.when(cond, F.lit(True)).otherwise(F.raise_error(F.lit(
+            f"{t.name}: a row outside the partitions being replaced"))))
+    out.writeTo(spark_identifier(df.sparkSession, warehouse, t)).overwrite(cond)
+
+
+def _spark_type(arrow_type) -> str:
+    import pyarrow as pa
+
+    simple = {pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.float32(): "float",
+              pa.float64(): "double", pa.bool_(): "boolean", pa.date32(): "date", pa.binary(): "binary",
+              pa.timestamp("us", tz="UTC"): "timestamp"}
+    if arrow_type in simple:
+        return simple[arrow_type]
+    if pa.types.is_list(arrow_type):
+        return f"array<{_spark_type(arrow_type.value_type)}>"
+    raise TableError(f"no Spark type for {arrow_type}")
+
+
+# -- maintenance and history -----------------------------------------------------------------------------------------
+
+def snapshots(warehouse: str, table: str | Table) -> list[dict]:
+    """Snapshots of the table, oldest first: id, committed_at (UTC), operation, added/deleted rows."""
+    tbl = load(warehouse, table)
+    out = []
+    for s in tbl.snapshots():
+        summary = s.summary.additional_properties if s.summary else {}
+        out.append({
+            "snapshot_id": s.snapshot_id,
+            "committed_at": datetime.fromtimestamp(s.timestamp_ms / 1000, tz=timezone.utc).isoformat(),
+            "operation": str(s.summary.operation.value) if s.summary else "",
+            "added_rows": int(summary.get("added-records", 0)),
+            "deleted_rows": int(summary.get("deleted-records", 0)),
+            "total_rows": int(summary.get("total-records", 0)),
+        })
+    return out
+
+
+def expire_snapshots(warehouse: str, older_than: datetime, retain_last: int = 1,
+                     tables: Sequence[str] | None = None) -> dict[str, int]:
+    """Expire snapshots committed before `older_than`, keeping at least the newest `retain_last` of each table;
+    returns the number expired per table. Data files only old snapshots referenced become unreachable."""
+    out = {}
+    cutoff_ms = int(older_than.timestamp() * 1000)
+    for name in tables or sorted(TABLES):
+        tbl = load(warehouse, name)
+        snaps = sorted(tbl.snapshots(), key=lambda s: s.timestamp_ms)
+        current = tbl.current_snapshot()
+        keep = {s.snapshot_id for s in snaps[-retain_last:]} if retain_last > 0 else set()
+        if current is not None:
+            keep.add(current.snapshot_id)
+        ids = [s.snapshot_id for s in snaps if s.timestamp_ms < cutoff_ms and s.snapshot_id not in keep]
+        if ids:
+            tbl.maintenance.expire_snapshots().by_ids(ids).commit()
+        out[name] = len(ids)
+    return out
+
+
+def export(warehouse: str, table: str | Table, out_dir: str, dates: Sequence[date | str] | None = None,
+           partitions: Sequence[str] | None = None, snapshot_id: int | None = None) -> dict:
+    """Write the committed rows as plain hive-partitioned Parquet under out_dir (replacing out_dir/<table>)."""
+    import pyarrow.dataset as ds
+
+    from speedprofile import storage
+
+    t = _table(table)
+    data = read_arrow(warehouse, t, dates=dates, partitions=partitions, snapshot_id=snapshot_id)
+    dest = wh.join(out_dir, t.name)
+    storage.delete(dest)
+    fs, path = storage.filesystem(dest)
+    fs.create_dir(path, recursive=True)
+    if t.partition_by:
+        part = ds.partitioning(data.select(list(t.partition_by)).schema, flavor="hive")
+    else:
+        part = None
+    ds.write_dataset(data, path, filesystem=fs, format="parquet", partitioning=part,
+                     existing_data_behavior="overwrite_or_ignore", basename_template="part-{i}.parquet")
+    return {"table": t.name, "rows": data.num_rows, "path": dest}
+
+
+def wait_for_commit(warehouse: str, table: str | Table, after: int | None, timeout: float = 60.0) -> int | None:
+    """The current snapshot id once it differs from `after` (for tests that watch commits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cur = load(warehouse, table).current_snapshot()
+        sid = cur.snapshot_id if cur else None
+        if sid != after:
+            return sid
+        time.sleep(0.2)
+    return after
