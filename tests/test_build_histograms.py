@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 from datetime import date, timedelta
 
 import pandas as pd
@@ -11,7 +10,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from schemas import TABLES
 from spark_apps import build_histograms as app
+from speedprofile import tables
 from speedprofile.aggregate import kernels as K
 from speedprofile.aggregate import transforms as T
 from speedprofile.spark import read_metrics, read_table
@@ -116,8 +117,9 @@ def test_next_day_merges_stored_partials_without_old_traversals(spark, agg_fixtu
     wh = tmp_path / "warehouse"
     seed_table(wh, agg_fixtures / "build_histograms/input/bucketed_traversals.jsonl", "bucketed_traversals")
     run(wh, "--date", "2026-03-28", "--to-date", "2026-03-30")
-    for d in ("2026-03-28", "2026-03-29", "2026-03-30"):
-        shutil.rmtree(wh / "bucketed_traversals" / f"dt={d}", ignore_errors=True)
+    empty = TABLES["bucketed_traversals"].arrow_schema().empty_table()
+    tables.write_arrow(str(wh), "bucketed_traversals", empty,
+                       replace=[{"dt": d} for d in ("2026-03-28", "2026-03-29", "2026-03-30")])
     run(wh, "--date", "2026-03-31")
     got = read_table(spark, str(wh), "speed_histograms", extra_keys={"window": ["w1-2026-03-31"]})
     expected = fixture_frame(spark, agg_fixtures / "build_histograms/expected/speed_histograms.jsonl", "speed_histograms")

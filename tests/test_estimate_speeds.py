@@ -14,9 +14,11 @@ from pyspark.testing import assertDataFrameEqual
 from schemas.speed_estimates import SOURCES
 from schemas.speed_histograms import N_SPEED_BINS
 from spark_apps import bucket_traversals, build_histograms, estimate_speeds
+from speedprofile import tables
 from speedprofile.aggregate import kernels as K
 from speedprofile.spark import read_metrics, read_table
 from tests.plugins.aggregation import fixture_frame, seed_table
+from tests.seed import commit_pandas
 
 P, Q = "8739220f0ffffff", "872a100d2ffffff"
 PRIOR = K.Prior(speed=42.0, free_flow=55.0)
@@ -157,9 +159,6 @@ def test_estimates_match_simulator_truth(spark, tmp_path):
     The traversals are the simulator's own driven paths (matching is tested on its own), so this measures the
     aggregation: mean absolute error of 'observed' buckets (>= 3 traces) against the true bucket speed.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from speedprofile.network.build import build
     from speedprofile.simulate.fleet import simulate
 
@@ -167,7 +166,7 @@ def test_estimates_match_simulator_truth(spark, tmp_path):
     wh, sim = tmp_path / "warehouse", tmp_path / "sim"
     build(str(wh), nodes=str(nets / "tiny.nodes"), arcs=str(nets / "tiny.arcs.gz"))
     simulate(str(wh), str(sim), days=1, vehicles=1500, seed=5)
-    segs = pd.read_parquet(wh / "road_segments", columns=["segment_id", "length_m", "partition"])
+    segs = tables.read_pandas(str(wh), "road_segments", columns=["segment_id", "length_m", "partition"])
     segs["partition"] = segs["partition"].astype(str)
     paths = pd.read_parquet(sim / "truth_paths").merge(segs, on="segment_id")
     paths = paths.sort_values(["trace_id", "seq"])
@@ -183,8 +182,7 @@ def test_estimates_match_simulator_truth(spark, tmp_path):
         "dt": paths.groupby("trace_id")["enter_time_utc"].transform("min").dt.date.astype(str),
         "partition": paths["partition"],
     })
-    pq.write_to_dataset(pa.Table.from_pandas(trav, preserve_index=False), str(wh / "segment_traversals"),
-                        partition_cols=["dt", "partition"])
+    commit_pandas(wh, "segment_traversals", trav)
     cells = ",".join(sorted(segs["partition"].unique()))
     dates = sorted(trav["dt"].unique())
     common = ["--warehouse", str(wh), "--partition", cells, "--date", dates[0], "--to-date", dates[-1]]

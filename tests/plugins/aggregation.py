@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: aggregation (chained JSONL fixtures -> typed Parquet warehouse tables / frames)."""
+"""Shared pytest fixtures: aggregation (chained JSONL fixtures -> typed warehouse tables / frames)."""
 
 from __future__ import annotations
 
@@ -29,17 +29,10 @@ def read_jsonl_table(path: Path, table: str):
 
 
 def seed_table(warehouse: Path, path: Path, table: str) -> None:
-    """Write a JSONL fixture into the warehouse as Hive-partitioned Parquet (what the upstream stage would write)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """Commit a JSONL fixture to the warehouse table through the table layer (what the upstream stage would write)."""
+    from speedprofile import tables
 
-    from schemas import TABLES
-
-    t = TABLES[table]
-    tbl = read_jsonl_table(path, table)
-    if "dt" in t.partition_by:
-        tbl = tbl.set_column(tbl.schema.get_field_index("dt"), "dt", pc.cast(tbl["dt"], "string"))
-    pq.write_to_dataset(tbl, str(warehouse / table), partition_cols=list(t.partition_by))
+    tables.write_arrow(str(warehouse), table, read_jsonl_table(path, table), replace=[{}])
 
 
 def fixture_frame(spark, path: Path, table: str):
