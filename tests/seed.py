@@ -29,3 +29,33 @@ def commit_pandas(warehouse: str | Path, table: str, df,
     from speedprofile import tables
 
     tables.write_arrow(str(warehouse), table, arrow_rows(table, df), replace=list(replace))
+
+
+def copy_warehouse(src: str | Path, dst: str | Path, only: Iterable[str] | None = None) -> Path:
+    """A copy of a warehouse: the committed rows of its tables (all, or `only` these) committed to dst's own
+    catalog, plus every file that is not table data (`_partitions.json`, `_metrics`, ...). A copied folder would
+    not do: the catalog names the source's metadata files by absolute path."""
+    import shutil
+
+    from schemas import TABLES
+    from speedprofile import tables
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    names = list(only) if only is not None else list(TABLES)
+    for entry in src.iterdir():
+        if entry.name.startswith(tables.SQLITE_NAME):
+            continue
+        if entry.name in TABLES:
+            if entry.name not in names:
+                continue
+            top = str(entry)
+            shutil.copytree(entry, dst / entry.name, dirs_exist_ok=True,
+                            ignore=lambda d, n, top=top: [x for x in n if d == top and x in ("data", "metadata")])
+        elif only is None:
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, dst / entry.name)
+    for name in names:
+        rows = tables.read_arrow(str(src), name)
+        if rows.num_rows:
+            tables.write_arrow(str(dst), name, rows, replace=[{}])
+    return dst

@@ -178,13 +178,13 @@ def test_kubicka_developer_tracks(data_dir):
 @pytest.fixture(scope="module")
 def border_warehouse(tmp_path_factory, spark, tiny_network_warehouse, tiny_simulation) -> str:
     """The tiny grid network (3 partitions) with the 6-vehicle simulated day ingested (pieces + context fixes)."""
-    import shutil
     from pathlib import Path
 
     from speedprofile.ingest.pipeline import ingest
+    from tests.seed import copy_warehouse
 
     root = tmp_path_factory.mktemp("border_wh") / "wh"
-    shutil.copytree(Path(tiny_network_warehouse) / "road_segments", root / "road_segments")
+    copy_warehouse(tiny_network_warehouse, root, only=["road_segments"])
     ingest(spark, str(root), [str(Path(tiny_simulation) / "probes")])
     return str(root)
 
@@ -200,11 +200,11 @@ def _traversals(spark, warehouse: str, day: str) -> pd.DataFrame:
 def test_border_one_submit_equals_separate_partition_runs(spark, border_warehouse, tmp_path):
     """A trace crossing a partition border: both partitions in one run, each alone, and all partitions at once
     write the same traversals on those partitions' segments, each exactly once."""
-    import shutil
     from pathlib import Path
 
     from spark_apps.match_traces import main
     from speedprofile.spark import read_metrics, read_table
+    from tests.seed import copy_warehouse
 
     probes = read_table(spark, border_warehouse, "probes").toPandas()
     day = str(probes["dt"].iloc[0])
@@ -214,7 +214,7 @@ def test_border_one_submit_equals_separate_partition_runs(spark, border_warehous
     cells = [c["cell"] for c in cells]
     together, separate, whole = (str(tmp_path / n) for n in ("together", "separate", "whole"))
     for w in (together, separate, whole):
-        shutil.copytree(border_warehouse, w)
+        copy_warehouse(border_warehouse, w)
     assert main(["--warehouse", whole, "--date", day, "--partition", ",".join(cells)]) == 0
     t3 = _traversals(spark, whole, day)
     # the two partitions most traces drive in both (the border the fleet crosses most)
@@ -251,15 +251,14 @@ def test_border_one_submit_equals_separate_partition_runs(spark, border_warehous
     assert sum(m["fixes_in"] for m in ms) == int(owned["partition"].isin([a, b]).sum())
 
 
-def test_spark_app_reads_warehouse_by_uri(spark, match_warehouse, tmp_path):
+def test_spark_app_reads_warehouse_by_uri(spark, match_segments, match_probes, tmp_path):
     """A file:// warehouse goes through Spark's Hadoop file system (the path an s3a:// warehouse takes)."""
-    import shutil
-
     from spark_apps.match_traces import main
     from speedprofile.spark import read_metrics
+    from tests.plugins.matching import make_match_warehouse
 
     root = tmp_path / "wh"
-    shutil.copytree(match_warehouse, root, ignore=shutil.ignore_patterns("segment_traversals", "_metrics"))
+    make_match_warehouse(str(root), match_segments, match_probes)
     assert main(["--warehouse", f"file://{root}", "--date", FIXTURE_DT, "--partition", FIXTURE_CELL]) == 0
     m = read_metrics(None, str(root), "match_traces", FIXTURE_DT, FIXTURE_CELL)
     got = _traversals(spark, str(root), FIXTURE_DT)

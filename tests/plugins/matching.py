@@ -87,22 +87,17 @@ def match_expected(match_fixture_dir) -> pd.DataFrame:
     return load_expected(match_fixture_dir)
 
 
+def make_match_warehouse(root: str, segments, probes: pd.DataFrame) -> str:
+    """The fixture network (road_segments) and fixes (probes dt=2024-05-06) committed to a warehouse at root."""
+    from speedprofile.network.graph import write_road_segments
+    from tests.seed import commit_pandas
+
+    write_road_segments(segments, root, 7, "fixtures/match_traces")
+    commit_pandas(root, "probes", probes, replace=[{"dt": FIXTURE_DT, "partition": FIXTURE_CELL}])
+    return root
+
+
 @pytest.fixture(scope="session")
 def match_warehouse(tmp_path_factory, match_segments, match_probes) -> str:
     """A warehouse with the fixture network (road_segments) and fixes (probes dt=2024-05-06)."""
-    import os
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from schemas.probes import PROBES
-    from speedprofile.network.graph import write_road_segments
-
-    root = str(tmp_path_factory.mktemp("match_wh"))
-    write_road_segments(match_segments, root, 7, "fixtures/match_traces")
-    folder = os.path.join(root, "probes", f"dt={FIXTURE_DT}", f"partition={FIXTURE_CELL}")
-    os.makedirs(folder)
-    table = pa.Table.from_pandas(match_probes[PROBES.data_columns], schema=PROBES.arrow_schema(with_partitions=False),
-                                 preserve_index=False)
-    pq.write_table(table, os.path.join(folder, "part-0.parquet"))
-    return root
+    return make_match_warehouse(str(tmp_path_factory.mktemp("match_wh")), match_segments, match_probes)
