@@ -128,10 +128,10 @@ def test_point_query_prefers_the_nearest_road_with_estimates_and_says_so(tmp_pat
 
 
 def test_backed_off_answer_says_what_it_rests_on(serve_warehouse):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pandas as pd
 
     from tests.plugins.serve import WINDOW
+    from tests.seed import commit_pandas
 
     b = parse_time_of_week("Tue 03:00")
     (p,) = query_warehouse(str(serve_warehouse), b, segment_id=203)
@@ -142,10 +142,8 @@ def test_backed_off_answer_says_what_it_rests_on(serve_warehouse):
     assert " 0 traces, confidence" not in p.line()  # the borrowed sample is not presented as the segment's own
     for cell, rows in (("8739220f0ffffff", {"segment_id": [105], "tow_bucket": [b], "n_traces": [1]}),
                        ("87392201affffff", {"segment_id": [201], "tow_bucket": [b], "n_traces": [9]})):
-        folder = serve_warehouse / "speed_histograms" / f"partition={cell}" / f"window={WINDOW}"
-        folder.mkdir(parents=True)
-        pq.write_table(pa.table({k: pa.array(v, pa.int16() if k == "tow_bucket" else pa.int64())
-                                 for k, v in rows.items()}), folder / "part-0.parquet")
+        commit_pandas(serve_warehouse, "speed_histograms", pd.DataFrame({**rows, "partition": cell, "window": WINDOW}),
+                      replace=[{"partition": cell, "window": WINDOW}])
     (a,) = query_warehouse(str(serve_warehouse), b, segment_id=105)
     assert a.own_traces == 1 and a.source == "neighbour_buckets"
     assert (f"backed off: 1 own trace in this bucket (3 needed); borrowed from this segment's neighbouring 5-minute "

@@ -82,13 +82,11 @@ def _length_m(lon, lat) -> float:
 
 
 def write_warehouse(root: Path, segments: list[dict], estimates, bad_rows: bool = False) -> Path:
-    """Write road_segments + speed_estimates (hive partition folders, Arrow schemas from schemas/) under root."""
+    """Commit road_segments + speed_estimates to the warehouse at root (through the table layer) and write the
+    partition list."""
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from schemas.road_segments import ROAD_SEGMENTS
-    from schemas.speed_estimates import SPEED_ESTIMATES
+    from tests.seed import commit_pandas
 
     rs = pd.DataFrame([{
         "segment_id": s["segment_id"], "osm_way_id": s["osm_way_id"], "from_node_id": s["from_node_id"],
@@ -97,12 +95,7 @@ def write_warehouse(root: Path, segments: list[dict], estimates, bad_rows: bool 
         "maxspeed_kph": s["maxspeed_kph"], "name": s["name"], "is_oneway": s["is_oneway"],
         "geom_lon_deg": s["lon"], "geom_lat_deg": s["lat"], "timezone": "Europe/Lisbon", "partition": s["partition"],
     } for s in segments])
-    schema = ROAD_SEGMENTS.arrow_schema(with_partitions=False)
-    for cell, part in rs.groupby("partition"):
-        out = root / "road_segments" / f"partition={cell}"
-        out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(part.drop(columns="partition"), schema=schema, preserve_index=False),
-                       out / "part-00000.parquet")
+    commit_pandas(root, "road_segments", rs)
     cells = sorted(rs["partition"].unique())
     (root / "road_segments" / "_partitions.json").write_text(json.dumps(
         {"h3_res": 7, "partitions": [{"cell": c} for c in cells]}))
@@ -117,13 +110,7 @@ def write_warehouse(root: Path, segments: list[dict], estimates, bad_rows: bool 
         bad.iloc[2, bad.columns.get_loc("speed_kph")] = np.nan        # null_speed
         est = pd.concat([est, bad], ignore_index=True)                # row 4: duplicate_key
         est["partition"] = est["partition"].fillna(first)
-    eschema = SPEED_ESTIMATES.arrow_schema(with_partitions=False)
-    for cell, part in est.groupby("partition"):
-        out = root / "speed_estimates" / f"partition={cell}"
-        out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(part.drop(columns="partition"), schema=eschema, preserve_index=False),
-                       out / "part-00000.parquet")
-        (out.parent / "_SUCCESS").touch()
+    commit_pandas(root, "speed_estimates", est)
     return root
 
 
