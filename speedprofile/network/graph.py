@@ -1,7 +1,7 @@
 """road_segments as columns: node/arc graph loading, geodesic lengths, time zones, H3 partitions, Parquet I/O.
 
-Grain: one directed segment. Units: metres, km/h, WGS84 degrees. The table folder is written whole
-(`<warehouse>/road_segments/partition=<cell>/part-0.parquet` + `_partitions.json`).
+Grain: one directed segment. Units: metres, km/h, WGS84 degrees. A build replaces the whole table in one commit
+(through speedprofile.tables) and then writes the plain file `<warehouse>/road_segments/_partitions.json`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import gzip
 import io
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -234,80 +233,70 @@ def _as_arrow(df):
 
 
 def write_road_segments(df, warehouse: str, h3_res: int, source: str) -> dict:
-    """Write road_segments (pandas or pyarrow) as the whole table folder; returns the _partitions.json content."""
+    """Replace the whole road_segments table (pandas or pyarrow) in one commit, then write `_partitions.json`;
+    returns the _partitions.json content."""
     import h3
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+
+    from speedprofile import tables
 
     if wh.is_remote(warehouse):
         raise UserError("network build writes to a local warehouse path (copy it to object storage afterwards)")
     table = _as_arrow(df)
     table = table.sort_by([("partition", "ascending"), ("segment_id", "ascending")])
-    root = wh.table_path(warehouse, ROAD_SEGMENTS.name)
-    tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp)
     parts = []
+    part_col = table.column("partition")
+    cells = pc.unique(part_col).to_pylist()
+    # table is sorted by partition: contiguous runs
+    bounds: Any = np.searchsorted(part_col.to_numpy().astype(str), np.asarray(cells, dtype=str), side="left") if cells else []
+    ends = [*list(bounds[1:]), table.num_rows]
+    for cell, lo, hi in zip(cells, bounds, ends, strict=True):
+        chunk = table.slice(int(lo), int(hi - lo))
+        clat, clon = h3.cell_to_latlng(cell)
+        parts.append({
+            "cell": cell,
+            "segments": int(hi - lo),
+            "length_km": round(float(pc.sum(chunk.column("length_m")).as_py() or 0.0) / 1000.0, 3),
+            "lon": round(clon, 6),
+            "lat": round(clat, 6),
+        })
+    meta = {"h3_res": int(h3_res), "source": source, "partitions": parts}
+    tables.write_arrow(warehouse, ROAD_SEGMENTS, table, replace=[{}])  # a build replaces the whole network
+    path = wh.partitions_file(warehouse)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        part_col = table.column("partition")
-        cells = pc.unique(part_col).to_pylist()
-        data_cols = ROAD_SEGMENTS.data_columns
-        # table is sorted by partition: contiguous runs
-        bounds: Any = np.searchsorted(part_col.to_numpy().astype(str), np.asarray(cells, dtype=str), side="left") if cells else []
-        ends = [*list(bounds[1:]), table.num_rows]
-        for cell, lo, hi in zip(cells, bounds, ends, strict=True):
-            chunk = table.slice(int(lo), int(hi - lo))
-            folder = os.path.join(tmp, f"partition={cell}")
-            os.makedirs(folder)
-            pq.write_table(chunk.select(data_cols), os.path.join(folder, "part-0.parquet"), compression="zstd")
-            clat, clon = h3.cell_to_latlng(cell)
-            parts.append({
-                "cell": cell,
-                "segments": int(hi - lo),
-                "length_km": round(float(pc.sum(chunk.column("length_m")).as_py() or 0.0) / 1000.0, 3),
-                "lon": round(clon, 6),
-                "lat": round(clat, 6),
-            })
-        meta = {"h3_res": int(h3_res), "source": source, "partitions": parts}
-        with open(os.path.join(tmp, "_partitions.json"), "w") as fh:
+        with open(tmp, "w") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True)
-        if os.path.exists(root):
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+        os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise
     return meta
 
 
-def load_road_segments_table(warehouse: str, partitions: Sequence[str] | None = None, columns: Sequence[str] | None = None):
-    """road_segments as a pyarrow.Table (all partitions, or the listed cells; missing cells are absent)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def has_network(warehouse: str) -> bool:
+    """Whether road_segments was ever committed in the warehouse (asks the catalog; never creates a warehouse)."""
+    from speedprofile import tables
 
-    root = wh.table_path(warehouse, ROAD_SEGMENTS.name)
-    if not os.path.isdir(root):
+    cat = tables.catalog(warehouse)
+    if cat.kind == "sqlite" and not os.path.exists(cat.location):
+        return False
+    return tables.load(warehouse, ROAD_SEGMENTS).current_snapshot() is not None
+
+
+def load_road_segments_table(warehouse: str, partitions: Sequence[str] | None = None, columns: Sequence[str] | None = None):
+    """road_segments as a pyarrow.Table (all partitions, or the listed cells; missing cells are absent), ordered
+    by partition then segment_id."""
+    from speedprofile import tables
+
+    if not has_network(warehouse):
         raise UserError(f"no road network in warehouse {warehouse} (run `speedprofile network build` first)")
-    if partitions is None:
-        cells = sorted(d.split("=", 1)[1] for d in os.listdir(root) if d.startswith("partition="))
-    else:
-        cells = [c for c in partitions if os.path.isdir(os.path.join(root, f"partition={c}"))]
     names = list(columns) if columns is not None else ROAD_SEGMENTS.names
-    data_cols = [c for c in names if c != "partition"]
-    schema = ROAD_SEGMENTS.arrow_schema()
-    pieces = []
-    for cell in cells:
-        folder = os.path.join(root, f"partition={cell}")
-        for fname in sorted(os.listdir(folder)):
-            if not fname.endswith(".parquet"):
-                continue
-            t = pq.read_table(os.path.join(folder, fname), columns=data_cols)
-            if "partition" in names:
-                t = t.append_column("partition", pa.array([cell] * t.num_rows, type=pa.string()))
-            pieces.append(t.select(names))
-    out_schema = pa.schema([schema.field(c) for c in names])
-    if not pieces:
-        return out_schema.empty_table()
-    return pa.concat_tables([p.cast(out_schema) for p in pieces])
+    table = tables.read_arrow(warehouse, ROAD_SEGMENTS, partitions=partitions)
+    table = table.sort_by([("partition", "ascending"), ("segment_id", "ascending")])
+    return table.select(names)
 
 
 def load_road_segments(warehouse: str, partitions: Sequence[str] | None = None,
