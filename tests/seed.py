@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -59,3 +60,29 @@ def copy_warehouse(src: str | Path, dst: str | Path, only: Iterable[str] | None 
         if rows.num_rows:
             tables.write_arrow(str(dst), name, rows, replace=[{}])
     return dst
+
+
+def put_rows(warehouse: str | Path, table: str, keys: Mapping[str, object], columns: Mapping[str, object]) -> None:
+    """Replace one partition (`keys`, e.g. {"dt": ..., "partition": ...}) of a table with rows given column-wise
+    (other columns null)."""
+    import pandas as pd
+
+    cols = {k: (v.to_pylist() if hasattr(v, "to_pylist") else list(v)) for k, v in columns.items()}
+    df = pd.DataFrame(cols)
+    for k, v in keys.items():
+        df[k] = str(v)
+    commit_pandas(warehouse, table, df, replace=[dict(keys)])
+
+
+@contextmanager
+def committed_ago(seconds: float) -> Iterator[None]:
+    """Commits made inside carry a snapshot time `seconds` in the past (as if written then)."""
+    import time
+    import types
+    from unittest import mock
+
+    import pyiceberg.table.snapshots as snapshots
+
+    clock = types.SimpleNamespace(time=lambda: time.time() - seconds)
+    with mock.patch.object(snapshots, "time", clock):
+        yield

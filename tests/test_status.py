@@ -7,25 +7,14 @@ import os
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from speedprofile.cli import main
 from speedprofile.stages import spark_stage_names
 from speedprofile.warehouse import metrics_path
 from tests.plugins.orchestration import write_partitions
+from tests.seed import committed_ago, put_rows
 
 P1, P2 = "87392c8a1ffffff", "87392c8a3ffffff"
 D1, D2 = "2024-03-05", "2024-03-06"
-
-
-def put(root: Path, table: str, keys: dict, columns: dict) -> Path:
-    folder = root / table
-    for k, v in keys.items():
-        folder = folder / f"{k}={v}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), folder / "part-0.parquet")
-    return folder / "part-0.parquet"
 
 
 def put_metrics(root: Path, stage: str, dt: str, cell: str, counts: dict) -> None:
@@ -45,16 +34,18 @@ def warehouse(tmp_path: Path) -> Path:
     wh = tmp_path / "wh"
     write_partitions(wh, [P1, P2])
     for d, (n, matched) in ((D1, (3, 6)), (D2, (2, 2))):
-        put(wh, "probes", {"dt": d, "partition": P1}, {"trace_id": ["a"] * 8})
-        put(wh, "segment_traversals", {"dt": d, "partition": P1},
-            {"segment_id": list(range(n)), "speed_kph": [30.0] * n})
+        put_rows(wh, "probes", {"dt": d, "partition": P1}, {"trace_id": ["a"] * 8})
+        put_rows(wh, "segment_traversals", {"dt": d, "partition": P1},
+                 {"segment_id": list(range(n)), "speed_kph": [30.0] * n})
         put_metrics(wh, "match_traces", d, P1, match(n, matched))
-    put(wh, "bucketed_traversals", {"dt": D1, "partition": P1},
-        {"segment_id": [1, 2], "speed_kph": [30.0, 31.0], "tow_bucket": pa.array([5, 6], pa.int16())})
+    put_rows(wh, "bucketed_traversals", {"dt": D1, "partition": P1},
+             {"segment_id": [1, 2], "speed_kph": [30.0, 31.0], "tow_bucket": [5, 6]})
     put_metrics(wh, "bucket_traversals", D1, P1, {"rows_in": 3, "rows_out": 2, "rejected": {"partial": 1}})
-    f = put(wh, "speed_estimates", {"partition": P1}, {"segment_id": [1] * 4, "window": [f"w4-{D2}"] * 4})
+    with committed_ago(7200):  # the estimates were written two hours ago
+        put_rows(wh, "speed_estimates", {"partition": P1}, {"segment_id": [1] * 4, "window": [f"w4-{D2}"] * 4})
     two_hours_ago = time.time() - 7200
-    os.utime(f, (two_hours_ago, two_hours_ago))
+    for f in (wh / "speed_estimates" / "data").rglob("*.parquet"):
+        os.utime(f, (two_hours_ago, two_hours_ago))
     return wh
 
 
