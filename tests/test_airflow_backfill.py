@@ -13,8 +13,7 @@ from tests.plugins.orchestration import (
     E2E_CELL,
     SIM_DAYS,
     airflow_services,
-    parquet_rows,
-    partition_folders,
+    partition_rows,
     run_airflow,
     wait_for,
 )
@@ -55,10 +54,10 @@ def airflow_services_backfill(airflow_home, airflow_warehouse):
 
 
 def table_snapshot(warehouse: Path) -> dict[str, dict[str, int]]:
-    """Rows per partition folder of every stage output table."""
+    """Committed rows per partition of every stage output table."""
     snap = {}
     for table in ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates"):
-        snap[table] = {f: parquet_rows(warehouse / table / f) for f in partition_folders(warehouse, table)}
+        snap[table] = partition_rows(warehouse, table)
     return snap
 
 

@@ -9,8 +9,6 @@ from datetime import date
 from pathlib import Path
 
 import pendulum
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
@@ -21,11 +19,12 @@ from speedprofile.warehouse import metrics_path
 from tests.plugins.orchestration import (
     E2E_CELL,
     SIM_DAYS,
-    parquet_rows,
     partition_folders,
+    partition_rows,
     run_airflow,
     write_partitions,
 )
+from tests.seed import put_rows
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -220,18 +219,10 @@ def test_dag_modules_import_no_pyspark_or_pandas(tmp_path):
     assert lines[-2:] == ["[]", "False"]
 
 
-# -- quality gates on small real Parquet partitions ----------------------------------------------------------------
+# -- quality gates on small committed partitions ----------------------------------------------------------------
 
 DT = "2024-03-05"
 CELL = CELLS[0]
-
-
-def put_parquet(root: Path, table: str, keys: dict, columns: dict) -> None:
-    folder = root / table
-    for k, v in keys.items():
-        folder = folder / f"{k}={v}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), folder / "part-0.parquet")
 
 
 def put_metrics(root: Path, stage: str, counts: dict) -> None:
@@ -243,8 +234,8 @@ def put_metrics(root: Path, stage: str, counts: dict) -> None:
 @pytest.fixture
 def good_match(tmp_path) -> Path:
     wh = tmp_path / "wh"
-    put_parquet(wh, "probes", {"dt": DT, "partition": CELL}, {"trace_id": ["a"] * 10})
-    put_parquet(wh, "segment_traversals", {"dt": DT, "partition": CELL},
+    put_rows(wh, "probes", {"dt": DT, "partition": CELL}, {"trace_id": ["a"] * 10})
+    put_rows(wh, "segment_traversals", {"dt": DT, "partition": CELL},
                 {"segment_id": [1, 2, 3], "speed_kph": [12.0, 48.5, 95.0]})
     put_metrics(wh, "match_traces", match_metrics())
     return wh
@@ -299,16 +290,14 @@ def test_gate_fails_on_low_match_rate(good_match):
 
 
 def test_gate_fails_on_speeds_out_of_range(good_match):
-    put_parquet(good_match, "segment_traversals", {"dt": DT, "partition": CELL},
+    put_rows(good_match, "segment_traversals", {"dt": DT, "partition": CELL},
                 {"segment_id": [1, 2, 3], "speed_kph": [12.0, 48.5, 250.0]})
     with pytest.raises(QualityError, match=r"out of range: segment_traversals.speed_kph spans 12.0..250.0, allowed \[0.5, 200.0\]"):
         gate("match_traces", str(good_match), DT, CELL)
 
 
 def test_gate_fails_on_empty_output_where_probes_exist(good_match):
-    import shutil
-
-    shutil.rmtree(good_match / "segment_traversals")
+    put_rows(good_match, "segment_traversals", {"dt": DT, "partition": CELL}, {})  # the partition emptied
     put_metrics(good_match, "match_traces", match_metrics(rows_in=2, rows_out=0, fixes_matched=0,
                                                           fixes_unmatched={"no_candidate": 8}, match_rate=0.0))
     with pytest.raises(QualityError) as err:
@@ -324,7 +313,7 @@ def test_gate_fails_readably_when_metrics_are_missing(good_match):
 
 def test_gate_accepts_an_empty_partition_without_probes(tmp_path):
     wh = tmp_path / "wh"
-    (wh / "probes" / f"dt={DT}").mkdir(parents=True)
+    put_rows(wh, "probes", {"dt": DT, "partition": CELLS[1]}, {"trace_id": ["a"] * 3})  # the day has probes elsewhere
     put_metrics(wh, "match_traces", {"rows_in": 0, "rows_out": 0, "rejected": {}, "fixes_in": 0, "fixes_matched": 0,
                                      "fixes_unmatched": {}, "context_fixes": 0, "match_rate": None})
     assert gate("match_traces", str(wh), DT, CELL).facts["traversal_rows"] == 0
@@ -351,13 +340,13 @@ def test_ingest_dag_reads_the_landing_folder_of_the_day(dagbag, tmp_path):
 
 
 def test_bucket_gate_checks_accounting_against_both_tables_and_bucket_range(good_match):
-    put_parquet(good_match, "bucketed_traversals", {"dt": DT, "partition": CELL},
-                {"segment_id": [1, 2], "speed_kph": [12.0, 48.5], "tow_bucket": pa.array([10, 2016], pa.int16())})
+    put_rows(good_match, "bucketed_traversals", {"dt": DT, "partition": CELL},
+                {"segment_id": [1, 2], "speed_kph": [12.0, 48.5], "tow_bucket": [10, 2016]})
     put_metrics(good_match, "bucket_traversals", {"rows_in": 3, "rows_out": 2, "rejected": {"partial": 1}})
     with pytest.raises(QualityError, match=r"out of range: bucketed_traversals.tow_bucket spans 10..2016"):
         gate("bucket_traversals", str(good_match), DT, CELL)
-    put_parquet(good_match, "bucketed_traversals", {"dt": DT, "partition": CELL},
-                {"segment_id": [1, 2], "speed_kph": [12.0, 48.5], "tow_bucket": pa.array([10, 2015], pa.int16())})
+    put_rows(good_match, "bucketed_traversals", {"dt": DT, "partition": CELL},
+                {"segment_id": [1, 2], "speed_kph": [12.0, 48.5], "tow_bucket": [10, 2015]})
     assert gate("bucket_traversals", str(good_match), DT, CELL).facts["rows_out"] == 2
     put_metrics(good_match, "bucket_traversals", {"rows_in": 4, "rows_out": 2, "rejected": {"partial": 2}})
     with pytest.raises(QualityError, match=r"metrics rows_in is 4 but segment_traversals rows is 3"):
@@ -365,9 +354,9 @@ def test_bucket_gate_checks_accounting_against_both_tables_and_bucket_range(good
 
 
 def histogram_setup(wh: Path, window_n_obs: int = 7) -> None:
-    put_parquet(wh, "bucketed_traversals", {"dt": DT, "partition": CELL}, {"segment_id": [1] * 8})
-    put_parquet(wh, "speed_histograms", {"partition": CELL, "window": f"d{DT}"}, {"segment_id": [1, 2]})
-    put_parquet(wh, "speed_histograms", {"partition": CELL, "window": f"w4-{DT}"}, {"segment_id": [1, 2, 3]})
+    put_rows(wh, "bucketed_traversals", {"dt": DT, "partition": CELL}, {"segment_id": [1] * 8})
+    put_rows(wh, "speed_histograms", {"partition": CELL, "window": f"d{DT}"}, {"segment_id": [1, 2]})
+    put_rows(wh, "speed_histograms", {"partition": CELL, "window": f"w4-{DT}"}, {"segment_id": [1, 2, 3]})
     put_metrics(wh, "build_histograms", {
         "rows_in": 8, "rejected": {"invalid_row": 1}, "n_obs_out": 7, "histogram_rows": 2,
         "window": {"name": f"w4-{DT}", "daily_partials": 2, "daily_n_obs": 12, "n_obs": window_n_obs + 5,
@@ -388,8 +377,8 @@ def test_histogram_gate_checks_daily_partial_and_rolling_window(tmp_path):
 
 def test_estimate_gate_checks_full_week_of_buckets_and_speed_range(tmp_path):
     wh = tmp_path / "wh"
-    put_parquet(wh, "speed_histograms", {"partition": CELL, "window": f"w4-{DT}"}, {"segment_id": [1, 2]})
-    put_parquet(wh, "speed_estimates", {"partition": CELL},
+    put_rows(wh, "speed_histograms", {"partition": CELL, "window": f"w4-{DT}"}, {"segment_id": [1, 2]})
+    put_rows(wh, "speed_estimates", {"partition": CELL},
                 {"segment_id": [1, 1, 1], "speed_kph": [30.0, -1.0, 40.0], "confidence": [0.2, 0.5, 1.0]})
     put_metrics(wh, "estimate_speeds", {"window": f"w4-{DT}", "histogram_rows_in": 2, "rows_out": 3,
                                         "expected_rows_out": 2016})
@@ -422,7 +411,7 @@ def test_airflow_dags_test_runs_one_partition_day_end_to_end(airflow_warehouse, 
     assert "publish skipped" in out  # no DSN configured: a visible no-op
     for table in ("segment_traversals", "bucketed_traversals"):
         assert partition_folders(airflow_warehouse, table) == [f"dt={day}/partition={E2E_CELL}"], table
-        assert parquet_rows(airflow_warehouse / table) > 0
+        assert sum(partition_rows(airflow_warehouse, table).values()) > 0
     assert partition_folders(airflow_warehouse, "speed_histograms") == [
         f"partition={E2E_CELL}/window=d{day}", f"partition={E2E_CELL}/window=w4-{day}"]
     assert partition_folders(airflow_warehouse, "speed_estimates") == [f"partition={E2E_CELL}"]

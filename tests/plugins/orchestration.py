@@ -155,25 +155,28 @@ def airflow_warehouse_template(tmp_path_factory, airflow_home_template) -> dict:
 @pytest.fixture
 def airflow_warehouse(airflow_warehouse_template, tmp_path) -> Path:
     """A private copy of the ingested e2e warehouse."""
-    import shutil
+    from tests.seed import copy_warehouse
 
-    dest = tmp_path / "warehouse"
-    shutil.copytree(airflow_warehouse_template["warehouse"], dest)
-    return dest
+    return copy_warehouse(airflow_warehouse_template["warehouse"], tmp_path / "warehouse")
+
+
+def partition_rows(warehouse: Path, table: str) -> dict[str, int]:
+    """Committed rows per partition of a table, keyed `k1=v1/k2=v2` (partition keys in the table's order)."""
+    from schemas import TABLES
+    from speedprofile import tables
+
+    keys = list(TABLES[table].partition_by)
+    got = tables.read_pandas(str(warehouse), table, columns=keys)
+    if got.empty:
+        return {}
+    sizes = got.astype(str).groupby(keys).size()
+    return {"/".join(f"{k}={v}" for k, v in zip(keys, idx if isinstance(idx, tuple) else (idx,), strict=True)): int(n)
+            for idx, n in sorted(sizes.items())}
 
 
 def partition_folders(warehouse: Path, table: str) -> list[str]:
-    """Hive partition folders of a table that hold Parquet files, relative to the table root, sorted."""
-    root = warehouse / table
-    if not root.exists():
-        return []
-    return sorted({str(f.parent.relative_to(root)) for f in root.rglob("*.parquet")})
-
-
-def parquet_rows(folder: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.rglob("*.parquet"))
+    """Partitions of a table that hold committed rows (`k1=v1/k2=v2`), sorted."""
+    return sorted(partition_rows(warehouse, table))
 
 
 SERVICES = ("api-server", "scheduler", "dag-processor")
