@@ -204,8 +204,8 @@ def _add_dummy_stage(root: Path, with_registry_entry: bool = True) -> None:
 PROBE = r"""
 import json, sys
 from pathlib import Path
-import pyarrow as pa, pyarrow.parquet as pq
 from airflow.dag_processing.dagbag import DagBag
+from tests.seed import put_rows
 from speedprofile import stages, run
 from speedprofile.quality import gate
 from speedprofile.warehouse import metrics_path
@@ -221,10 +221,9 @@ out["gate_upstream"] = sorted(dag.task_dict["check_count_traversals"].upstream_t
 out["app"] = dag.task_dict["count_traversals"].application
 out["dry_run"] = [" ".join(c) for c in [run.stage_command("count_traversals", str(wh), "2024-03-05", "2024-03-05",
                                                            [cell])]]
+# the new table is in this copy's schemas.TABLES, so the table layer has created it in the catalog like any other
 for table, n in (("segment_traversals", 3), ("traversal_counts", 2)):
-    d = wh / table / "dt=2024-03-05" / f"partition={cell}"
-    d.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"segment_id": list(range(n))}), d / "part-0.parquet")
+    put_rows(wh, table, {"dt": "2024-03-05", "partition": cell}, {"segment_id": list(range(n))})
 m = Path(metrics_path(str(wh), "count_traversals", "2024-03-05", cell))
 m.parent.mkdir(parents=True, exist_ok=True)
 m.write_text(json.dumps({"rows_in": 3, "rows_out": 2, "rejected": {}}))
