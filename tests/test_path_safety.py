@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from speedprofile import run as run_verb
-from speedprofile import validate
+from speedprofile import tables, validate
 from speedprofile import warehouse as wh
 from speedprofile.cli import main
 from speedprofile.errors import UserError
@@ -63,7 +63,8 @@ def test_run_refuses_a_partition_that_climbs_out_of_the_warehouse(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "not an H3 cell" in err, err
-    assert not (root / "segment_traversals").exists()
+    # nothing committed (the table layer may have created the empty table, never a snapshot of it)
+    assert not (root / "segment_traversals").exists() or not tables.snapshots(str(root), "segment_traversals")
 
 
 def test_stage_app_refuses_a_traversing_partition_before_any_spark_work(tmp_path):
@@ -128,16 +129,27 @@ def test_warehouse_paths_refuse_to_leave_the_root(root):
         assert not wh.is_within(root, "s3a://other/warehouse/probes")
 
 
-def test_write_table_refuses_an_escaping_partition_before_deleting(spark, tmp_path):
+def test_write_table_keeps_a_traversing_partition_value_inside_the_table(spark, tmp_path):
+    """A partition value is data to the table layer, never a path: a row whose cell reads `x/../../../../victim`
+    is committed inside the table's own folder and nothing outside the warehouse is touched."""
+    import pandas as pd
+
     from schemas import TABLES
-    from speedprofile.spark import empty_frame, write_table
+    from speedprofile.spark import read_table, write_table
+    from tests.seed import arrow_rows
 
     root, victim = make_warehouse(tmp_path, [CELL])
-    df = empty_frame(spark, TABLES["segment_traversals"])
-    with pytest.raises(wh.PathOutsideWarehouse):
-        write_table(df, str(root), "segment_traversals",
-                    [{"dt": "2026-11-02", "partition": "x/../../../../victim"}])
-    assert (victim / "keep.txt").exists()
+    before = sorted(str(p) for p in tmp_path.rglob("*") if not p.is_relative_to(root))
+    bad = "x/../../../../victim"
+    rows = arrow_rows("segment_traversals", pd.DataFrame({"segment_id": [1], "dt": ["2026-11-02"], "partition": [bad]}))
+    df = spark.createDataFrame(rows.to_pandas(), schema=TABLES["segment_traversals"].spark_schema())
+    write_table(df, str(root), "segment_traversals", [{"dt": "2026-11-02", "partition": bad}])
+    assert (victim / "keep.txt").read_text() == "must survive"
+    assert sorted(str(p) for p in tmp_path.rglob("*") if not p.is_relative_to(root)) == before
+    files = [t.file.file_path for t in tables.load(str(root), "segment_traversals").scan().plan_files()]
+    assert files and all(under(str(root / "segment_traversals" / "data"), f) for f in files), files
+    got = read_table(spark, str(root), "segment_traversals", partitions=[bad]).collect()
+    assert [(r["segment_id"], r["partition"]) for r in got] == [(1, bad)]
 
 
 # ---- fuzzing -------------------------------------------------------------------------------------------------
