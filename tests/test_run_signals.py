@@ -94,10 +94,9 @@ def test_signal_stops_the_spark_submit_group_and_exits_non_zero(tmp_path, signum
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_ingest_ends_its_spark_jvm_and_exits_non_zero(tiny_network_warehouse, tmp_path, signum):
-    import shutil
+    from tests.seed import copy_warehouse
 
-    root = tmp_path / "wh"
-    shutil.copytree(tiny_network_warehouse, root)
+    root = copy_warehouse(tiny_network_warehouse, tmp_path / "wh")
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     ingest = subprocess.Popen(
         [sys.executable, "-m", "speedprofile.cli", "ingest", "--warehouse", str(root),
