@@ -230,9 +230,9 @@ PIPE_TABLES = {
 
 def read_table(wh: Path, name: str) -> pd.DataFrame:
     """A warehouse table as one frame, rows in key order; floats kept, every other value as text."""
-    import pyarrow.dataset as ds
+    from speedprofile import tables
 
-    df = ds.dataset(str(wh / name), format="parquet", partitioning="hive").to_table().to_pandas()
+    df = tables.read_pandas(str(wh), name)
     keys = [c for c in PIPE_TABLES[name] if c in df.columns]
     df = df.sort_values(keys).reset_index(drop=True)[sorted(df.columns)]
     for c in df.columns:
@@ -256,25 +256,22 @@ def assert_same_tables(got: Path, expected: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def pipeline_base(tmp_path_factory, tiny_network_warehouse, spark) -> tuple[Path, list[str]]:
     """The tiny grid network + one simulated day (12 vehicles) ingested: the input every run starts from."""
-    import shutil
-
     from speedprofile.ingest.pipeline import ingest
     from speedprofile.simulate.fleet import simulate
     from speedprofile.warehouse import partition_cells
+    from tests.seed import copy_warehouse
 
     root = tmp_path_factory.mktemp("cluster-pipeline")
-    base = root / "base"
-    shutil.copytree(tiny_network_warehouse, base)
+    base = copy_warehouse(tiny_network_warehouse, root / "base")
     simulate(str(base), str(root / "sim"), days=1, vehicles=12, seed=5, start_date=PIPE_DATE)
     ingest(spark, str(base), [str(root / "sim" / "probes")])
     return base, partition_cells(str(base))
 
 
 def fresh_copy(base: Path, dst: Path) -> Path:
-    import shutil
+    from tests.seed import copy_warehouse
 
-    shutil.copytree(base, dst)
-    return dst
+    return copy_warehouse(base, dst)
 
 
 @pytest.fixture(scope="module")
