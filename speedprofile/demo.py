@@ -43,12 +43,11 @@ def resolve_osm(osm: str | None) -> Path:
 
 
 def count_rows(warehouse: str, table: str) -> int:
-    import pyarrow.dataset as ds
+    """Committed rows of a table (0 before its first commit), from the catalog's snapshot summary."""
+    from speedprofile import tables
 
-    root = Path(warehouse) / table
-    if not root.exists():
-        return 0
-    return ds.dataset(str(root), format="parquet", partitioning="hive").count_rows()
+    snaps = tables.snapshots(warehouse, table)
+    return snaps[-1]["total_rows"] if snaps else 0
 
 
 def metrics_totals(warehouse: str, stage: str) -> dict[str, float]:
@@ -117,31 +116,28 @@ def cli(args: argparse.Namespace) -> int:
 
 def published_share(warehouse: str, window: str) -> dict | None:
     """Estimate rows, and how many of the buckets that had observations in the window were published as observed."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+    from speedprofile import tables
 
-    est_root, hist_root = Path(warehouse) / "speed_estimates", Path(warehouse) / "speed_histograms"
-    if not est_root.exists() or not hist_root.exists():
+    if not tables.snapshots(warehouse, "speed_estimates") or not tables.snapshots(warehouse, "speed_histograms"):
         return None
-    est = ds.dataset(str(est_root), format="parquet", partitioning="hive")
-    observed = est.count_rows(filter=pc.field("source") == "observed")
-    hist = ds.dataset(str(hist_root), format="parquet", partitioning="hive")
-    with_data = hist.count_rows(filter=pc.field("window") == window)
-    return {"rows": est.count_rows(), "observed": observed, "with_data": with_data,
+    source = tables.read_arrow(warehouse, "speed_estimates", columns=["source"]).column("source")
+    observed = sum(1 for v in source.to_pylist() if v == "observed")
+    with_data = tables.read_arrow(warehouse, "speed_histograms", extra_keys={"window": [window]},
+                                  columns=["segment_id"]).num_rows
+    return {"rows": len(source), "observed": observed, "with_data": with_data,
             "observed_share": observed / with_data if with_data else 0.0}
 
 
 def truth_error(warehouse: str, truth_dir: Path) -> dict | None:
     """MAE of observed estimates against the simulator's truth, on buckets published from own data."""
     import pandas as pd
-    import pyarrow.dataset as ds
 
-    root = Path(warehouse) / "speed_estimates"
-    if not root.exists() or not truth_dir.exists():
+    from speedprofile import tables
+
+    if not tables.snapshots(warehouse, "speed_estimates") or not truth_dir.exists():
         return None
-    est = ds.dataset(str(root), format="parquet", partitioning="hive").to_table(
-        columns=["segment_id", "tow_bucket", "speed_kph", "source"]).to_pandas()
-    truth = pd.read_parquet(truth_dir)
+    est = tables.read_pandas(warehouse, "speed_estimates", columns=["segment_id", "tow_bucket", "speed_kph", "source"])
+    truth = pd.read_parquet(truth_dir)  # the simulator's truth: a plain file, not a warehouse table
     est = est[est["source"] == "observed"]
     j = est.merge(truth, on=["segment_id", "tow_bucket"], suffixes=("", "_true"))
     if j.empty:

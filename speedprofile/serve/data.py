@@ -1,4 +1,4 @@
-"""Warehouse reads for serving: speed_estimates and road_segments with pyarrow (no Spark).
+"""Warehouse reads for serving: speed_estimates and road_segments through speedprofile.tables (no Spark).
 
 Grain: speed_estimates is one segment x tow_bucket; road_segments one directed segment with its polyline
 (WGS84 degrees). Missing tables are a one-line UserError.
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from schemas import TABLES
 from schemas.road_segments import ROAD_SEGMENTS
 from schemas.speed_estimates import SPEED_ESTIMATES
 from speedprofile import warehouse as wh
@@ -25,21 +26,37 @@ def _require_local(warehouse: str) -> None:
         raise UserError(f"serving reads a local warehouse; {warehouse} is remote (sync it locally first)")
 
 
+def _partition_counts(warehouse: str, table: str) -> dict[tuple, int] | None:
+    """Rows per partition-key tuple of a table from its catalog metadata (no data read); None when the table was
+    never committed (a local warehouse without a catalog is not created by asking)."""
+    from speedprofile import tables
+
+    cat = tables.catalog(warehouse)
+    if cat.kind == "sqlite" and not os.path.exists(cat.location):
+        return None
+    tbl = tables.load(warehouse, table)
+    if tbl.current_snapshot() is None:
+        return None
+    keys = TABLES[table].partition_by
+    return {tuple(str(r["partition"][k]) for k in keys): int(r["record_count"])
+            for r in tbl.inspect.partitions().to_pylist() if r["record_count"]}
+
+
 def estimate_partitions(warehouse: str) -> list[str]:
     """Partition cells present in speed_estimates (sorted)."""
     _require_local(warehouse)
-    root = wh.table_path(warehouse, SPEED_ESTIMATES.name)
-    if not os.path.isdir(root):
+    counts = _partition_counts(warehouse, SPEED_ESTIMATES.name)
+    if counts is None:
         raise UserError(f"no speed_estimates in warehouse {warehouse} (run the pipeline first: speedprofile run)")
-    return sorted(d.split("=", 1)[1] for d in os.listdir(root) if d.startswith("partition="))
+    return sorted(k[0] for k in counts)
 
 
 def load_estimates(warehouse: str, partitions: Sequence[str] | None = None,
                    buckets: Sequence[int] | None = None, segment_ids: Sequence[int] | None = None,
                    columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """speed_estimates rows (optionally only some partitions / tow_buckets / segments) as pandas."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
+    """speed_estimates rows (optionally only some partitions / tow_buckets / segments) as pandas, ordered by
+    partition, segment_id, tow_bucket."""
+    from speedprofile import tables
 
     cells = estimate_partitions(warehouse)
     if partitions is not None:
@@ -50,28 +67,14 @@ def load_estimates(warehouse: str, partitions: Sequence[str] | None = None,
     names = list(columns) if columns is not None else SPEED_ESTIMATES.names
     if not cells:
         return SPEED_ESTIMATES.arrow_schema().empty_table().select(names).to_pandas()
-    schema = SPEED_ESTIMATES.arrow_schema()
-    root = wh.table_path(warehouse, SPEED_ESTIMATES.name)
-    files = [os.path.join(root, f"partition={c}", f) for c in cells
-             for f in sorted(os.listdir(os.path.join(root, f"partition={c}")))
-             if f.endswith(".parquet") and not f.startswith(("_", "."))]
-    dataset = ds.dataset(files, format="parquet", schema=pa.schema([f for f in schema if f.name != "partition"]))
-    flt = None
+    extra: dict[str, list[int]] = {}
     if buckets is not None:
-        flt = ds.field("tow_bucket").isin(pa.array(sorted({int(b) for b in buckets}), type=pa.int16()))
+        extra["tow_bucket"] = sorted({int(b) for b in buckets})
     if segment_ids is not None:
-        f2 = ds.field("segment_id").isin(pa.array([int(s) for s in segment_ids], type=pa.int64()))
-        flt = f2 if flt is None else flt & f2
-    tables = []
-    data_names = [c for c in names if c != "partition"]
-    for frag in dataset.get_fragments():
-        cell = os.path.basename(os.path.dirname(frag.path)).split("=", 1)[1]
-        t = frag.to_table(columns=data_names, filter=flt, schema=dataset.schema)
-        if "partition" in names:
-            t = t.append_column("partition", pa.array([cell] * t.num_rows, type=pa.string()))
-        tables.append(t.select(names))
-    out = pa.concat_tables(tables) if tables else schema.empty_table().select(names)
-    return out.to_pandas()
+        extra["segment_id"] = [int(s) for s in segment_ids]
+    t = tables.read_arrow(warehouse, SPEED_ESTIMATES, partitions=cells, extra_keys=extra)
+    t = t.sort_by([("partition", "ascending"), ("segment_id", "ascending"), ("tow_bucket", "ascending")])
+    return t.select(names).to_pandas()
 
 
 def load_segments(warehouse: str, partitions: Sequence[str] | None = None,
@@ -127,15 +130,14 @@ def point_segment_distance_m(segments: pd.DataFrame, lon: float, lat: float) -> 
 def own_traces(warehouse: str, partition: str, window: str, segment_id: int, bucket: int) -> int | None:
     """The segment's own distinct traces in one bucket of the histogram window its estimate came from: 0 when the
     window has no histogram row for it, None when that window is not in the warehouse (nothing to tell)."""
-    import pyarrow.dataset as ds
+    from speedprofile import tables
 
-    folder = wh.partition_path(warehouse, "speed_histograms", partition=partition, window=window)
-    if wh.is_remote(warehouse) or not os.path.isdir(folder):
+    if wh.is_remote(warehouse):
         return None
-    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-             if f.endswith(".parquet") and not f.startswith(("_", "."))]
-    if not files:
+    counts = _partition_counts(warehouse, "speed_histograms") or {}
+    if not counts.get((str(partition), str(window))):
         return None
-    flt = (ds.field("segment_id") == int(segment_id)) & (ds.field("tow_bucket") == int(bucket))
-    t = ds.dataset(files, format="parquet").to_table(columns=["n_traces"], filter=flt)
+    t = tables.read_arrow(warehouse, "speed_histograms", partitions=[partition],
+                          extra_keys={"window": [window], "segment_id": [int(segment_id)], "tow_bucket": [int(bucket)]},
+                          columns=["n_traces"])
     return int(sum(v for v in t.column("n_traces").to_pylist() if v is not None))
