@@ -1,8 +1,8 @@
 """Data-quality gates run between stages by the Airflow DAGs: one partition-day at a time.
 
-Each gate reads the stage's row accounting (`<W>/_metrics/<stage>/dt=<D>/partition=<P>.json`) and the Parquet
-footers of the tables involved (row counts, column min/max statistics; no data pages, no Spark) and raises
-`QualityError` with one readable line per broken rule. Standard library + pyarrow only (imported lazily).
+Each gate reads the stage's row accounting (`<W>/_metrics/<stage>/dt=<D>/partition=<P>.json`) and the Iceberg
+manifests of the tables involved (row counts, column min/max statistics; no data pages, no Spark) and raises
+`QualityError` with one readable line per broken rule. Standard library + pyarrow/pyiceberg only (imported lazily).
 
 Rules (thresholds in `Thresholds`; docs/airflow.md lists them per stage):
 - metrics present: the stage wrote its accounting file for the partition-day;
@@ -17,8 +17,11 @@ Rules (thresholds in `Thresholds`; docs/airflow.md lists them per stage):
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from functools import reduce
 from typing import Any
 
 from speedprofile import stages as registry
@@ -65,14 +68,14 @@ class GateResult:
 
 @dataclass(frozen=True)
 class TableStats:
-    """Rows and per-column min/max of one table partition, from Parquet footers."""
+    """Rows and per-column min/max of one table partition, from the table's manifests."""
 
     files: int
     rows: int
     minmax: dict[str, tuple[Any, Any]]
 
 
-# -- warehouse access (local paths, or any URI pyarrow.fs understands; s3a:// is read as s3://) ------------------
+# -- warehouse access: metrics files through speedprofile.storage, tables through speedprofile.tables ------------
 
 
 def _fs_and_path(path: str):
@@ -91,51 +94,67 @@ def read_json(path: str) -> dict | None:
         return None
 
 
-def table_stats(partition_dir: str, columns: tuple[str, ...] = ()) -> TableStats:
-    """Row count and min/max of `columns` over every Parquet file below partition_dir (0 rows if missing)."""
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
+def _key_literal(table: str, key: str, value: object) -> Any:
+    from schemas import TABLES
 
-    fs, root = _fs_and_path(partition_dir)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
+    typ = TABLES[table].column(key).type
+    if typ == "date":
+        return value if isinstance(value, date) else date.fromisoformat(str(value))
+    if typ.startswith("int"):
+        return int(str(value))
+    return str(value)
+
+
+def table_stats(warehouse: str, table: str, keys: Mapping[str, object], columns: tuple[str, ...] = ()) -> TableStats:
+    """Row count and min/max of `columns` over the committed rows of `table` whose keys equal `keys` (e.g.
+    {"dt": D, "partition": P}), from the table's manifests (no data pages); 0 rows before the first commit."""
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.expressions import AlwaysTrue, And, EqualTo
+
+    from speedprofile import tables
+
+    cat = tables.catalog(warehouse)
+    if cat.kind == "sqlite" and not os.path.exists(cat.location):  # no catalog: nothing committed (and make none)
         return TableStats(0, 0, {})
-    if info.type == pafs.FileType.File:
-        files = [root]
-    else:
-        files = [
-            f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-            if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
-            and not f.base_name.startswith((".", "_"))
-        ]
-    rows = 0
+    tbl = tables.load(warehouse, table)
+    snap = tbl.current_snapshot()
+    if snap is None:
+        return TableStats(0, 0, {})
+    terms = [EqualTo(k, _key_literal(table, k, v)) for k, v in keys.items()]
+    flt = reduce(And, terms) if terms else AlwaysTrue()
+    tasks = list(tbl.scan(row_filter=flt, snapshot_id=snap.snapshot_id).plan_files())
+    if any(task.delete_files for task in tasks):  # row-level deletes: the manifests' counts overstate; read rows
+        return _stats_from_rows(warehouse, table, keys, columns, snap.snapshot_id, len(tasks))
+    schema = tbl.schema()
+    fields = {c: schema.find_field(c) for c in columns if c in schema.column_names}
     minmax: dict[str, tuple[Any, Any]] = {}
-    for path in files:
-        with fs.open_input_file(path) as fh:
-            meta = pq.ParquetFile(fh).metadata
-        rows += meta.num_rows
-        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-        for col in columns:
-            if col not in names:
+    for task in tasks:
+        f = task.file
+        if not f.record_count:
+            continue
+        for col, fld in fields.items():
+            lo_b, hi_b = (f.lower_bounds or {}).get(fld.field_id), (f.upper_bounds or {}).get(fld.field_id)
+            if lo_b is None or hi_b is None:
                 continue
-            idx = names.index(col)
-            for rg in range(meta.num_row_groups):
-                st = meta.row_group(rg).column(idx).statistics
-                if st is None or not st.has_min_max or meta.row_group(rg).num_rows == 0:
-                    continue
-                lo, hi = minmax.get(col, (st.min, st.max))
-                minmax[col] = (min(lo, st.min), max(hi, st.max))
-    return TableStats(len(files), rows, minmax)
+            lo, hi = from_bytes(fld.field_type, lo_b), from_bytes(fld.field_type, hi_b)
+            vlo, vhi = minmax.get(col, (lo, hi))
+            minmax[col] = (min(vlo, lo), max(vhi, hi))
+    return TableStats(len(tasks), sum(int(t.file.record_count) for t in tasks), minmax)
 
 
-def day_dir(warehouse: str, table: str, dt: str, partition: str) -> str:
-    """Folder of one partition-day of a dt-partitioned table."""
-    return wh.partition_path(warehouse, table, dt=dt, partition=partition)
+def _stats_from_rows(warehouse: str, table: str, keys: Mapping[str, object], columns: tuple[str, ...],
+                     snapshot_id: int, files: int) -> TableStats:
+    import pyarrow.compute as pc
 
+    from speedprofile import tables
 
-def histogram_dir(warehouse: str, partition: str, window: str) -> str:
-    """Folder of one window of speed_histograms: 'd<date>' daily partial or 'w<N>-<date>' rolling window."""
-    return wh.partition_path(warehouse, "speed_histograms", partition=partition, window=window)
+    data = tables.read_arrow(warehouse, table, extra_keys={k: [v] for k, v in keys.items()}, snapshot_id=snapshot_id)
+    minmax: dict[str, tuple[Any, Any]] = {}
+    for col in columns:
+        if col in data.column_names and data.column(col).null_count < data.num_rows:
+            mm = pc.min_max(data.column(col))
+            minmax[col] = (mm["min"].as_py(), mm["max"].as_py())
+    return TableStats(files, data.num_rows, minmax)
 
 
 # -- rules ---------------------------------------------------------------------------------------------------------
@@ -198,8 +217,8 @@ class _Rules:
 
 
 def _match_traces(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
-    probes = table_stats(day_dir(wh_, "probes", dt, p))
-    out = table_stats(day_dir(wh_, "segment_traversals", dt, p), ("speed_kph",))
+    probes = table_stats(wh_, "probes", {"dt": dt, "partition": p})
+    out = table_stats(wh_, "segment_traversals", {"dt": dt, "partition": p}, ("speed_kph",))
     r.res.facts.update(probe_rows=probes.rows, traversal_rows=out.rows)
     m = r.metrics
     rows_in, rows_out = r.key("rows_in"), r.key("rows_out")
@@ -229,8 +248,8 @@ def _match_traces(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: i
 
 
 def _bucket_traversals(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
-    src = table_stats(day_dir(wh_, "segment_traversals", dt, p))
-    out = table_stats(day_dir(wh_, "bucketed_traversals", dt, p), ("speed_kph", "tow_bucket"))
+    src = table_stats(wh_, "segment_traversals", {"dt": dt, "partition": p})
+    out = table_stats(wh_, "bucketed_traversals", {"dt": dt, "partition": p}, ("speed_kph", "tow_bucket"))
     rows_in, rows_out = r.key("rows_in"), r.key("rows_out")
     r.balance("rows_out", rows_in, rows_out, _rejected(r.metrics))
     r.same("metrics rows_in", rows_in, "segment_traversals rows", src.rows)
@@ -241,10 +260,10 @@ def _bucket_traversals(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, wee
 
 
 def _build_histograms(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
-    src = table_stats(day_dir(wh_, "bucketed_traversals", dt, p))
-    daily = table_stats(histogram_dir(wh_, p, f"d{dt}"))
+    src = table_stats(wh_, "bucketed_traversals", {"dt": dt, "partition": p})
+    daily = table_stats(wh_, "speed_histograms", {"partition": p, "window": f"d{dt}"})
     wname = f"w{weeks}-{dt}"
-    window = table_stats(histogram_dir(wh_, p, wname))
+    window = table_stats(wh_, "speed_histograms", {"partition": p, "window": wname})
     r.res.facts.update(daily_histogram_rows=daily.rows, window_histogram_rows=window.rows)
     rows_in, n_obs = r.key("rows_in"), r.key("n_obs_out")
     rejected = _rejected(r.metrics)
@@ -267,8 +286,8 @@ def _build_histograms(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, week
 
 def _estimate_speeds(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int) -> None:
     wname = f"w{weeks}-{dt}"
-    hist = table_stats(histogram_dir(wh_, p, wname))
-    out = table_stats(wh.partition_path(wh_, "speed_estimates", partition=p), ("speed_kph", "confidence"))
+    hist = table_stats(wh_, "speed_histograms", {"partition": p, "window": wname})
+    out = table_stats(wh_, "speed_estimates", {"partition": p}, ("speed_kph", "confidence"))
     r.res.facts.update(window_histogram_rows=hist.rows, estimate_rows=out.rows)
     if r.metrics.get("window") not in (None, wname):
         r.res.problems.append(f"estimate_speeds used window {r.metrics['window']!r}, expected {wname!r}")
@@ -289,8 +308,8 @@ def _accounting(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int
     """The default gate of a stage (registry gate "accounting"): its accounting balances and matches its tables."""
     st = registry.stage(r.res.stage)
     src, dst = st.inputs[0], st.outputs[0]
-    src_rows = table_stats(_table_dir(wh_, src, dt, p)).rows if registry.producer(src) else None
-    out = table_stats(_table_dir(wh_, dst, dt, p)).rows
+    src_rows = table_stats(wh_, src, _table_keys(src, dt, p)).rows if registry.producer(src) else None
+    out = table_stats(wh_, dst, _table_keys(dst, dt, p)).rows
     rows_in, rows_out = r.key("rows_in"), r.key("rows_out")
     r.balance("rows_out", rows_in, rows_out, _rejected(r.metrics))
     if src_rows is not None:
@@ -299,11 +318,11 @@ def _accounting(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks: int
     r.same("metrics rows_out", rows_out, f"{dst} rows", out)
 
 
-def _table_dir(wh_: str, table: str, dt: str, p: str) -> str:
-    """Folder of a table's partition-day, or of its partition when the table has no dt key."""
+def _table_keys(table: str, dt: str, p: str) -> dict[str, str]:
+    """Keys of a table's partition-day, or of its partition when the table has no dt key."""
     prod = registry.producer(table)
     keys = prod.keys if prod else ("dt", "partition")
-    return day_dir(wh_, table, dt, p) if "dt" in keys else wh.partition_path(wh_, table, partition=p)
+    return {"dt": dt, "partition": p} if "dt" in keys else {"partition": p}
 
 
 # Gate kinds the registry's `gate` field names (speedprofile/stages.py).
@@ -357,21 +376,19 @@ class ProbesStatus:
 
 
 def probes_status(warehouse: str, dt: str | date, partition: str) -> ProbesStatus:
-    """Ingest delivered dt when `probes/dt=<D>/` exists or an ingest metrics file names dt."""
-    import pyarrow.fs as pafs
-
+    """Ingest delivered dt when probes has committed rows of dt (any partition) or an ingest metrics file names
+    dt."""
     dt = str(dt)
-    rows = table_stats(wh.partition_path(warehouse, "probes", dt=dt, partition=partition)).rows
-    day_dir = wh.partition_path(warehouse, "probes", dt=dt)
-    fs, p = _fs_and_path(day_dir)
-    if fs.get_file_info(p).type == pafs.FileType.Directory:
-        return ProbesStatus(True, rows, day_dir)
+    rows = table_stats(warehouse, "probes", {"dt": dt, "partition": partition}).rows
+    day_rows = table_stats(warehouse, "probes", {"dt": dt}).rows
+    if day_rows:
+        return ProbesStatus(True, rows, f"probes has {day_rows} rows of dt={dt}")
     for stage in ("ingest_probes", "ingest"):
         for part in (partition, None):
             path = wh.metrics_path(warehouse, stage, dt, part)
             if read_json(path) is not None:
                 return ProbesStatus(True, rows, path)
-    return ProbesStatus(False, rows, f"no {day_dir}/ and no ingest metrics for dt={dt}")
+    return ProbesStatus(False, rows, f"no probes rows of dt={dt} and no ingest metrics for dt={dt}")
 
 
 def landed(warehouse: str, dt: str | date) -> tuple[bool, str]:
