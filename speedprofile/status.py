@@ -3,8 +3,8 @@ and how fresh each partition's speed_estimates are.
 
 A stage counts as done for a partition-day when its row accounting exists and its quality gate passes (the same
 gate the Airflow DAG runs, speedprofile.quality); failed when the gate fails (first broken rule shown); missing
-when it wrote no accounting. Stages listed come from the stage registry. No Spark: metrics files and Parquet
-footers only. Days default to those with probes or metrics in the warehouse.
+when it wrote no accounting. Stages listed come from the stage registry. No Spark: metrics files and table
+metadata (through speedprofile.tables) only. Days default to those with probes or metrics in the warehouse.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC
 
 from speedprofile import stages as registry
 from speedprofile import warehouse as wh
@@ -81,21 +82,41 @@ def stage_state(warehouse: str, stage: str, dt: str, partition: str) -> Cell:
     return Cell(partition, dt, stage, DONE, _rows(stage, res.facts, metrics))
 
 
-def freshness(warehouse: str, partition: str, now: float | None = None) -> Freshness:
-    """Window, last data day and age of the partition's speed_estimates (from its Parquet files)."""
-    import pyarrow.parquet as pq
+def _partition_rows(warehouse: str, table: str) -> list[dict]:
+    """The table's committed partitions from its metadata (no data read): {"keys": {key: str}, "rows": int,
+    "updated_s": epoch seconds of the commit that last changed it}; [] before the first commit (a local warehouse
+    without a catalog is not created by asking)."""
+    from speedprofile import tables
 
-    folder = wh.partition_path(warehouse, "speed_estimates", partition=partition)
-    files = [os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
-             if f.endswith(".parquet") and not f.startswith((".", "_"))]
-    if not files:
+    cat = tables.catalog(warehouse)
+    if cat.kind == "sqlite" and not os.path.exists(cat.location):
+        return []
+    tbl = tables.load(warehouse, table)
+    if tbl.current_snapshot() is None:
+        return []
+    oldest = min(s.timestamp_ms for s in tbl.snapshots())
+    out = []
+    for r in tbl.inspect.partitions().to_pylist():
+        if not r["record_count"]:
+            continue
+        at = r["last_updated_at"]  # naive UTC; None once the snapshot that wrote it has expired
+        updated = at.replace(tzinfo=UTC).timestamp() if at is not None else oldest / 1000
+        out.append({"keys": {k: str(v) for k, v in r["partition"].items()}, "rows": int(r["record_count"]),
+                    "updated_s": updated})
+    return out
+
+
+def freshness(warehouse: str, partition: str, now: float | None = None) -> Freshness:
+    """Window, last data day and age of the partition's speed_estimates (age from the commit that wrote them)."""
+    from speedprofile.quality import table_stats
+
+    got = [r for r in _partition_rows(warehouse, "speed_estimates") if r["keys"].get("partition") == partition]
+    if not got:
         return Freshness(partition, None, None, None, None, 0)
-    newest = max(os.path.getmtime(f) for f in files)
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    window = None
-    t = pq.read_table(files[0], columns=["window"]).column("window") if rows else None
-    if t is not None and len(t):
-        window = str(t[0])
+    newest = max(r["updated_s"] for r in got)
+    stats = table_stats(warehouse, "speed_estimates", {"partition": partition}, ("window",))
+    rows = stats.rows
+    window = str(stats.minmax["window"][1]) if "window" in stats.minmax else None
     data_to = window.split("-", 1)[1] if window and "-" in window else None
     now = time.time() if now is None else now
     return Freshness(partition, window, data_to, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest)),
@@ -103,10 +124,9 @@ def freshness(warehouse: str, partition: str, now: float | None = None) -> Fresh
 
 
 def known_days(warehouse: str) -> list[str]:
-    """UTC days with probes or any stage accounting in a local warehouse (sorted)."""
-    days: set[str] = set()
-    roots = [wh.table_path(warehouse, "probes")] + [os.path.join(warehouse, "_metrics", s.name)
-                                                    for s in registry.partition_day_stages()]
+    """UTC days with committed probes or any stage accounting in a local warehouse (sorted)."""
+    days: set[str] = {r["keys"]["dt"] for r in _partition_rows(warehouse, "probes")}
+    roots = [os.path.join(warehouse, "_metrics", s.name) for s in registry.partition_day_stages()]
     for root in roots:
         if os.path.isdir(root):
             days |= {d.split("=", 1)[1] for d in os.listdir(root) if d.startswith("dt=")}
