@@ -95,10 +95,10 @@ def network_broadcast(spark: SparkSession, warehouse: str, partitions: Iterable[
     the same routing structures for a home cell.
     """
     from speedprofile.errors import UserError
-    from speedprofile.spark import exists, read_table
-    from speedprofile.warehouse import table_path
+    from speedprofile.network.graph import has_network
+    from speedprofile.spark import read_table
 
-    if not exists(spark, table_path(warehouse, "road_segments")):
+    if not has_network(warehouse):  # asks the catalog: the table exists but was never committed
         raise UserError(f"no road network in warehouse {warehouse} (run `speedprofile network build` first)")
     segs = read_table(spark, warehouse, "road_segments", partitions=network_cells(partitions))
     table = segs.select(*NETWORK_COLUMNS).toArrow()
