@@ -35,6 +35,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "demo": ("speedprofile.demo", "the whole pipeline on Porto + a simulated fleet"),
     "stages": ("speedprofile.stages", "the stage registry: apps, tables, keys, gates, upstream stages"),
     "status": ("speedprofile.status", "partition x day x stage: done / failed gate / missing, rows, freshness"),
+    "table export": ("speedprofile.table_cli", "a table's committed rows as plain hive-partitioned Parquet"),
+    "table history": ("speedprofile.table_cli", "a table's commits (snapshots), one line each"),
 }
 
 
@@ -62,7 +64,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 LOG4J_FILE_CONF = Path(__file__).resolve().parents[1] / "conf" / "log4j2-file.properties"
-NO_IN_PROCESS_SPARK = ("speedprofile.run", "speedprofile.demo", "speedprofile.stages", "speedprofile.status")
+NO_IN_PROCESS_SPARK = ("speedprofile.run", "speedprofile.demo", "speedprofile.stages", "speedprofile.status",
+                       "speedprofile.table_cli")
 
 
 @contextlib.contextmanager
