@@ -91,15 +91,13 @@ def prepare(vehicles: int, interval_s: float, reuse: bool) -> tuple[str, str]:
 
 def kernel_rate(wh: str) -> dict:
     """Matcher.match_points over every piece's usable fixes (time order, strictly increasing), CPU seconds."""
-    import pyarrow.dataset as ds
-
+    from speedprofile import tables
     from speedprofile.matching.kernel import Matcher, warm_up
     from speedprofile.network.graph import load_road_segments_table
 
     warm_up()
     m = Matcher(load_road_segments_table(wh))
-    t = ds.dataset(os.path.join(wh, "probes"), partitioning="hive").to_table(
-        columns=["trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "source_row"])
+    t = tables.read_arrow(wh, "probes", columns=["trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "source_row"])
     tid = np.asarray(t.column("trace_id").to_numpy(zero_copy_only=False), dtype=object)
     piece = t.column("piece").to_numpy()
     ts = t.column("timestamp_utc").cast("int64").to_numpy()

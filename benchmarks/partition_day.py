@@ -86,10 +86,9 @@ def main() -> int:
     sp("simulate", "--warehouse", str(wh), "--days", "1", "--vehicles", str(args.vehicles), "--start-date", DAY,
        "--out", str(work / "sim"), env=env)
     sp("ingest", str(work / "sim" / "probes"), "--warehouse", str(wh), env=env)
-    import pyarrow.dataset as ds
+    from speedprofile import tables
 
-    counts = ds.dataset(str(wh / "probes"), format="parquet", partitioning="hive").to_table(
-        columns=["partition"]).column("partition").value_counts().to_pylist()
+    counts = tables.read_arrow(str(wh), "probes", columns=["partition"]).column("partition").value_counts().to_pylist()
     cell, fixes = max(((c["values"], c["counts"]) for c in counts), key=lambda x: x[1])
     home = work / "airflow"
     home.mkdir()

@@ -300,12 +300,13 @@ def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: l
 
 
 def table_rows(wh: Path) -> dict[str, int]:
-    import pyarrow.dataset as ds
+    from speedprofile import tables
 
     out = {}
     for t in ("probes", "segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates"):
-        if (wh / t).exists():
-            out[t] = ds.dataset(str(wh / t), format="parquet", partitioning="hive").count_rows()
+        snaps = tables.snapshots(str(wh), t)  # committed rows of the newest snapshot; a never-written table is left out
+        if snaps:
+            out[t] = snaps[-1]["total_rows"]
     return out
 
 
