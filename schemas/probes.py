@@ -28,6 +28,8 @@ PROBES = Table(
         Column("is_context", "bool", "true for a context copy of a fix owned by a neighbouring piece"),
         Column("source_file", "string", "input file the fix came from"),
         Column("source_row", "int64", "1-based line/record number in source_file"),
+        Column("src", "string", "content key of source_file (first 16 hex digits of its SHA-256): a re-ingest of "
+               "the same bytes replaces exactly these rows"),
         Column("dt", "date", "UTC date of the piece's first owned fix"),
         Column("partition", "string", "H3 cell of the piece's home (first owned fix)"),
     ),

@@ -29,6 +29,8 @@ REJECTED_PROBES = Table(
     columns=(
         Column("source_file", "string", "input file"),
         Column("source_row", "int64", "1-based line/record number in source_file"),
+        Column("src", "string", "content key of source_file (first 16 hex digits of its SHA-256): a re-ingest of "
+               "the same bytes replaces exactly these rows"),
         Column("raw", "string", "the raw record, truncated to 500 characters", required=False),
         Column("trace_id", "string", "trace id if it could be read", required=False),
         Column("timestamp_utc", "timestamp", "fix time if it could be read, UTC", required=False),

@@ -78,3 +78,32 @@ def write_text(path: str, text: str) -> None:
         return
     with fs.open_output_stream(p) as out:
         out.write(text.encode("utf-8"))
+
+
+def is_file(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def list_files(path: str) -> list[str]:
+    """Every file below path (recursively), as URIs of the same scheme as path, sorted ([] if missing)."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+    base, inner = path.rstrip("/"), p.rstrip("/")
+    return sorted(base + i.path[len(inner):] for i in infos if i.type == pafs.FileType.File)
+
+
+def size(path: str) -> int:
+    fs, p = filesystem(path)
+    info = fs.get_file_info(p)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(path)
+    return int(info.size)
+
+
+def open_input(path: str):
+    """A binary stream of a file (local or object store)."""
+    fs, p = filesystem(path)
+    return fs.open_input_stream(p)

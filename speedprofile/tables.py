@@ -20,9 +20,10 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -376,10 +377,12 @@ def write_arrow(warehouse: str, table: str | Table, data: pa.Table,
     def commit() -> None:
         tbl = load(warehouse, t)
         flt = _py_replace_filter(t, replace)
-        if data.num_rows:
-            tbl.overwrite(data, overwrite_filter=flt)
-        else:
-            tbl.delete(delete_filter=flt)
+        with warnings.catch_warnings():  # replacing nothing is normal (a first write), not worth a warning
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            if data.num_rows:
+                tbl.overwrite(data, overwrite_filter=flt)
+            else:
+                tbl.delete(delete_filter=flt)
 
     commit()
 
@@ -488,7 +491,7 @@ def snapshots(warehouse: str, table: str | Table) -> list[dict]:
         summary = s.summary.additional_properties if s.summary else {}
         out.append({
             "snapshot_id": s.snapshot_id,
-            "committed_at": datetime.fromtimestamp(s.timestamp_ms / 1000, tz=timezone.utc).isoformat(),
+            "committed_at": datetime.fromtimestamp(s.timestamp_ms / 1000, tz=UTC).isoformat(),
             "operation": str(s.summary.operation.value) if s.summary else "",
             "added_rows": int(summary.get("added-records", 0)),
             "deleted_rows": int(summary.get("deleted-records", 0)),

@@ -238,6 +238,11 @@ def batch(spark, tmp_path_factory):
     return warehouse, result, {k: v for k, v in expected.items() if k in BATCH or k.endswith(".parquet")}
 
 
+def _manifests(warehouse: str) -> list[dict]:
+    """The per-file ingest manifests (`_ingest/files/<src>.json`)."""
+    return [json.loads(p.read_text()) for p in sorted((Path(warehouse) / "_ingest" / "files").glob("*.json"))]
+
+
 def _tables(spark, warehouse: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     from speedprofile.spark import read_table
 
@@ -287,10 +292,11 @@ def test_batch_tables_follow_the_schemas_and_partition_folders(spark, batch):
     warehouse, _, _ = batch
     assertSchemaEqual(read_table(spark, warehouse, "probes").schema, PROBES.spark_schema())
     assertSchemaEqual(read_table(spark, warehouse, "rejected_probes").schema, REJECTED_PROBES.spark_schema())
-    parts = {p.name for p in (Path(warehouse) / "probes" / "dt=2024-03-01").iterdir()}
     probes, rejected = _tables(spark, warehouse)
-    assert parts == {f"partition={c}" for c in probes.loc[probes["dt"].astype(str) == "2024-03-01", "partition"]}
-    assert all(f.name.startswith("src-") for f in (Path(warehouse) / "probes").rglob("*.parquet"))
+    # Every row carries the content key of its input file (what a re-ingest of that file replaces).
+    files = {r["source_file"]: r["sha256_prefix"] for r in _manifests(warehouse)}
+    assert (probes["src"] == probes["source_file"].map(files)).all()
+    assert (rejected["src"] == rejected["source_file"].map(files)).all()
     # dt of a rejected row = UTC date of its fix; null (Hive default partition) when the time was unreadable.
     assert (rejected["dt"].isna() == rejected["timestamp_utc"].isna()).all()
     with_time = rejected[rejected["timestamp_utc"].notna()]
@@ -543,9 +549,9 @@ def test_cli_file_over_a_limit_or_unreadable_ends_with_one_line_naming_it(name, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0] and reason in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    import pyarrow.parquet as pq
+    from speedprofile import tables
 
-    rows = pq.read_table(Path(ingest_warehouse) / "rejected_files").to_pylist()
+    rows = tables.read_arrow(ingest_warehouse, "rejected_files").to_pylist()
     assert [(Path(r["source_file"]).name, r["reason"]) for r in rows] == [(name, reason)]
 
 

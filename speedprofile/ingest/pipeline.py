@@ -5,9 +5,9 @@ is refused as a whole into `rejected_files` with a reason, and the other files g
 no file could be ingested.
 
 Idempotency, two levels. The unit of replacement is one input file, keyed by the SHA-256 of its bytes (`src` =
-first 16 hex digits): its output files are named `src-<src>-<part>.parquet` inside the Hive partition folders
-and a manifest `<warehouse>/_ingest/files/<src>.json` lists them, so re-ingesting the same bytes replaces what
-they wrote before. Across files, the unit is the fix: a fix whose (trace_id, timestamp_utc, lon, lat) is already
+first 16 hex digits, a column of `probes` and `rejected_probes`): one ingest replaces the rows of its files' `src`
+values in one Iceberg commit per table (speedprofile.tables), so re-ingesting the same bytes replaces what they
+wrote before, and a run killed before its commits leaves both tables as they were. Across files, the unit is the fix: a fix whose (trace_id, timestamp_utc, lon, lat) is already
 in `probes` (written from any other file) is rejected as `already_ingested`; one with the same trace and time
 but another position (a correction) as `conflicting_fix`: the fix delivered first stays.
 Row accounting per dt: `<warehouse>/_ingest/counts/dt=<D>/<src>.json` per file, summed into
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pyspark.sql import functions as F
 from schemas import PROBES, REJECTED_FILES, REJECTED_PROBES
 from schemas.rejected_probes import FUTURE_SKEW_S, REASONS
 from speedprofile import spark as sp
+from speedprofile import storage, tables
 from speedprofile import warehouse as wh
 from speedprofile.errors import UserError
 from speedprofile.ingest import formats, kernel, transforms
@@ -114,11 +114,7 @@ def partition_list(spark: SparkSession | None, warehouse: str) -> dict:
     path = wh.partitions_file(warehouse)
     try:
         if wh.is_remote(path):
-            if spark is None:
-                raise UserError(f"reading {path} needs a Spark session")
-            if not sp.exists(spark, path):
-                raise FileNotFoundError(path)
-            doc = json.loads(sp.read_text(spark, path))
+            doc = json.loads(storage.read_text(path))
         else:
             doc = wh.read_partitions(warehouse)
         int(doc["h3_res"])
@@ -145,21 +141,14 @@ def list_inputs(spark: SparkSession | None, paths: list[str]) -> tuple[list[str]
     ignored: list[str] = []
     for p in paths:
         if wh.is_remote(p):
-            if spark is None:
-                raise UserError(f"listing {p} needs a Spark session")
-            fs, hpath = sp._fs(spark, p)
-            if not fs.exists(hpath):
-                raise UserError(f"{p}: no such file or directory")
-            if fs.getFileStatus(hpath).isFile():
+            if storage.is_file(p):
                 files.append(p)
                 continue
-            it = fs.listFiles(hpath, True)
-            found = []
-            while it.hasNext():
-                found.append(str(it.next().getPath().toString()))
-            candidates = sorted(found)
+            found = storage.list_files(p)
+            if not found and not storage.exists(p):
+                raise UserError(f"{p}: no such file or directory")
             base = p.rstrip("/")
-            candidates = [f for f in candidates
+            candidates = [f for f in found
                           if not any(formats.is_hidden(part) for part in f[len(base):].split("/") if part)]
         else:
             local = p.removeprefix("file://")
@@ -181,33 +170,6 @@ def list_inputs(spark: SparkSession | None, paths: list[str]) -> tuple[list[str]
     return unique, ignored
 
 
-class _HadoopStream:
-    """A remote file (Hadoop FileSystem, e.g. s3a://) as a Python binary stream, read in chunks."""
-
-    def __init__(self, spark: SparkSession, path: str):
-        fs, hpath = sp._fs(spark, path)
-        self._jvm = spark.sparkContext._jvm
-        self.size = int(fs.getFileStatus(hpath).getLen())
-        self._in = fs.open(hpath)
-        self._buf = self._jvm.java.lang.reflect.Array.newInstance(self._jvm.java.lang.Byte.TYPE, formats.CHUNK_BYTES)
-
-    def read(self, n: int = -1) -> bytes:
-        n = formats.CHUNK_BYTES if n is None or n < 0 or n > formats.CHUNK_BYTES else n
-        got = self._in.read(self._buf, 0, n)
-        if got <= 0:
-            return b""
-        return bytes(self._jvm.java.util.Arrays.copyOf(self._buf, got))
-
-    def close(self) -> None:
-        self._in.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def describe_inputs(
     spark: SparkSession | None, paths: list[str], fmt: str = "auto", limits: IngestLimits | None = None,
 ) -> tuple[list[InputFile], list[RejectedFile]]:
@@ -220,11 +182,8 @@ def describe_inputs(
         stream: BinaryIO
         try:
             if wh.is_remote(p):
-                if spark is None:
-                    raise UserError(f"reading {p} needs a Spark session")
-                remote = _HadoopStream(spark, p)
-                size = remote.size
-                stream = cast(BinaryIO, remote)
+                size = storage.size(p)
+                stream = cast(BinaryIO, storage.open_input(p))
             else:
                 local = p.removeprefix("file://")
                 size = os.path.getsize(local)
@@ -273,111 +232,6 @@ def _with_src(df: DataFrame, files: list[InputFile]) -> DataFrame:
     spark = df.sparkSession
     srcs = spark.createDataFrame([(f.path, f.sha) for f in files], "source_file STRING, src STRING")
     return df.join(F.broadcast(srcs), "source_file", "left")
-
-
-def _stage_dir(warehouse: str, files: list[InputFile]) -> str:
-    batch = hashlib.sha256("".join(sorted(f.sha for f in files)).encode()).hexdigest()[:16]
-    return wh.join(warehouse, "_staging", STAGE, batch)
-
-
-class _Files:
-    """The few file operations of the staging/move step: plain `os` calls for a local warehouse (one Python call
-    per file instead of several JVM round trips), Hadoop FileSystem for remote ones (s3a://)."""
-
-    def __init__(self, spark: SparkSession, warehouse: str):
-        self.spark = spark
-        self.local = not wh.is_remote(warehouse)
-        self._fs = None if self.local else sp._fs(spark, warehouse)[0]
-
-    @staticmethod
-    def _p(path: str) -> str:
-        return path.removeprefix("file://")
-
-    def _h(self, path: str):
-        return self.spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
-
-    def list_recursive(self, root: str) -> list[str]:
-        if self.local:
-            out = []
-            for d, _, names in os.walk(self._p(root)):
-                out += [os.path.join(d, n) for n in names]
-            return sorted(out)
-        if not self._fs.exists(self._h(root)):
-            return []
-        it = self._fs.listFiles(self._h(root), True)
-        out = []
-        while it.hasNext():
-            out.append(str(it.next().getPath().toString()))
-        return out
-
-    def list_dir(self, path: str) -> list[str]:
-        if self.local:
-            return os.listdir(self._p(path)) if os.path.isdir(self._p(path)) else []
-        return sp.list_dir(self.spark, path)
-
-    def delete(self, path: str) -> None:
-        if not self.local:
-            sp.delete(self.spark, path)
-        elif os.path.isdir(self._p(path)):
-            shutil.rmtree(self._p(path))
-        elif os.path.lexists(self._p(path)):
-            os.remove(self._p(path))
-
-    def move(self, src: str, dest: str) -> None:
-        if self.local:
-            os.makedirs(os.path.dirname(self._p(dest)), exist_ok=True)
-            os.replace(self._p(src), self._p(dest))  # the Hadoop .crc side file is left behind (optional)
-            return
-        hdest = self._h(dest)
-        self._fs.mkdirs(hdest.getParent())
-        if self._fs.exists(hdest):
-            self._fs.delete(hdest, False)
-        if not self._fs.rename(self._h(src), hdest):
-            raise UserError(f"could not move {src} to {dest}")
-
-
-def _staged_parts(path: str, stage: str) -> list[str]:
-    """Path of a staged file below the stage folder: [table, k=v, ..., file name]."""
-    batch = stage.rstrip("/").rsplit("/", 1)[-1]
-    parts = path.split("/")
-    i = len(parts) - 1 - parts[::-1].index(batch)
-    return parts[i + 1:]
-
-
-def _move_staged(fs: _Files, staged: list[str], warehouse: str, stage: str, table: str) -> dict[str, list[str]]:
-    """Move `<stage>/<table>/k=v/.../src=S/part-*.parquet` to `<table>/k=v/.../src-S-part-*.parquet`."""
-    moved: dict[str, list[str]] = defaultdict(list)
-    for f in staged:
-        table_, *parts = _staged_parts(f, stage)
-        if table_ != table:
-            continue
-        name = parts[-1]
-        if not name.endswith(".parquet") or formats.is_hidden(name):
-            continue
-        keys = [p for p in parts[:-1] if not p.startswith("src=")]
-        src = next(p for p in parts[:-1] if p.startswith("src="))[4:]
-        dest = wh.join(warehouse, table, *keys, f"src-{src}-{name}")
-        fs.move(f, dest)
-        moved[src].append(dest)
-    return moved
-
-
-def _delete_previous(fs: _Files, warehouse: str, src: str, new_dirs: set[str]) -> None:
-    """Delete what an earlier ingest of the same content wrote (manifest + `src-<src>-` files in new_dirs)."""
-    manifest = wh.join(warehouse, "_ingest", "files", f"{src}.json")
-    old: dict = {}
-    if sp.exists(fs.spark, manifest):
-        old = json.loads(sp.read_text(fs.spark, manifest))
-    for path in old.get("written", []):
-        fs.delete(path)
-    for dt in old.get("dts", []):
-        fs.delete(wh.join(warehouse, "_ingest", "counts", f"dt={dt}", f"{src}.json"))
-    dirs = set(new_dirs) | {p.rsplit("/", 1)[0] for p in old.get("written", [])}
-    prefix = f"src-{src}-"
-    for d in dirs:
-        for name in fs.list_dir(d):
-            if name.startswith(prefix) or name.startswith(f".{prefix}"):
-                fs.delete(wh.join(d, name))
 
 
 def _count_rows(rows: DataFrame) -> dict[str, dict[str, dict]]:
@@ -472,41 +326,19 @@ def prepare(
 
 def record_refused(spark: SparkSession | None, warehouse: str, refused: list[RejectedFile],
                    accepted: list[InputFile], at: pd.Timestamp) -> None:
-    """Write one `rejected_files` row per refused file (`rf-<key>.parquet`, replacing an earlier refusal of the
-    same path) and drop the rows of paths that are accepted now."""
-    root = wh.table_path(warehouse, REJECTED_FILES.name)
-    for f in accepted:
-        gone = wh.join(root, f"rf-{RejectedFile(f.path, '', '').key}.parquet")
-        if wh.is_remote(gone):
-            if spark is not None:
-                sp.delete(spark, gone)
-        elif os.path.exists(gone):
-            os.remove(gone)
-    if not refused:
-        return
+    """One `rejected_files` row per refused file, replacing an earlier refusal of the same path, and no row for
+    paths that are accepted now: one commit."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    for r in refused:
-        table = pa.table({
-            "source_file": [r.path], "reason": [r.reason], "detail": [r.detail], "size_bytes": [r.size_bytes],
-            "rejected_at_utc": pa.array([at.to_pydatetime()], pa.timestamp("us", tz="UTC")),
-        }, schema=REJECTED_FILES.arrow_schema())
-        dest = wh.join(root, f"rf-{r.key}.parquet")
-        if not wh.is_remote(dest):
-            os.makedirs(root, exist_ok=True)
-            pq.write_table(table, dest + ".tmp")
-            os.replace(dest + ".tmp", dest)
-            continue
-        if spark is None:
-            raise UserError(f"writing {dest} needs a Spark session")
-        stage = wh.join(warehouse, "_staging", STAGE, f"rf-{r.key}")
-        (spark.createDataFrame(table.to_pandas(), REJECTED_FILES.spark_schema()).coalesce(1)
-         .write.mode("overwrite").parquet(stage))
-        fs = _Files(spark, warehouse)
-        part = next(f for f in fs.list_recursive(stage) if f.rsplit("/", 1)[-1].startswith("part-"))
-        fs.move(part, dest)
-        fs.delete(stage)
+    paths = sorted({r.path for r in refused} | {f.path for f in accepted})
+    if not paths:
+        return
+    table = pa.table({
+        "source_file": [r.path for r in refused], "reason": [r.reason for r in refused],
+        "detail": [r.detail for r in refused], "size_bytes": [r.size_bytes for r in refused],
+        "rejected_at_utc": pa.array([at.to_pydatetime()] * len(refused), pa.timestamp("us", tz="UTC")),
+    }, schema=REJECTED_FILES.arrow_schema())
+    tables.write_arrow(warehouse, REJECTED_FILES, table, [{"source_file": p} for p in paths])
 
 
 def refused_error(refused: list[RejectedFile]) -> UserError:
@@ -518,24 +350,19 @@ def refused_error(refused: list[RejectedFile]) -> UserError:
 
 def _existing_fixes(spark: SparkSession, warehouse: str, dts: set[str], own: list[str]) -> DataFrame | None:
     """Owned fixes already in `probes` on the given days and the day before each (a piece keeps the date of its
-    first fix), except those in files of the sources being replaced (`own` content keys); None if there are none."""
-    root = wh.table_path(warehouse, PROBES.name)
-    present = {n for n in sp.list_dir(spark, root) if n.startswith("dt=")}
-    days = set()
+    first fix), except those of the sources being replaced (`own` content keys); None if there are none."""
+    days: set[str] = set()
     for d in dts:
         try:
             day = date.fromisoformat(d)
         except ValueError:
             continue
-        days |= {f"dt={day}", f"dt={day - timedelta(days=1)}"}
-    folders = sorted(days & present)
-    if not folders:
+        days |= {str(day), str(day - timedelta(days=1))}
+    if not days:
         return None
-    df = (spark.read.schema(PROBES.spark_schema()).option("basePath", root)
-          .parquet(*[wh.join(root, f) for f in folders]).where(~F.col("is_context")))
+    df = tables.read(spark, warehouse, PROBES, dates=sorted(days)).where(~F.col("is_context"))
     if own:
-        name = F.col("_metadata.file_name")
-        df = df.where(~reduce(lambda a, b: a | b, [name.startswith(f"src-{o}-") for o in own]))
+        df = df.where(~F.col("src").isin(own))
     return df.select("trace_id", "timestamp_utc", "lon_deg", "lat_deg", "piece")
 
 
@@ -607,7 +434,7 @@ def ingest(
         dts |= set(per_dt)
         sp.write_text(spark, wh.join(warehouse, "_ingest", "files", f"{f.sha}.json"), json.dumps(
             {"source_file": f.path, "format": f.format, "sha256_prefix": f.sha, "dts": sorted(per_dt),
-             "written": sorted(moved.get(f.sha, []))}, indent=2))
+             "tables": sorted(moved.get(f.sha, []))}, indent=2))
     _write_dt_metrics(spark, warehouse, dts)
     total = _empty_counts()
     by_dt: dict[str, dict] = {}
@@ -625,7 +452,8 @@ def ingest(
 
 def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.Timestamp
          ) -> tuple[dict[str, dict[str, dict]], dict[str, list[str]]]:
-    """Parse, cut, check against stored probes, write to staging and move in: (counts per src and dt, moved files)."""
+    """Parse, cut, check against stored probes, replace the rows of these sources: (counts per src and dt, tables
+    written per src)."""
     files = prep.files
     parsed = parse_inputs(spark, files, max_time_utc)
     if any(f.format == "trips-json" for f in files):
@@ -643,37 +471,16 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
             rows.unpersist()
             rows = checked
             counts = _count_rows(rows)
-        stage = _stage_dir(warehouse, files)
-        sp.delete(spark, stage)
         probes = rows.where(F.col("reason").isNull()).select(
-            *[F.col(c.name).cast(PROBES.spark_schema()[c.name].dataType) for c in PROBES.columns], "src")
+            *[F.col(c.name).cast(PROBES.spark_schema()[c.name].dataType) for c in PROBES.columns])
         rejected = rows.where(F.col("reason").isNotNull()).select(
-            *[F.col(c.name).cast(REJECTED_PROBES.spark_schema()[c.name].dataType) for c in REJECTED_PROBES.columns],
-            "src")
-        # One file per output folder (not one per task and folder): fewer, larger files for the readers, and
-        # per-file costs dominate at ~1k rows per folder (readers sort a piece's rows themselves). The staging
-        # folder was just deleted, so a plain append (no dynamic-overwrite renames) is enough.
-        (probes.repartition("dt", "partition", "src")
-         .write.mode("append").partitionBy("dt", "partition", "src").parquet(wh.join(stage, "probes")))
-        (rejected.repartition("dt", "src")
-         .write.mode("append").partitionBy("dt", "src").parquet(wh.join(stage, "rejected_probes")))
+            *[F.col(c.name).cast(REJECTED_PROBES.spark_schema()[c.name].dataType) for c in REJECTED_PROBES.columns])
+        # One file per (folder, source file): fewer, larger files for the readers (per-file costs dominate at ~1k
+        # rows per folder), and a later re-ingest of one source replaces whole files of it.
+        replace = [{"src": f.sha} for f in files]
+        tables.write(probes.repartition("dt", "partition", "src"), warehouse, PROBES, replace)
+        tables.write(rejected.repartition("dt", "src"), warehouse, REJECTED_PROBES, replace)
     finally:
         rows.unpersist()
-    # Replace, per source file, what an earlier ingest of the same content wrote; then move the new files in.
-    fs = _Files(spark, warehouse)
-    staged = fs.list_recursive(stage)
-    new_dirs: dict[str, set[str]] = defaultdict(set)
-    for staged_file in staged:
-        table, *parts = _staged_parts(staged_file, stage)
-        if table in ("probes", "rejected_probes"):
-            src = next((p[4:] for p in parts[:-1] if p.startswith("src=")), None)
-            if src:
-                new_dirs[src].add(wh.join(warehouse, table, *[p for p in parts[:-1] if not p.startswith("src=")]))
-    for f in files:
-        _delete_previous(fs, warehouse, f.sha, new_dirs.get(f.sha, set()))
-    moved: dict[str, list[str]] = defaultdict(list)
-    for table in ("probes", "rejected_probes"):
-        for src, paths_ in _move_staged(fs, staged, warehouse, stage, table).items():
-            moved[src] += paths_
-    fs.delete(stage)
+    moved = {f.sha: ["probes", "rejected_probes"] for f in files}
     return counts, moved

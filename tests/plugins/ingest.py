@@ -49,6 +49,10 @@ def ingest_warehouse(tmp_path) -> str:
 @pytest.fixture
 def ingest_network_warehouse(tmp_path, tiny_network_warehouse) -> str:
     """A private copy of the tiny grid network warehouse (road_segments, res 7) to ingest trips-json into."""
+    from speedprofile import tables
+
     dst = tmp_path / "wh_net"
-    shutil.copytree(Path(tiny_network_warehouse) / "road_segments", dst / "road_segments")
+    (dst / "road_segments").mkdir(parents=True)
+    shutil.copy(Path(tiny_network_warehouse) / "road_segments" / "_partitions.json", dst / "road_segments")
+    tables.write_arrow(str(dst), "road_segments", tables.read_arrow(tiny_network_warehouse, "road_segments"), [{}])
     return str(dst)
