@@ -120,8 +120,9 @@ def table_stats(warehouse: str, table: str, keys: Mapping[str, object], columns:
     snap = tbl.current_snapshot()
     if snap is None:
         return TableStats(0, 0, {})
-    terms = [EqualTo(k, _key_literal(table, k, v)) for k, v in keys.items()]
-    flt = reduce(And, terms) if terms else AlwaysTrue()
+    # pyiceberg's expression classes take positional (term, literal); their stubs say keyword-only
+    terms = [EqualTo(k, _key_literal(table, k, v)) for k, v in keys.items()]  # type: ignore[call-arg, arg-type]
+    flt = reduce(And, terms) if terms else AlwaysTrue()  # type: ignore[arg-type]
     tasks = list(tbl.scan(row_filter=flt, snapshot_id=snap.snapshot_id).plan_files())
     if any(task.delete_files for task in tasks):  # row-level deletes: the manifests' counts overstate; read rows
         return _stats_from_rows(warehouse, table, keys, columns, snap.snapshot_id, len(tasks))
