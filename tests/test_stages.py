@@ -118,6 +118,8 @@ TRAVERSAL_COUNTS = Table(
     columns=(
         Column("segment_id", "int64", "road segment"),
         Column("n_traversals", "int64", "traversals of the segment that day"),
+        Column("dt", "date", "UTC day of the traversals"),
+        Column("partition", "string", "partition of the segment"),
     ),
 )
 '''
