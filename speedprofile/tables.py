@@ -64,6 +64,11 @@ TABLE_PROPERTIES = {
 }
 
 
+# Partition fields beside the table's own keys: ingest replaces the rows of one input file (`src`) at a time, and
+# Iceberg drops whole files only, so each file holds one source.
+EXTRA_PARTITION_FIELDS = {"probes": ("src",), "rejected_probes": ("src",)}
+
+
 class TableError(UserError):
     """A table operation that cannot be done as asked (unknown table, catalog not configured)."""
 
@@ -264,9 +269,10 @@ def _create(c, cat: Catalog, t: Table) -> None:
     location = wh.table_path(cat.warehouse_uri, t.name)
     table = c.create_table(identifier(t.name), schema=iceberg_schema(t), location=location,
                            properties=TABLE_PROPERTIES)
-    if t.partition_by:
+    keys = (*t.partition_by, *EXTRA_PARTITION_FIELDS.get(t.name, ()))
+    if keys:
         with table.update_spec() as spec:
-            for key in t.partition_by:
+            for key in keys:
                 spec.add_identity(key)
 
 
