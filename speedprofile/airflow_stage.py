@@ -27,6 +27,10 @@ class StageOperator(SparkSubmitOperator):
 
         conn = BaseHook.get_connection(self._conn_id)
         if conn.conn_type != SparkConnectHook.conn_type:
+            from speedprofile.tables import spark_jars
+
+            if not self.jars:  # Iceberg's runtime and the catalog's JDBC drivers (the cache of `make setup`)
+                self.jars = spark_jars()
             return super().execute(context)
         url = SparkConnectHook(self._conn_id).get_connection_url()
         env = dict(os.environ, SPARK_REMOTE=url)

@@ -78,7 +78,9 @@ def stage_command(
             raise UserError("--master/--conf do not apply with --remote: configure the Spark Connect server instead")
         cmd = [sys.executable]
     else:
-        cmd = [spark_submit()]
+        from speedprofile.tables import spark_jars
+
+        cmd = [spark_submit(), "--jars", spark_jars()]
     if master:
         cmd += ["--master", master]
     for kv in confs or []:

@@ -70,12 +70,15 @@ def start(host: str = "127.0.0.1", port: int = DEFAULT_PORT, master: str | None 
     """Start the server (no-op when one answers on host:port) and wait until a session opens; returns its URL."""
     if answering(host, port):
         return url(host, port)
+    from speedprofile.tables import spark_jars
+
     sd = state_dir(port, state)
     cmd = [os.path.join(spark_home(), "sbin", "start-connect-server.sh")]
     if master:
         cmd += ["--master", master]
     conf = {"spark.connect.grpc.binding.address": host, "spark.connect.grpc.binding.port": str(port),
-            "spark.ui.enabled": "false", "spark.python.worker.reuse": "true", **(confs or {})}
+            "spark.ui.enabled": "false", "spark.python.worker.reuse": "true", "spark.jars": spark_jars(),
+            **(confs or {})}
     for k, v in conf.items():
         cmd += ["--conf", f"{k}={v}"]
     res = subprocess.run(cmd, env=server_env(sd), capture_output=True, text=True)

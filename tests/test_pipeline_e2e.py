@@ -1,7 +1,9 @@
 """End to end on the real Porto network: simulate -> ingest -> `speedprofile run` (spark-submit per stage).
 
 Checks numbers, not time: estimate error against the simulator's truth, row accounting from stage to stage,
-and that a second run gives identical tables.
+that a second run gives identical tables, and the warehouse's guarantees under concurrency and crashes: two
+partitions' pipelines at once give the tables of running them in turn, a stage killed with SIGKILL leaves every
+table as last committed, and readers see the old rows or the new while a stage replaces them.
 """
 
 from __future__ import annotations
@@ -9,9 +11,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
 from schemas.speed_estimates import MIN_TRACES
@@ -20,8 +26,13 @@ from speedprofile.run import STAGES, run_stages
 START, END = "2026-11-06", "2026-11-06"  # one Friday
 
 
+STAGE_TABLES = ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")
+
+
 def _table(wh: str, name: str) -> pd.DataFrame:
-    return ds.dataset(os.path.join(wh, name), format="parquet", partitioning="hive").to_table().to_pandas()
+    from speedprofile import tables
+
+    return tables.read_pandas(wh, name)
 
 
 def _metrics(wh: str, stage: str) -> list[dict]:
@@ -121,3 +132,113 @@ def test_running_in_process_gives_the_same_tables(pipeline, tmp_path):
         floats = [c for c in a.columns if a[c].dtype.kind == "f"]
         pd.testing.assert_frame_equal(a.drop(columns=floats).astype(str), b.drop(columns=floats).astype(str), obj=name)
         pd.testing.assert_frame_equal(a[floats], b[floats], check_exact=False, rtol=1e-9, obj=name)
+
+
+def _run_cli(wh: str, cells: list[str], stages: tuple[str, ...] | list[str], log_dir: str) -> subprocess.Popen:
+    """`speedprofile run` as its own process group (so a test can kill it with its spark-submit)."""
+    cmd = [sys.executable, "-m", "speedprofile.cli", "run", "--warehouse", wh, "--date", START,
+           "--partition", ",".join(cells), "--stages", ",".join(stages), "--window-weeks", "1", "--log-dir", log_dir]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _assert_same(before: dict[str, pd.DataFrame], wh: str) -> None:
+    for name, old in before.items():
+        pd.testing.assert_frame_equal(_sorted(old).astype(str), _sorted(_table(wh, name)).astype(str), obj=name)
+
+
+def _busy_cells(pipeline, n: int) -> list[str]:
+    est = _table(pipeline["wh"], "speed_estimates")
+    observed = est[est["source"] == "observed"].groupby("partition").size().sort_values(ascending=False)
+    return list(observed.index[:n])
+
+
+def test_two_partitions_at_once_give_the_tables_of_running_them_in_turn(pipeline, tmp_path):
+    """Two partitions' pipelines started together on one warehouse: both succeed, and every table equals the
+    result of the runs one after the other (the tables as they are: a re-run gives identical tables)."""
+    wh = pipeline["wh"]
+    before = {t: _table(wh, t) for t in STAGE_TABLES}
+    a, b = _busy_cells(pipeline, 2)
+    procs = [_run_cli(wh, [c], STAGES, str(tmp_path / c)) for c in (a, b)]
+    outs = [p.communicate(timeout=1800)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)[-3000:]
+    _assert_same(before, wh)
+    # Each stage committed once per partition: both partitions' commits are in the history.
+    from speedprofile import tables
+
+    ops = tables.snapshots(wh, "speed_estimates")
+    assert len(ops) >= 2
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (the CLI, its spark-submit group, the JVM, Python workers)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def _data_files(wh: str, table: str) -> set[str]:
+    return set(glob.glob(os.path.join(wh, table, "data", "**", "*.parquet"), recursive=True))
+
+
+def test_a_stage_killed_mid_write_leaves_the_tables_as_committed_and_a_rerun_completes(pipeline, tmp_path):
+    from speedprofile import tables
+
+    wh = pipeline["wh"]
+    before = {t: _table(wh, t) for t in STAGE_TABLES}
+    snaps = {t: tables.load(wh, t).current_snapshot().snapshot_id for t in STAGE_TABLES}
+    files = _data_files(wh, "speed_histograms")
+    proc = _run_cli(wh, pipeline["cells"], ("build_histograms", "estimate_speeds"), str(tmp_path / "killed"))
+    # Kill the run (its spark-submit and Python workers too) as soon as the histogram stage writes data files,
+    # i.e. in the middle of its write, before its commit.
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not (_data_files(wh, "speed_histograms") - files):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it wrote anything: " + (proc.stdout.read() if proc.stdout else "")
+    _kill_tree(proc.pid)
+    proc.wait(timeout=60)
+    time.sleep(2)  # let the killed JVM's children go
+    for t in STAGE_TABLES:
+        assert tables.load(wh, t).current_snapshot().snapshot_id == snaps[t], f"{t} changed by a killed run"
+    _assert_same(before, wh)
+    # A re-run completes and gives the same tables.
+    rerun = _run_cli(wh, pipeline["cells"], ("build_histograms", "estimate_speeds"), str(tmp_path / "rerun"))
+    out = rerun.communicate(timeout=1800)[0]
+    assert rerun.returncode == 0, out[-3000:]
+    _assert_same(before, wh)
+
+
+def test_readers_see_the_old_rows_or_the_new_while_a_stage_replaces_them(pipeline, tmp_path):
+    """A reader without a JVM (pyiceberg, as the gates and `query` read) polls a table while the stage replaces
+    every partition of it: it always sees exactly the full row count, never none or a half-written table."""
+    from speedprofile import tables
+
+    wh = pipeline["wh"]
+    expected = len(_table(wh, "speed_estimates"))
+    first = tables.load(wh, "speed_estimates").current_snapshot().snapshot_id
+    seen: list[tuple[int | None, int]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            tbl = tables.load(wh, "speed_estimates")
+            snap = tbl.current_snapshot()
+            n = tbl.scan(snapshot_id=snap.snapshot_id, selected_fields=("segment_id",)).to_arrow().num_rows
+            seen.append((snap.snapshot_id, n))
+
+    reader = threading.Thread(target=poll, daemon=True)
+    reader.start()
+    proc = _run_cli(wh, pipeline["cells"], ("estimate_speeds",), str(tmp_path / "logs"))
+    out = proc.communicate(timeout=1800)[0]
+    time.sleep(1)
+    stop.set()
+    reader.join(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert seen and {n for _, n in seen} == {expected}, sorted({n for _, n in seen})
+    assert tables.load(wh, "speed_estimates").current_snapshot().snapshot_id != first

@@ -79,7 +79,9 @@ def spark_submit_cmd(master: str, app: str | Path, args: list[str], conf: dict[s
         "spark.sql.session.timeZone": "UTC",
         **(conf or {}),
     }
-    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master]
+    from speedprofile.tables import spark_jars
+
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master, "--jars", spark_jars()]
     for k, v in settings.items():
         cmd += ["--conf", f"{k}={v}"]
     return [*cmd, str(app), *args]
