@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def load_fixture_segments(folder: Path):
 
 
 def load_fixture_probes(folder: Path) -> pd.DataFrame:
-    """fixtures/match_traces/input/probes.csv -> probes rows (PROBES columns, dt and partition filled in)."""
+    """fixtures/match_traces/input/probes.csv -> probes rows (PROBES columns; src, dt and partition filled in)."""
     df = pd.read_csv(folder / "input" / "probes.csv", dtype={"trace_id": str})
     out = pd.DataFrame({
         "trace_id": df["trace_id"],
@@ -57,6 +58,8 @@ def load_fixture_probes(folder: Path) -> pd.DataFrame:
         "is_context": df["is_context"].astype(str).str.lower() == "true",
         "source_file": df["source_file"],
         "source_row": df["source_row"].astype("int64"),
+        # a stand-in for the content key: the fixture has no raw files to hash
+        "src": df["source_file"].map(lambda f: hashlib.sha256(f.encode()).hexdigest()[:16]),
         "dt": pd.Timestamp(FIXTURE_DT).date(),
         "partition": FIXTURE_CELL,
     })
