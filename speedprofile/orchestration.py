@@ -233,6 +233,39 @@ def build_ingest_dag(warehouse: str) -> DAG:
     return dag
 
 
+# Warehouse maintenance: how long replaced rows stay readable (time travel for a backfill's before and after).
+SNAPSHOT_RETENTION_DAYS = int(os.environ.get("SPEEDPROFILE_SNAPSHOT_RETENTION_DAYS", "7"))
+SNAPSHOTS_KEPT = 5  # newest snapshots every table keeps, however old
+
+
+def maintain_warehouse(warehouse: str, retention_days: int = SNAPSHOT_RETENTION_DAYS,
+                       keep_last: int = SNAPSHOTS_KEPT, **context) -> dict:
+    """Expire snapshots older than the retention (keeping the newest `keep_last`), then delete the files no
+    snapshot references any more (replaced rows, writes killed before their commit) once older than a day."""
+    from datetime import UTC
+
+    from speedprofile import tables
+
+    now = datetime.now(UTC)
+    expired = tables.expire_snapshots(warehouse, now - timedelta(days=retention_days), retain_last=keep_last)
+    removed = tables.remove_orphan_files(warehouse, now - timedelta(days=1))
+    log.info("expired snapshots %s; removed unreferenced files %s", expired, removed)
+    return {"expired": expired, "removed_files": removed}
+
+
+def build_maintenance_dag(warehouse: str) -> DAG:
+    """`warehouse_maintenance`: daily snapshot expiry and unreferenced-file removal for every table."""
+    with DAG(
+        dag_id="warehouse_maintenance",
+        description=f"expire table snapshots older than {SNAPSHOT_RETENTION_DAYS} days; delete unreferenced files",
+        schedule=daily(), start_date=START, catchup=False, max_active_runs=1, default_args=DEFAULT_ARGS,
+        tags=["speedprofile", "maintenance"], doc_md=maintain_warehouse.__doc__,
+    ) as dag:
+        PythonOperator(task_id="expire_snapshots", python_callable=maintain_warehouse,
+                       op_kwargs={"warehouse": warehouse}, retries=1)
+    return dag
+
+
 def build_dag(cell: str, warehouse: str) -> DAG:
     """`speed_profile__<cell>`: the partition-day stages of the registry, wired along their upstream stages."""
     with DAG(

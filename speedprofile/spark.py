@@ -13,7 +13,7 @@ from datetime import date
 
 from pyspark.sql import DataFrame, SparkSession
 
-from schemas import TABLES, Table
+from schemas import Table
 from speedprofile import storage, tables
 from speedprofile import warehouse as wh
 

@@ -526,6 +526,51 @@ def expire_snapshots(warehouse: str, older_than: datetime, retain_last: int = 1,
     return out
 
 
+def remove_orphan_files(warehouse: str, older_than: datetime, tables: Sequence[str] | None = None) -> dict[str, int]:
+    """Delete files under each table's folder that no remaining snapshot references (data of expired snapshots,
+    files of writes killed before their commit) and that are older than `older_than` (a write in progress is
+    younger); returns the number deleted per table."""
+    import pyarrow.fs as pafs
+
+    from speedprofile import storage
+
+    cutoff = older_than.timestamp()
+    out = {}
+    for name in tables or sorted(TABLES):
+        tbl = load(warehouse, name)
+        keep: set[str] = set()
+        if tbl.current_snapshot() is not None:
+            keep |= set(tbl.inspect.all_files().column("file_path").to_pylist())
+            keep |= set(tbl.inspect.all_manifests().column("path").to_pylist())
+        keep |= {snap.manifest_list for snap in tbl.snapshots()}
+        keep |= {e.metadata_file for e in tbl.metadata.metadata_log}
+        keep.add(tbl.metadata_location)
+        keep = {_norm(p) for p in keep}
+        root = wh.table_path(catalog(warehouse).warehouse_uri, name)
+        fs, base = storage.filesystem(root)
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            out[name] = 0
+            continue
+        gone = 0
+        for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+            if info.type != pafs.FileType.File or _norm(info.path) in keep:
+                continue
+            if info.mtime is not None and info.mtime.timestamp() >= cutoff:
+                continue
+            fs.delete_file(info.path)
+            gone += 1
+        out[name] = gone
+    return out
+
+
+def _norm(path: str) -> str:
+    """A file's path without scheme (file:, s3a:, s3:), to compare catalog paths with listed ones."""
+    for prefix in ("file://", "file:", "s3a://", "s3://"):
+        if path.startswith(prefix):
+            return "/" + path[len(prefix):].lstrip("/")
+    return "/" + path.lstrip("/")
+
+
 def export(warehouse: str, table: str | Table, out_dir: str, dates: Sequence[date | str] | None = None,
            partitions: Sequence[str] | None = None, snapshot_id: int | None = None) -> dict:
     """Write the committed rows as plain hive-partitioned Parquet under out_dir (replacing out_dir/<table>)."""
