@@ -110,7 +110,7 @@ class Catalog:
     @property
     def name(self) -> str:
         """A catalog name unique to this warehouse and catalog (one Spark session may use several)."""
-        digest = hashlib.sha256(f"{self.warehouse}|{self.kind}|{self.location}".encode()).hexdigest()[:12]
+        digest = hashlib.sha256(f"{self.warehouse_uri}|{self.kind}|{self.location}".encode()).hexdigest()[:12]
         return f"sp_{digest}"
 
     @property
@@ -326,11 +326,14 @@ def _py_literal(t: Table, key: str, value: str):
     return value
 
 
-def conform(t: Table, data: pa.Table) -> pa.Table:
-    """Rows read from Iceberg in the table's declared column order and types (int8/int16 back from int)."""
+def conform(t: Table, data: pa.Table, columns: Sequence[str] | None = None) -> pa.Table:
+    """Rows read from Iceberg in the table's declared column order (or `columns`) and types (int8/int16 back
+    from int)."""
     import pyarrow as pa
 
     schema = t.arrow_schema()
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns])
     cols = []
     for f in schema:
         col = data.column(f.name) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
@@ -348,9 +351,8 @@ def read_arrow(
     t = _table(table)
     tbl = load(warehouse, t)
     scan = tbl.scan(row_filter=_py_filter(t, _key_values(t, dates, partitions, extra_keys)),
-                    snapshot_id=snapshot_id)
-    data = conform(t, scan.to_arrow())
-    return data.select(list(columns)) if columns else data
+                    snapshot_id=snapshot_id, selected_fields=tuple(columns) if columns else ("*",))
+    return conform(t, scan.to_arrow(), columns)
 
 
 def read_pandas(warehouse: str, table: str | Table, **kw):
