@@ -138,6 +138,8 @@ class Catalog:
         }
         for k, v in self.jdbc().items():
             conf[f"{prefix}.{k}"] = v
+        for k, v in s3a_conf().items():  # the catalog's file IO (Hadoop S3A) on an object-store warehouse
+            conf[f"{prefix}.hadoop.{k}"] = v
         if self.kind == "postgresql":
             user, password = _catalog_credentials()
             conf[f"{prefix}.jdbc.user"] = user
@@ -159,6 +161,21 @@ def _catalog_credentials() -> tuple[str, str]:
         raise TableError(f"${CATALOG_ENV} names a PostgreSQL catalog: set ${CATALOG_USER_ENV} and "
                          f"${CATALOG_PASSWORD_ENV} too")
     return user, password
+
+
+def s3a_conf() -> dict[str, str]:
+    """Hadoop S3A settings from the environment shared with pyarrow and pyiceberg: the endpoint of
+    $AWS_ENDPOINT_URL (path-style requests, TLS as its scheme says). Keys come from S3A's default credential
+    chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never from here."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip()
+    if not endpoint:
+        return {}
+    return {
+        "fs.s3a.endpoint": endpoint,
+        "fs.s3a.path.style.access": "true",
+        "fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https://")).lower(),
+        "fs.s3a.endpoint.region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
+    }
 
 
 def catalog(warehouse: str) -> Catalog:
