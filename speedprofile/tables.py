@@ -117,7 +117,8 @@ class Catalog:
     def warehouse_uri(self) -> str:
         """The warehouse root as Iceberg file IO expects it (s3a:// stays s3a:// for Hadoop's S3A)."""
         if wh.is_remote(self.warehouse):
-            return self.warehouse.rstrip("/")
+            uri = self.warehouse.rstrip("/")
+            return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
         return "file://" + os.path.abspath(self.warehouse.removeprefix("file://"))
 
     def jdbc(self) -> dict[str, str]:
