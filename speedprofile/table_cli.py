@@ -16,10 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--partition", action="append", metavar="P",
                        help="only this spatial partition (H3 cell); repeat for several")
         p.add_argument("--date", action="append", metavar="D", help="only this UTC day (YYYY-MM-DD); repeat for several")
+        p.add_argument("--snapshot", type=int, default=None, metavar="ID",
+                       help="the rows as of this snapshot (see `table history`), e.g. before a backfill")
 
 
 def export(warehouse: str, name: str, out: str, partitions: list[str] | None = None,
-           dates: list[str] | None = None) -> dict:
+           dates: list[str] | None = None, snapshot: int | None = None) -> dict:
     """Write the table's committed rows (optionally some partitions / days) under out/<name>/; returns
     {"table", "rows", "path"}."""
     from speedprofile import tables
@@ -32,7 +34,10 @@ def export(warehouse: str, name: str, out: str, partitions: list[str] | None = N
     if partitions and "partition" not in t.partition_by:
         raise UserError(f"--partition: table {name} has no partition key (keys: {', '.join(t.partition_by) or 'none'})")
     days = [day(d, "--date") for d in dates] if dates else None
-    return tables.export(warehouse, t, out, dates=days, partitions=partitions)
+    if snapshot is not None and snapshot not in {s["snapshot_id"] for s in tables.snapshots(warehouse, t)}:
+        raise UserError(f"--snapshot {snapshot}: no such snapshot of {name} (see `speedprofile table history {name}`;"
+                        " expired snapshots are gone)")
+    return tables.export(warehouse, t, out, dates=days, partitions=partitions, snapshot_id=snapshot)
 
 
 def history(warehouse: str, name: str) -> list[dict]:
@@ -44,7 +49,7 @@ def history(warehouse: str, name: str) -> list[dict]:
 
 def cli(args: argparse.Namespace) -> int:
     if args.subverb == "export":
-        r = export(args.warehouse, args.name, args.out, args.partition, args.date)
+        r = export(args.warehouse, args.name, args.out, args.partition, args.date, args.snapshot)
         print(f"{r['table']}: {r['rows']} rows -> {r['path']}")
         return 0
     snaps = history(args.warehouse, args.name)

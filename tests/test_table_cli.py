@@ -81,3 +81,18 @@ def test_bad_input_is_a_one_line_error(warehouse, tmp_path, capsys):
     assert "has no dt key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["table", "history", "no_such_table", "--warehouse", warehouse])
+
+
+def test_export_as_of_a_snapshot_gives_the_rows_before_a_replace(warehouse, tmp_path, capsys):
+    """A backfill's before and after: the snapshot before DAY2/CELL_A was replaced still has e and f."""
+    snaps = tables.snapshots(warehouse, "probes")
+    before = next(s["snapshot_id"] for s in reversed(snaps) if s["total_rows"] == 6)
+    out = tmp_path / "before"
+    assert main(["table", "export", "probes", "--out", str(out), "--date", str(DAY2), "--snapshot", str(before),
+                 "--warehouse", warehouse]) == 0
+    got = ds.dataset(str(out / "probes"), format="parquet", partitioning="hive").to_table()
+    assert sorted(got.column("trace_id").to_pylist()) == ["e", "f"]
+    capsys.readouterr()
+    assert main(["table", "export", "probes", "--out", str(out), "--snapshot", "12345",
+                 "--warehouse", warehouse]) == 2
+    assert "no such snapshot" in capsys.readouterr().err
