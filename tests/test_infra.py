@@ -35,6 +35,7 @@ SECRETS = {
     "vault_spark_auth_secret": "spark-rpc-secret-0123456789abcdef01234",
     "vault_spark_ui_secret_key": "c3BhcmstdWkta2V5LWZvci10ZXN0cy0wMTIzNDU2Nzg5YWJj",
     "vault_spark_connect_token": "spark-connect-token-0123456789abcdef0123",
+    "vault_catalog_password": "catalog p@ss/w:rd 77",
 }
 RENDER_HOSTS = ["pi-head", "pi-w01", "pi-w05"]  # head (8 GB), an 8 GB worker (MinIO node), a 4 GB worker
 MINIO_ADDRESSES = ["192.168.50.11", "192.168.50.12", "192.168.50.13", "192.168.50.14"]
@@ -139,7 +140,8 @@ def test_compose_file_is_valid():
     )
     assert ok.returncode == 0, ok.stderr
     # Secrets have no built-in defaults: without an env file the file does not resolve.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "S3_", "POSTGRES_", "AIRFLOW_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MINIO_", "S3_", "POSTGRES_", "AIRFLOW_", "CATALOG_"))}
     missing = subprocess.run(
         [str(compose_binary()), "-f", "docker-compose.yml", "--env-file", os.devnull, "config", "-q"],
         cwd=REPO, capture_output=True, text=True, env=env,
@@ -305,10 +307,103 @@ def test_hadoop_aws_matches_the_hadoop_client_inside_pyspark():
     assert d["spark_hadoop_version"] == bundled[0]
     scala = next(jars.glob("spark-core_*.jar")).name.split("_")[1].split("-")[0]
     assert d["spark_scala_version"] == scala
-    compose_conf = parse_conf(REPO / "infra" / "docker" / "spark-defaults.conf")
-    assert compose_conf["spark.jars.packages"] == (
-        f"org.apache.hadoop:hadoop-aws:{bundled[0]},software.amazon.awssdk:bundle:{d['spark_aws_sdk_version']}"
-    )
+    coords = [j["coordinate"] for j in lock_jars()]
+    assert f"org.apache.hadoop:hadoop-aws:{bundled[0]}" in coords
+    assert f"software.amazon.awssdk:bundle:{d['spark_aws_sdk_version']}" in coords
+    runtime = next(c for c in coords if c.startswith("org.apache.iceberg:iceberg-spark-runtime-"))
+    spark_minor = ".".join(pyproject_pin("pyspark").split(".")[:2])
+    assert runtime.split(":")[1] == f"iceberg-spark-runtime-{spark_minor}_{scala}"
+
+
+# ---- the jars of conf/jars.lock, the same everywhere ---------------------------------------------------------
+
+JARS_DIR = "/opt/speedprofile/jars"
+
+
+def lock_jars(dest: str = JARS_DIR) -> list[dict[str, str]]:
+    """conf/jars.lock parsed here, independently of the role and the image installer."""
+    jars = []
+    for line in (REPO / "conf" / "jars.lock").read_text().splitlines():
+        if line.strip() and not line.strip().startswith("#"):
+            coordinate, sha256 = line.split()
+            group, artifact, version = coordinate.split(":")
+            name = f"{artifact}-{version}.jar"
+            assert re.fullmatch(r"[0-9a-f]{64}", sha256), coordinate
+            jars.append({"coordinate": coordinate, "sha256": sha256, "path": f"{dest}/{name}",
+                         "url": f"https://repo1.maven.org/maven2/{group.replace('.', '/')}/{artifact}/{version}/{name}"})
+    assert len(jars) >= 5
+    return jars
+
+
+def role_locked_jars(tmp_path: Path) -> list[dict[str, str]]:
+    """The spark role's spark_locked_jars as Ansible evaluates it (what the install task downloads)."""
+    (tmp_path / "show.yml").write_text(yaml.safe_dump([{
+        "name": "Show the jars", "hosts": "localhost", "gather_facts": False, "connection": "local",
+        "tasks": [{"name": "Load the spark role defaults", "ansible.builtin.include_vars":
+                   {"file": str(ANSIBLE / "roles/spark/defaults/main.yml")}},
+                  {"name": "Write them out", "ansible.builtin.copy": {
+                      "content": "{{ spark_locked_jars | to_json }}", "dest": str(tmp_path / "jars.json"),
+                      "mode": "0644"}}],
+    }]))
+    env = ansible_env()
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", str(tmp_path / "show.yml"),
+                           "-e", f"ansible_python_interpreter={sys.executable}",
+                           "-e", f"spark_jars_lock={REPO / 'conf' / 'jars.lock'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "jars.json").read_text())
+
+
+def test_spark_role_installs_exactly_the_locked_jars_from_maven_central(tmp_path):
+    assert role_locked_jars(tmp_path) == lock_jars()
+    assert role_defaults("spark")["spark_jars_dir"] == "{{ spark_speedprofile_cache }}/jars"
+    assert role_defaults("spark")["spark_speedprofile_cache"] + "/jars" == JARS_DIR
+    tasks = yaml.safe_load((ANSIBLE / "roles/spark/tasks/install.yml").read_text())
+    get = next(t for t in tasks if "jars.lock" in t["name"])
+    assert get["loop"] == "{{ spark_locked_jars }}"
+    assert get["ansible.builtin.get_url"]["url"] == "{{ item.url }}"
+    assert get["ansible.builtin.get_url"]["dest"] == "{{ item.path }}"
+    assert get["ansible.builtin.get_url"]["checksum"] == "sha256:{{ item.sha256 }}"
+
+
+def test_images_install_exactly_the_locked_jars(tmp_path):
+    listed = subprocess.run([sys.executable, str(REPO / "infra/docker/install_jars.py"), "--lock",
+                             str(REPO / "conf/jars.lock"), "--dest", JARS_DIR, "--list"],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(listed.stdout) == lock_jars()
+    for dockerfile in ("spark.Dockerfile", "airflow.Dockerfile"):
+        text = (REPO / "infra/docker" / dockerfile).read_text()
+        assert "COPY conf/jars.lock /opt/speedprofile/conf/jars.lock" in text, dockerfile
+        assert ("install_jars.py --lock /opt/speedprofile/conf/jars.lock --dest /opt/speedprofile/jars"
+                in text), dockerfile
+        assert "SPEEDPROFILE_CACHE=/opt/speedprofile " in text, dockerfile
+        ignore = (REPO / "infra/docker" / f"{dockerfile}.dockerignore").read_text().splitlines()
+        assert {"!conf/jars.lock", "!infra/docker/install_jars.py"} <= set(ignore), dockerfile
+    conf = parse_conf(REPO / "infra" / "docker" / "spark-defaults.conf")
+    assert conf["spark.jars"].split(",") == [j["path"] for j in lock_jars()]
+    assert "spark.jars.packages" not in conf
+
+
+def test_image_jar_installer_refuses_a_jar_with_another_digest(tmp_path):
+    import hashlib
+
+    repo = tmp_path / "m2"
+    jar = repo / "org/example/thing/1.0/thing-1.0.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"PK fake jar")
+    digest = hashlib.sha256(b"PK fake jar").hexdigest()
+    lock = tmp_path / "jars.lock"
+    argv = [sys.executable, str(REPO / "infra/docker/install_jars.py"), "--lock", str(lock),
+            "--dest", str(tmp_path / "jars"), "--repo", repo.as_uri()]
+    lock.write_text(f"# comment\norg.example:thing:1.0 {digest}\n")
+    ok = subprocess.run(argv, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "jars/thing-1.0.jar").read_bytes() == b"PK fake jar"
+    (tmp_path / "jars/thing-1.0.jar").unlink()
+    lock.write_text(f"org.example:thing:1.0 {'0' * 64}\n")
+    bad = subprocess.run(argv, capture_output=True, text=True)
+    assert bad.returncode != 0 and "refusing" not in bad.stdout and "pins" in bad.stderr
+    assert not list((tmp_path / "jars").iterdir())
 
 
 def test_every_role_default_is_documented():
@@ -348,10 +443,9 @@ def test_rendered_spark_defaults_point_at_the_master_and_the_s3a_warehouse(rende
     assert confs["pi-head"] == confs["pi-w01"] == confs["pi-w05"], "spark-defaults must be the same on every node"
     conf = confs["pi-head"]
     assert conf["spark.master"] == "spark://192.168.50.10:7077"
-    assert conf["spark.jars.packages"].split(",") == [
-        f"org.apache.hadoop:hadoop-aws:{d['spark_hadoop_version']}",
-        f"software.amazon.awssdk:bundle:{d['spark_aws_sdk_version']}",
-    ]
+    assert conf["spark.jars"].split(",") == [j["path"] for j in lock_jars()]
+    assert "spark.jars.packages" not in conf and "spark.jars.ivy" not in conf
+    assert f"hadoop-aws-{d['spark_hadoop_version']}.jar" in conf["spark.jars"]
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://192.168.50.11:9000"  # first MinIO node, over TLS
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
@@ -396,6 +490,86 @@ def test_credentials_only_in_the_restricted_env_file(rendered):
     unit = (rendered / "pi-w05/etc/systemd/system/spark-worker.service").read_text()
     # Executors inherit the worker's environment: that is how they get the credentials.
     assert re.search(r"^EnvironmentFile=\S*/etc/spark/s3a\.env$", unit, re.M)
+
+
+CATALOG_URL = "postgresql://192.168.50.10:5432/speedprofile_catalog"  # the head node's PostgreSQL
+
+
+def test_every_node_gets_the_table_catalog_and_the_endpoint_in_restricted_env_files(rendered, monkeypatch):
+    for host in RENDER_HOSTS:
+        path = rendered / host / "etc/spark/catalog.env"
+        env = parse_env(path)
+        assert env == {"SPEEDPROFILE_CATALOG": CATALOG_URL, "SPEEDPROFILE_CATALOG_USER": "speedprofile_catalog",
+                       "SPEEDPROFILE_CATALOG_PASSWORD": SECRETS["vault_catalog_password"]}
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        s3a = parse_env(rendered / host / "etc/spark/s3a.env")
+        assert s3a["AWS_ENDPOINT_URL"] == "https://192.168.50.11:9000"
+        conf = parse_conf(rendered / host / "etc/spark/spark-defaults.conf")
+        assert s3a["AWS_ENDPOINT_URL"] == conf["spark.hadoop.fs.s3a.endpoint"]
+        for other in ("spark-defaults.conf", "spark-env.sh", "s3a.env"):
+            assert SECRETS["vault_catalog_password"] not in (rendered / host / "etc/spark" / other).read_text()
+        for script in (rendered / host / "etc/spark/spark-env.sh", rendered / host / "etc/profile.d/speedprofile.sh"):
+            text = script.read_text()
+            assert "export SPEEDPROFILE_CACHE=/opt/speedprofile" in text
+            assert re.search(r"for f in \S*/etc/spark/s3a\.env \S*/etc/spark/catalog\.env; do", text), script
+    # what speedprofile.tables makes of that environment: the head node's database, the login from the env
+    from speedprofile import tables
+
+    for key, value in {**parse_env(rendered / "pi-w05/etc/spark/catalog.env"),
+                       **parse_env(rendered / "pi-w05/etc/spark/s3a.env")}.items():
+        monkeypatch.setenv(key, value)
+    cat = tables.catalog("s3a://speedprofile/warehouse")
+    assert (cat.kind, cat.location) == ("postgresql", "192.168.50.10:5432/speedprofile_catalog")
+    spark_conf = cat.spark_conf()
+    assert spark_conf[f"spark.sql.catalog.{cat.name}.jdbc.password"] == SECRETS["vault_catalog_password"]
+    assert spark_conf[f"spark.sql.catalog.{cat.name}.hadoop.fs.s3a.endpoint"] == "https://192.168.50.11:9000"
+    # the daemons and services that run drivers load the file; the password is on no command line
+    connect = (rendered / "pi-head/etc/systemd/system/spark-connect.service").read_text()
+    assert re.search(r"^EnvironmentFile=\S*/etc/spark/catalog\.env$", connect, re.M)
+    for unit in (rendered / "pi-head/etc/systemd/system").glob("airflow-*.service"):
+        text = unit.read_text()
+        assert re.search(r"^EnvironmentFile=/etc/spark/catalog\.env$", text, re.M), unit.name
+        assert re.search(r"^EnvironmentFile=/etc/spark/s3a\.env$", text, re.M), unit.name
+        assert SECRETS["vault_catalog_password"] not in text
+    airflow_env = parse_env(rendered / "pi-head/etc/speedprofile/airflow.env")
+    assert airflow_env["SPEEDPROFILE_CACHE"] == "/opt/speedprofile"
+
+
+def test_airflow_role_creates_the_catalog_database_reachable_from_the_nodes():
+    d = role_defaults("airflow")
+    assert d["airflow_catalog_db_name"] == "{{ speedprofile_catalog_db | default('speedprofile_catalog') }}"
+    assert d["airflow_catalog_db_password"] == "{{ speedprofile_catalog_password | default('') }}"
+    tasks = yaml.safe_load((ANSIBLE / "roles/airflow/tasks/postgres.yml").read_text())
+    by_name = {t["name"]: t for t in tasks}
+    role = by_name["Create or update the table catalog role"]
+    assert role["environment"] == {"SPEEDPROFILE_ROLE_PASSWORD": "{{ airflow_catalog_db_password }}"}
+    assert role["no_log"] is True
+    assert by_name["Create the table catalog database (Iceberg creates its tables on first use)"][
+        "ansible.builtin.command"]["argv"] == ["createdb", "--owner", "{{ airflow_catalog_db_user }}",
+                                               "{{ airflow_catalog_db_name }}"]
+    hba = next(t for t in tasks if "ansible.builtin.blockinfile" in t)["ansible.builtin.blockinfile"]["block"]
+    assert "hostssl {{ airflow_catalog_db_name }} {{ airflow_catalog_db_user }} {{ address }}/32 scram-sha-256" in hba
+    secrets = (ANSIBLE / "roles/airflow/tasks/secrets.yml").read_text()
+    assert "'name': 'airflow_catalog_db_password', 'vault': 'vault_catalog_password'" in secrets
+    group_vars = yaml.safe_load((ANSIBLE / "inventory/example/group_vars/all/main.yml").read_text())
+    assert group_vars["speedprofile_catalog_password"] == "{{ vault_catalog_password }}"
+
+
+def test_compose_gives_every_driver_the_catalog_and_the_endpoint():
+    services = compose_model()["services"]
+    example = parse_env(EXAMPLE_ENV)
+    for name in ("spark-master", "spark-worker-1", "airflow-api-server", "airflow-scheduler",
+                 "airflow-dag-processor", "airflow-init"):
+        env = services[name]["environment"]
+        assert env["SPEEDPROFILE_CATALOG"] == "postgresql://postgis:5432/speedprofile_catalog", name
+        assert env["SPEEDPROFILE_CATALOG_USER"] == "speedprofile_catalog", name
+        assert env["SPEEDPROFILE_CATALOG_PASSWORD"] == example["CATALOG_DB_PASSWORD"], name
+        assert env["AWS_ENDPOINT_URL"] == "https://minio:9000", name
+    assert services["postgis"]["environment"]["CATALOG_DB_PASSWORD"] == example["CATALOG_DB_PASSWORD"]
+    assert "CATALOG_DB_PASSWORD:12" in services["preflight"]["command"]
+    conf = parse_conf(REPO / "infra" / "docker" / "spark-defaults.conf")
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://minio:9000"
+    assert not any(v.get("target") == "/opt/ivy" for s in services.values() for v in s.get("volumes", []))
 
 
 def test_rendered_minio_serves_tls_with_a_certificate_the_role_made(rendered):
@@ -590,13 +764,15 @@ def test_compose_postgres_init_sets_any_password_without_sql_text(private_postgr
     dsn, port, bindir = private_postgres
     env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "POSTGRES_USER": "postgres",
            "POSTGRES_DB": "postgres", "AIRFLOW_DB_PASSWORD": HOSTILE_PASSWORD,
-           "SPEEDPROFILE_DB_PASSWORD": HOSTILE_PASSWORD[::-1], "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+           "SPEEDPROFILE_DB_PASSWORD": HOSTILE_PASSWORD[::-1], "CATALOG_DB_PASSWORD": "c" + HOSTILE_PASSWORD,
+           "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
     script = REPO / "infra" / "docker" / "postgres-init.sh"
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert role_password(dsn, "pwned") is None
     assert scram_matches(role_password(dsn, "airflow"), HOSTILE_PASSWORD)
     assert scram_matches(role_password(dsn, "speedprofile"), HOSTILE_PASSWORD[::-1])
+    assert scram_matches(role_password(dsn, "speedprofile_catalog"), "c" + HOSTILE_PASSWORD)
     assert "${" not in script.read_text().split("<<'SQL'", 1)[1]  # nothing of the environment pasted into the SQL
 
 
