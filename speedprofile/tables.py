@@ -331,8 +331,8 @@ def _py_filter(t: Table, key_values: list[tuple[str, list[str]]]):
 
     if any(not vals for _, vals in key_values):
         return AlwaysFalse()
-    terms = [In(k, [_py_literal(t, k, v) for v in vals]) for k, vals in key_values]
-    return reduce(And, terms) if terms else AlwaysTrue()
+    terms = [In(k, [_py_literal(t, k, v) for v in vals]) for k, vals in key_values]  # type: ignore[call-arg, arg-type]
+    return reduce(And, terms) if terms else AlwaysTrue()  # type: ignore[arg-type]
 
 
 def _py_literal(t: Table, key: str, value: str):
@@ -382,9 +382,9 @@ def _py_replace_filter(t: Table, replace: Iterable[Mapping[str, object]]):
 
     ors = []
     for keys in replace:
-        terms = [EqualTo(k, _py_literal(t, k, str(v))) for k, v in keys.items()]
-        ors.append(reduce(And, terms) if terms else AlwaysTrue())
-    return reduce(Or, ors) if ors else AlwaysFalse()
+        terms = [EqualTo(k, _py_literal(t, k, str(v))) for k, v in keys.items()]  # type: ignore[call-arg, arg-type]
+        ors.append(reduce(And, terms) if terms else AlwaysTrue())  # type: ignore[arg-type]
+    return reduce(Or, ors) if ors else AlwaysFalse()  # type: ignore[arg-type]
 
 
 def write_arrow(warehouse: str, table: str | Table, data: pa.Table,

@@ -8,7 +8,7 @@ only the sequential per-trace step (dedupe, spikes, border cutting) runs in Pyth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import reduce
 from urllib.parse import unquote
 
@@ -262,7 +262,7 @@ def parse_files(spark: SparkSession, files: list[InputFile], max_time_utc: pd.Ti
     local = [f for f in files if "://" not in f.path or f.path.startswith("file://")]
     remote = {f.path: f.format for f in files if f not in local}
     if local:
-        def run_local(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        def run_local(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             for b in batches:
                 for path, fmt in zip(b["path"], b["format"], strict=True):
                     if fmt == "parquet":
@@ -277,7 +277,7 @@ def parse_files(spark: SparkSession, files: list[InputFile], max_time_utc: pd.Ti
         import gzip
         import io
 
-        def run_remote(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        def run_remote(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             for b in batches:
                 for uri, content in zip(b["path"], b["content"], strict=True):
                     path = next(p for p in remote if p == uri or uri.endswith(p.split("://", 1)[-1]))
@@ -295,7 +295,7 @@ def parse_files(spark: SparkSession, files: list[InputFile], max_time_utc: pd.Ti
 def link_midpoints(road_segments: DataFrame) -> DataFrame:
     """road_segments -> (segment_id, mid_lon_deg, mid_lat_deg): the point at half of each segment's length."""
 
-    def mids(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def mids(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for b in batches:
             yield kernel.segment_midpoints(b["segment_id"], b["geom_lon_deg"], b["geom_lat_deg"])
 
@@ -342,7 +342,7 @@ def split_into_pieces(
     rules = {"max_gap_s": max_gap_s, "context_fixes": context_fixes, "spike_kph": spike_kph}
     schema = kernel.trace_out_arrow_schema()
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         carry: pa.Table | None = None
         for batch in batches:
             if batch.num_rows == 0:

@@ -317,7 +317,7 @@ def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: It
     token, net = network
     bc = Network(token, net.value)  # a copy travels with the function (the caller's is destroyed after the job)
 
-    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # a task gets whole pieces (the repartition keys); pieces may span batches, so take the task's rows at once
         got = list(batches)
         if not got:
