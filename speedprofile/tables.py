@@ -80,14 +80,23 @@ def cache_dir() -> Path:
 
 
 def jar_paths() -> list[str]:
-    """Local paths of the jars of conf/jars.lock in the cache (scripts/fetch_jars.sh puts them there)."""
+    """Local paths of the jars of conf/jars.lock in the cache (scripts/fetch_jars.sh puts them there). Where the
+    lock is not shipped (an installed wheel on a node), every jar of the cache's jars/ folder, which the
+    deployment fills from the same lock."""
+    folder = cache_dir() / "jars"
+    lock = Path(os.environ.get("SPEEDPROFILE_JARS_LOCK", JARS_LOCK))
+    if not lock.is_file():
+        found = sorted(str(p) for p in folder.glob("*.jar"))
+        if not found:
+            raise TableError(f"no jars in {folder}: run `make setup` (scripts/fetch_jars.sh) or deploy them there")
+        return found
     out = []
-    for line in JARS_LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         _, artifact, version = line.split()[0].split(":")
-        path = cache_dir() / "jars" / f"{artifact}-{version}.jar"
+        path = folder / f"{artifact}-{version}.jar"
         if not path.is_file():
             raise TableError(f"missing {path}: run `make setup` (scripts/fetch_jars.sh fetches the pinned jars)")
         out.append(str(path))
