@@ -1,0 +1,107 @@
+"""speedprofile.storage against a real S3 server (MinIO built from the pinned source, tests/plugins/objectstore.py):
+text and Parquet round trips through s3a:// URIs, and the credentials kept out of logs and error messages.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from speedprofile import storage
+from tests.plugins.objectstore import pinned_minio_version, s3_filesystem
+
+
+def test_text_round_trip_exists_list_and_delete(minio_env):
+    root = minio_env.uri("warehouse/_metrics/ingest_probes")
+    day = f"{root}/dt=2026-01-05"
+    assert not storage.exists(day)
+    assert storage.list_dir(day) == []
+    storage.write_text(f"{day}/all.json", '{"rows_in": 3}')
+    storage.write_text(f"{day}/partition=871e9a0ecffffff.json", "é ünïcode ✓")
+    assert storage.exists(day) and storage.exists(f"{day}/all.json")
+    assert storage.read_text(f"{day}/all.json") == '{"rows_in": 3}'
+    assert storage.read_text(f"{day}/partition=871e9a0ecffffff.json") == "é ünïcode ✓"
+    assert storage.list_dir(day) == ["all.json", "partition=871e9a0ecffffff.json"]
+    assert storage.list_dir(root) == ["dt=2026-01-05"]
+    storage.write_text(f"{day}/all.json", '{"rows_in": 4}')  # overwrite: readers see the whole new content
+    assert storage.read_text(f"{day}/all.json") == '{"rows_in": 4}'
+    storage.delete(f"{day}/all.json")
+    assert not storage.exists(f"{day}/all.json")
+    assert storage.list_dir(day) == ["partition=871e9a0ecffffff.json"]
+    storage.delete(root)
+    assert not storage.exists(root) and storage.list_dir(root) == []
+    storage.delete(root)  # deleting what is not there is a no-op
+    with pytest.raises(FileNotFoundError):
+        storage.read_text(f"{day}/all.json")
+
+
+def test_parquet_written_and_read_back_through_pyarrow(minio_env):
+    table = pa.table({
+        "segment_id": pa.array([4694506246477951207, -3, 7], pa.int64()),
+        "tow_bucket": pa.array([1248, 0, 2015], pa.int32()),
+        "speed_kph": pa.array([30.5, None, 88.25], pa.float64()),
+        "source": ["observed", "backoff_1", "observed"],
+    })
+    folder = minio_env.uri("warehouse/speed_estimates/partition=871e9a0ecffffff")
+    fs, path = storage.filesystem(f"{folder}/part-0.parquet")
+    pq.write_table(table, path, filesystem=fs)
+    assert storage.list_dir(folder) == ["part-0.parquet"]
+    assert pq.read_table(path, filesystem=fs).equals(table)
+    # the same object through a file system opened on its own (not the module's cached one)
+    direct = minio_env.filesystem()
+    assert pq.read_table(f"{minio_env.bucket}/warehouse/speed_estimates", filesystem=direct,
+                         partitioning="hive").num_rows == 3
+    storage.delete(minio_env.uri("warehouse/speed_estimates"))
+
+
+def test_a_subprocess_reaches_the_store_with_env_alone(minio_server, tmp_path):
+    """What a spark-submit or an Airflow task gets: the four AWS_* variables, no credentials in argv."""
+    code = (
+        "import sys\nfrom speedprofile import storage\n"
+        "storage.write_text(sys.argv[1], 'from a child')\nprint(storage.read_text(sys.argv[1]))"
+    )
+    uri = minio_server.uri("child/hello.txt")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **minio_server.env()}
+    proc = subprocess.run([sys.executable, "-c", code, uri], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "from a child"
+
+
+def test_credentials_stay_out_of_the_server_log_and_error_messages(minio_env, monkeypatch):
+    storage.write_text(minio_env.uri("secrets-check/x.txt"), "x")
+    texts = []
+    with pytest.raises(FileNotFoundError) as missing:
+        storage.read_text(minio_env.uri("secrets-check/absent.txt"))
+    texts.append(str(missing.value))
+    bad_secret = s3_filesystem(minio_env.endpoint, minio_env.access_key, minio_env.secret_key[::-1])
+    with pytest.raises(OSError) as refused:
+        bad_secret.get_file_info(f"{minio_env.bucket}/secrets-check/x.txt")
+    texts.append(str(refused.value))
+    # the module's own path, with a wrong secret in the environment
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", minio_env.secret_key[:-4] + "0000")
+    storage._remote_fs.cache_clear()
+    with pytest.raises(OSError) as denied:
+        storage.read_text(minio_env.uri("secrets-check/x.txt"))
+    texts.append(str(denied.value))
+    assert "403" in texts[1] or "denied" in texts[1].lower() or "signature" in texts[1].lower(), texts[1]
+    log = minio_env.log()
+    assert log.strip(), "the server wrote no log at all"
+    for text in [*texts, log]:
+        assert minio_env.secret_key not in text
+        assert minio_env.secret_key[:-4] not in text
+        assert minio_env.access_key not in text
+    assert minio_env.secret_key not in repr(minio_env)
+    # nor on the server's command line (ps shows argv to every local user)
+    argv = open(f"/proc/{minio_env.process.pid}/cmdline", "rb").read().decode()
+    assert minio_env.secret_key not in argv and minio_env.access_key not in argv
+
+
+def test_the_server_is_the_pinned_source_build(minio_server, minio_binary_path):
+    version = pinned_minio_version()
+    assert minio_binary_path.parent.name == version
+    out = subprocess.run([str(minio_binary_path), "--version"], capture_output=True, text=True, timeout=60).stdout
+    assert "minio version" in out.lower(), out
