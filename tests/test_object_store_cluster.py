@@ -95,7 +95,8 @@ def minio_cluster(netns_factory, minio_binary_path, tmp_path_factory):
         for i in range(1, NODES + 1):
             cluster.wait_ready(i)
         cluster.wait_write_quorum(1)
-        cluster.fs(1).create_dir(cluster.bucket)
+        s3_filesystem(cluster.endpoint(1), cluster.access_key, cluster.secret_key,
+                      allow_bucket_creation=True).create_dir(cluster.bucket)
         yield cluster
     finally:
         for i in list(cluster.procs):

@@ -168,7 +168,7 @@ def minio_server(minio_binary_path, tmp_path_factory) -> Iterator[MinioServer]:
     try:
         wait_http_ok(f"{endpoint}/minio/health/ready", timeout=60, proc=proc, log=log_path)
         server = MinioServer(endpoint, access_key, secret_key, "speedprofile-test", log_path, data, proc)
-        server.filesystem().create_dir(server.bucket)
+        server.filesystem(allow_bucket_creation=True).create_dir(server.bucket)
         yield server
     finally:
         stop_process(proc)
