@@ -129,6 +129,36 @@ def assert_all_readable(cluster: MinioCluster, node: int, prefix: str, written: 
     assert len(set(whole.column("segment_id").to_pylist())) == whole.num_rows  # no object counted twice
 
 
+def test_test_hosts_reach_each_other_only_on_their_subnet_and_a_cut_link_isolates_one(netns_factory):
+    import sys
+    import urllib.request
+
+    lab = netns_factory(3)
+    a, b, _ = lab.hosts
+    for host in lab.hosts:
+        addrs = lab.run(host, ["ip", "-4", "-o", "addr"]).stdout
+        assert f"inet {host.address}/24" in addrs and "inet 127.0.0.1/8" in addrs and addrs.count("inet ") == 2
+        assert "default" not in lab.run(host, ["ip", "route"]).stdout  # nothing leaves the test subnet
+    server = lab.popen(b, [sys.executable, "-m", "http.server", "--bind", b.address, "8000"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = [sys.executable, "-c", f"import socket; socket.create_connection(('{b.address}', 8000), timeout=1)"]
+    deadline = time.monotonic() + 20
+    while lab.run(a, probe).returncode != 0:
+        assert time.monotonic() < deadline and server.poll() is None, "http.server in host b never answered"
+        time.sleep(0.2)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    assert opener.open(f"http://{b.address}:8000/", timeout=5).status == 200  # from the root namespace
+    lab.cut(b)
+    assert lab.run(a, probe).returncode != 0
+    lab.restore(b)
+    deadline = time.monotonic() + 10
+    while lab.run(a, probe).returncode != 0:
+        assert time.monotonic() < deadline, "host b unreachable after restore"
+        time.sleep(0.2)
+    lab.destroy()
+    assert server.poll() is not None and lab.leftovers() == []
+
+
 def test_objects_written_through_one_node_are_read_through_every_node(minio_cluster):
     written = write_objects(minio_cluster.fs(1), minio_cluster.bucket, "spread", range(12))
     for node in range(1, NODES + 1):
