@@ -444,6 +444,7 @@ def test_rendered_minio_serves_tls_with_a_certificate_the_role_made(rendered):
     assert stat.S_IMODE((rendered / "pi-w01/etc/default/minio").stat().st_mode) == 0o640
     unit = (rendered / "pi-w01/etc/systemd/system/minio.service").read_text()
     assert f"EnvironmentFile={rendered}/pi-w01/etc/default/minio" in unit
+    assert f"Description=MinIO {versions_env()['MINIO_VERSION']} " in unit  # the role read conf/versions.env
     # A real TLS handshake with the rendered pair: trusted through the role's CA, for loopback and each node address.
     from cryptography import x509
 
