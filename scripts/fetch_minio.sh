@@ -23,6 +23,10 @@ CACHE="${SPEEDPROFILE_CACHE:-$HOME/.cache/speedprofile}"
 DIR="$CACHE/$TOOL/$VERSION"
 MODULE="github.com/minio/$TOOL@$VERSION"
 
+# Go's default install folders, for shells that did not put them on PATH.
+for d in /usr/local/go/bin "$HOME/go/bin" /usr/lib/go/bin; do
+  command -v go >/dev/null 2>&1 || { [ -x "$d/go" ] && PATH="$d:$PATH"; }
+done
 command -v go >/dev/null 2>&1 || { echo "fetch_minio: Go >= 1.24 is required on PATH (https://go.dev/dl/)" >&2; exit 1; }
 host="$(go env GOHOSTOS)_$(go env GOHOSTARCH)"
 target="${GOOS:-$(go env GOHOSTOS)}_${GOARCH:-$(go env GOHOSTARCH)}"

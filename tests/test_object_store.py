@@ -4,6 +4,8 @@ text and Parquet round trips through s3a:// URIs, and the credentials kept out o
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -103,6 +105,8 @@ def test_credentials_stay_out_of_the_server_log_and_error_messages(minio_env, mo
 def test_the_server_is_the_pinned_source_build(minio_server, minio_binary_path):
     version = pinned_minio_version()
     assert minio_binary_path.parent.name == version
-    build = subprocess.run(["go", "version", "-m", str(minio_binary_path)], capture_output=True, text=True,
+    go = shutil.which("go") or next(p for p in ("/usr/local/go/bin/go", os.path.expanduser("~/go/bin/go"),
+                                                "/usr/lib/go/bin/go") if os.path.exists(p))
+    build = subprocess.run([go, "version", "-m", str(minio_binary_path)], capture_output=True, text=True,
                            timeout=60, check=True).stdout
     assert f"github.com/minio/minio\t{version}\t" in build.split("\n\tmod\t", 1)[1], build[:500]
