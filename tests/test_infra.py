@@ -257,6 +257,10 @@ def test_spark_entrypoint_writes_a_private_conf_and_trusts_the_minio_ca(tmp_path
     listing = subprocess.run(["keytool", "-list", "-keystore", str(store), "-storepass", "speedprofile-truststore"],
                              capture_output=True, text=True, check=True).stdout
     assert "speedprofile-minio-ca" in listing
+    # and Python's S3 client (pyarrow reads SSL_CERT_FILE) trusts it too, next to the public CAs
+    assert child["SSL_CERT_FILE"] == str(conf / "ca-bundle.pem")
+    bundle = (conf / "ca-bundle.pem").read_text()
+    assert (certs / "CAs" / "ca.crt").read_text().strip() in bundle and bundle.count("BEGIN CERTIFICATE") > 50
     assert int(re.search(r"contains (\d+) entr", listing).group(1)) > 50  # the JDK's public CAs are kept too
     missing = subprocess.run(["bash", str(REPO / "infra/docker/spark-entrypoint.sh"), "true"],
                              env={k: v for k, v in env.items() if k != "SPARK_AUTH_SECRET"},

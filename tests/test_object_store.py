@@ -14,7 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from speedprofile import storage
-from tests.plugins.objectstore import pinned_minio_version, s3_filesystem
+from tests.plugins.objectstore import (
+    REPO,
+    free_port,
+    new_credentials,
+    pinned_minio_version,
+    s3_filesystem,
+    server_env,
+    stop_process,
+)
 
 
 def test_text_round_trip_exists_list_and_delete(minio_env):
@@ -110,3 +118,47 @@ def test_the_server_is_the_pinned_source_build(minio_server, minio_binary_path):
     build = subprocess.run([go, "version", "-m", str(minio_binary_path)], capture_output=True, text=True,
                            timeout=60, check=True).stdout
     assert f"github.com/minio/minio\t{version}\t" in build.split("\n\tmod\t", 1)[1], build[:500]
+
+
+def test_tls_server_with_the_roles_certificate_is_trusted_through_ssl_cert_file(minio_binary_path, tmp_path):
+    """MinIO as deployed (TLS, the CA of roles/minio/files/make_certs.py): pyarrow verifies the server against
+    SSL_CERT_FILE (what the Pis' system store and compose's entrypoint provide) and refuses it without."""
+    certs = tmp_path / "certs"
+    subprocess.run([sys.executable, str(REPO / "infra/rpi-ansible/roles/minio/files/make_certs.py"), "--out",
+                    str(certs), "--hosts", "localhost,127.0.0.1"], check=True, capture_output=True, timeout=60)
+    ca = certs / "CAs" / "ca.crt"
+    (tmp_path / "data").mkdir()
+    access_key, secret_key = new_credentials()
+    port = free_port()
+    with open(tmp_path / "minio.log", "wb") as log:
+        proc = subprocess.Popen([str(minio_binary_path), "server", "--address", f"127.0.0.1:{port}", "--anonymous",
+                                 "--certs-dir", str(certs), str(tmp_path / "data")], stdout=log,
+                                stderr=subprocess.STDOUT, env=server_env(access_key, secret_key, tmp_path),
+                                start_new_session=True)
+    try:
+        ready = tmp_path / "ready.py"
+        ready.write_text(
+            "import ssl, sys, time, urllib.request\nctx = ssl.create_default_context(cafile=sys.argv[2])\n"
+            "for _ in range(300):\n    try:\n        urllib.request.urlopen(sys.argv[1], context=ctx, timeout=2); break\n"
+            "    except Exception:\n        time.sleep(0.2)\nelse:\n    sys.exit(1)\n")
+        subprocess.run([sys.executable, str(ready), f"https://127.0.0.1:{port}/minio/health/ready", str(ca)],
+                       check=True, timeout=120)
+        code = (
+            "import sys, pyarrow.fs as f\nfrom speedprofile import storage\n"
+            "f.S3FileSystem(allow_bucket_creation=True, region='us-east-1', scheme='https', "
+            "endpoint_override=sys.argv[2]).create_dir('tls')\n"
+            "storage.write_text(sys.argv[1], 'over tls')\nprint(storage.read_text(sys.argv[1]))"
+        )
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": access_key,
+               "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_ENDPOINT_URL": f"https://127.0.0.1:{port}",
+               "AWS_REGION": "us-east-1"}
+        argv = [sys.executable, "-c", code, "s3a://tls/x.txt", f"127.0.0.1:{port}"]
+        untrusted = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert untrusted.returncode != 0 and "curlCode: 60" in untrusted.stderr, untrusted.stderr[-1000:]
+        assert secret_key not in untrusted.stderr and access_key not in untrusted.stderr
+        trusted = subprocess.run(argv, env={**env, "SSL_CERT_FILE": str(ca)}, capture_output=True, text=True,
+                                 timeout=120)
+        assert trusted.returncode == 0, trusted.stderr[-1000:]
+        assert trusted.stdout.strip() == "over tls"
+    finally:
+        stop_process(proc)
