@@ -1,108 +1,22 @@
 """A 4-node distributed MinIO with erasure coding (EC 2+2), one node per network namespace (tests/plugins/netns.py):
 objects written through one node are read through every node; with one storage node SIGKILLed reads and writes go
-on (write quorum 3 of 4); when it comes back it heals, and the bucket holds exactly the objects written.
+on (write quorum 3 of 4), also with one cut off the network; when it comes back it heals, and the bucket holds
+exactly the objects written. The cluster itself is tests/plugins/objectstore.py's `minio_cluster`.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tests.plugins.objectstore import new_credentials, s3_filesystem, server_env, wait_http_ok
+from tests.plugins.objectstore import NODES, MinioCluster
 
 pytestmark = pytest.mark.slow
-
-PORT = 9000
-NODES = 4
-
-
-class MinioCluster:
-    """MinIO nodes 1..4, node i in namespace i, each with its own data folder; start/kill one node at a time."""
-
-    def __init__(self, lab, binary: Path, state: Path):
-        self.lab, self.binary, self.state = lab, binary, state
-        self.access_key, self.secret_key = new_credentials()
-        self.bucket = "speedprofile-cluster"
-        self.volumes = [f"http://{h.address}:{PORT}{self.data_dir(h.index)}" for h in lab.hosts]
-        self.procs: dict[int, subprocess.Popen] = {}
-
-    def __repr__(self) -> str:  # never the secret
-        return f"MinioCluster({[h.address for h in self.lab.hosts]})"
-
-    def data_dir(self, i: int) -> Path:
-        return self.state / f"node{i}" / "data"
-
-    def log_path(self, i: int) -> Path:
-        return self.state / f"node{i}" / "minio.log"
-
-    def endpoint(self, i: int) -> str:
-        return f"http://{self.lab.hosts[i - 1].address}:{PORT}"
-
-    def start(self, i: int) -> None:
-        host = self.lab.hosts[i - 1]
-        home = self.state / f"node{i}" / "home"
-        for d in (self.data_dir(i), home):
-            d.mkdir(parents=True, exist_ok=True)
-        # MINIO_CI_CD: the test drives share the root disk, which a production deployment refuses.
-        env = server_env(self.access_key, self.secret_key, home, MINIO_CI_CD="on")
-        with open(self.log_path(i), "ab") as log:
-            self.procs[i] = self.lab.popen(
-                host, [str(self.binary), "server", "--address", f"{host.address}:{PORT}", "--anonymous", *self.volumes],
-                stdout=log, stderr=subprocess.STDOUT, env=env,
-            )
-
-    def kill(self, i: int) -> None:
-        """SIGKILL node i: no shutdown, no flush, as when a Pi loses power."""
-        proc = self.procs.pop(i)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-    def wait_ready(self, i: int, timeout: float = 90) -> None:
-        wait_http_ok(f"{self.endpoint(i)}/minio/health/ready", timeout, self.procs.get(i), self.log_path(i))
-
-    def wait_write_quorum(self, i: int, timeout: float = 90) -> None:
-        """/minio/health/cluster answers 200 when the deployment has write quorum."""
-        wait_http_ok(f"{self.endpoint(i)}/minio/health/cluster", timeout, self.procs.get(i), self.log_path(i))
-
-    def fs(self, i: int) -> pafs.S3FileSystem:
-        return s3_filesystem(self.endpoint(i), self.access_key, self.secret_key, connect_timeout=5,
-                             request_timeout=30)
-
-    def keys(self, i: int, prefix: str) -> list[str]:
-        sel = pafs.FileSelector(f"{self.bucket}/{prefix}", recursive=True, allow_not_found=True)
-        return sorted(f.path.split("/", 1)[1] for f in self.fs(i).get_file_info(sel) if f.type == pafs.FileType.File)
-
-    def on_disk(self, i: int, key: str) -> bool:
-        """Node i's drive holds the object's metadata (and its shard): MinIO keeps <drive>/<bucket>/<key>/xl.meta."""
-        return (self.data_dir(i) / self.bucket / key / "xl.meta").is_file()
-
-
-@pytest.fixture(scope="module")
-def minio_cluster(netns_factory, minio_binary_path, tmp_path_factory):
-    lab = netns_factory(NODES)
-    cluster = MinioCluster(lab, minio_binary_path, tmp_path_factory.mktemp("minio-cluster"))
-    for i in range(1, NODES + 1):
-        cluster.start(i)
-    try:
-        for i in range(1, NODES + 1):
-            cluster.wait_ready(i)
-        cluster.wait_write_quorum(1)
-        s3_filesystem(cluster.endpoint(1), cluster.access_key, cluster.secret_key,
-                      allow_bucket_creation=True).create_dir(cluster.bucket)
-        yield cluster
-    finally:
-        for i in list(cluster.procs):
-            cluster.kill(i)
-    logs = "".join(cluster.log_path(i).read_text(errors="replace") for i in range(1, NODES + 1))
-    assert cluster.secret_key not in logs and cluster.access_key not in logs
 
 
 def table_for(n: int) -> pa.Table:
@@ -181,7 +95,7 @@ def test_one_storage_node_killed_reads_and_writes_go_on_and_it_heals_on_return(m
 
     minio_cluster.start(down)
     minio_cluster.wait_ready(down)
-    wait_until_found(minio_cluster, down, during)
+    minio_cluster.wait_finds(down, during)
     minio_cluster.wait_write_quorum(down)
     assert_all_readable(minio_cluster, down, "faults", every)  # served through the node that was away
     wait_until_healed(minio_cluster, down, during)
@@ -208,7 +122,7 @@ def test_a_storage_node_cut_off_the_network_stalls_one_request_then_reads_and_wr
     finally:
         minio_cluster.lab.restore(away)
     minio_cluster.wait_ready(4)
-    wait_until_found(minio_cluster, 4, during)
+    minio_cluster.wait_finds(4, during)
 
     def read_all_through_node_1() -> None:  # heal on read, once node 1 sees node 4's drive again
         for key in every:
@@ -217,18 +131,6 @@ def test_a_storage_node_cut_off_the_network_stalls_one_request_then_reads_and_wr
     wait_until_healed(minio_cluster, 4, during, reread=read_all_through_node_1)
     for node in range(1, NODES + 1):
         assert_all_readable(minio_cluster, node, "partition", every)
-
-
-def wait_until_found(cluster: MinioCluster, node: int, keys, timeout: float = 60) -> None:
-    """/minio/health/ready answers before a returning node has reconnected to its peers; for that moment (about a
-    second here) it answers "no such key" for objects its own drive missed. Wait until it finds them all."""
-    deadline = time.monotonic() + timeout
-    fs = cluster.fs(node)
-    unseen = list(keys)
-    while unseen and time.monotonic() < deadline:
-        unseen = [k for k in unseen if fs.get_file_info(f"{cluster.bucket}/{k}").type != pafs.FileType.File]
-        time.sleep(0.2)
-    assert not unseen, f"node {node} still does not find {len(unseen)} objects {timeout:.0f} s after its return"
 
 
 def wait_until_healed(cluster: MinioCluster, node: int, keys, timeout: float = 120, reread=None) -> None:

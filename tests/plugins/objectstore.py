@@ -2,7 +2,8 @@
 
 `minio_server` (session) runs one single-drive server on a free loopback port with freshly generated root
 credentials, handed to MinIO through its environment (never its argv) and never logged; `minio_env` (per test)
-puts them into this process's environment, where speedprofile.storage and pyarrow read them.
+puts them into this process's environment, where speedprofile.storage and pyarrow read them. `minio_cluster`
+(module) runs a 4-node erasure-coded deployment, one node per network namespace (tests/plugins/netns.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,8 +106,6 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
 
 def s3_filesystem(endpoint: str, access_key: str, secret_key: str, **kw):
     """A pyarrow S3FileSystem on one endpoint (path-style, plain HTTP, the test region)."""
-    import pyarrow.fs as pafs
-
     scheme, host = endpoint.split("://", 1)
     return pafs.S3FileSystem(access_key=access_key, secret_key=secret_key, endpoint_override=host, scheme=scheme,
                              region=REGION, force_virtual_addressing=False, **kw)
@@ -141,6 +141,17 @@ class MinioServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def s3a_conf(self) -> dict[str, str]:
+        """Spark settings for s3a:// on this server; the key pair comes from env() (never a --conf)."""
+        return {
+            "spark.hadoop.fs.s3a.endpoint": self.endpoint,
+            "spark.hadoop.fs.s3a.endpoint.region": REGION,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+            "spark.hadoop.fs.s3a.aws.credentials.provider":
+                "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider",
+        }
 
 
 @pytest.fixture(scope="session")
@@ -186,3 +197,110 @@ def minio_env(minio_server, monkeypatch) -> Iterator[MinioServer]:
     storage._remote_fs.cache_clear()
     yield minio_server
     storage._remote_fs.cache_clear()
+
+
+# ---- a distributed deployment over network namespaces -------------------------------------------------------
+
+CLUSTER_PORT = 9000
+NODES = 4
+
+
+class MinioCluster:
+    """MinIO nodes 1..4, node i in namespace i, each with its own data folder; start/kill one node at a time."""
+
+    def __init__(self, lab, binary: Path, state: Path):
+        self.lab, self.binary, self.state = lab, binary, state
+        self.access_key, self.secret_key = new_credentials()
+        self.bucket = "speedprofile-cluster"
+        self.volumes = [f"http://{h.address}:{CLUSTER_PORT}{self.data_dir(h.index)}" for h in lab.hosts]
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def __repr__(self) -> str:  # never the secret
+        return f"MinioCluster({[h.address for h in self.lab.hosts]})"
+
+    def data_dir(self, i: int) -> Path:
+        return self.state / f"node{i}" / "data"
+
+    def log_path(self, i: int) -> Path:
+        return self.state / f"node{i}" / "minio.log"
+
+    def endpoint(self, i: int) -> str:
+        return f"http://{self.lab.hosts[i - 1].address}:{CLUSTER_PORT}"
+
+    def start(self, i: int) -> None:
+        host = self.lab.hosts[i - 1]
+        home = self.state / f"node{i}" / "home"
+        for d in (self.data_dir(i), home):
+            d.mkdir(parents=True, exist_ok=True)
+        # MINIO_CI_CD: the test drives share the root disk, which a production deployment refuses.
+        env = server_env(self.access_key, self.secret_key, home, MINIO_CI_CD="on")
+        with open(self.log_path(i), "ab") as log:
+            self.procs[i] = self.lab.popen(
+                host,
+                [str(self.binary), "server", "--address", f"{host.address}:{CLUSTER_PORT}", "--anonymous", *self.volumes],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i: no shutdown, no flush, as when a Pi loses power."""
+        proc = self.procs.pop(i)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def wait_ready(self, i: int, timeout: float = 90) -> None:
+        wait_http_ok(f"{self.endpoint(i)}/minio/health/ready", timeout, self.procs.get(i), self.log_path(i))
+
+    def wait_write_quorum(self, i: int, timeout: float = 90) -> None:
+        """/minio/health/cluster answers 200 when the deployment has write quorum."""
+        wait_http_ok(f"{self.endpoint(i)}/minio/health/cluster", timeout, self.procs.get(i), self.log_path(i))
+
+    def fs(self, i: int) -> pafs.S3FileSystem:
+        return s3_filesystem(self.endpoint(i), self.access_key, self.secret_key, connect_timeout=5,
+                             request_timeout=30)
+
+    def keys(self, i: int, prefix: str) -> list[str]:
+        sel = pafs.FileSelector(f"{self.bucket}/{prefix}", recursive=True, allow_not_found=True)
+        return sorted(f.path.split("/", 1)[1] for f in self.fs(i).get_file_info(sel) if f.type == pafs.FileType.File)
+
+    def wait_finds(self, i: int, keys, timeout: float = 60) -> None:
+        """/minio/health/ready answers before a (re)started node has connected to its peers; for that moment it
+        answers "no such key" for objects its own drive lacks. Wait until node i finds every key."""
+        deadline = time.monotonic() + timeout
+        fs = self.fs(i)
+        unseen = list(keys)
+        while unseen and time.monotonic() < deadline:
+            unseen = [k for k in unseen if fs.get_file_info(f"{self.bucket}/{k}").type != pafs.FileType.File]
+            if unseen:
+                time.sleep(0.2)
+        assert not unseen, f"node {i} still does not find {len(unseen)} objects after {timeout:.0f} s"
+
+    def on_disk(self, i: int, key: str) -> bool:
+        """Node i's drive holds the object's metadata (and its shard): MinIO keeps <drive>/<bucket>/<key>/xl.meta."""
+        return (self.data_dir(i) / self.bucket / key / "xl.meta").is_file()
+
+
+@pytest.fixture(scope="module")
+def minio_cluster(netns_factory, minio_binary_path, tmp_path_factory) -> Iterator[MinioCluster]:
+    """A 4-node distributed MinIO (EC 2+2), node i in network namespace i (tests/plugins/netns.py), one bucket."""
+    lab = netns_factory(NODES)
+    cluster = MinioCluster(lab, minio_binary_path, tmp_path_factory.mktemp("minio-cluster"))
+    for i in range(1, NODES + 1):
+        cluster.start(i)
+    try:
+        for i in range(1, NODES + 1):
+            cluster.wait_ready(i)
+        cluster.wait_write_quorum(1)
+        s3_filesystem(cluster.endpoint(1), cluster.access_key, cluster.secret_key,
+                      allow_bucket_creation=True).create_dir(cluster.bucket)
+        probe = "_probe/started"
+        with cluster.fs(1).open_output_stream(f"{cluster.bucket}/{probe}") as out:
+            out.write(b"ok")
+        for i in range(1, NODES + 1):  # every node has joined: it finds what another node wrote
+            cluster.wait_finds(i, [probe])
+        cluster.fs(1).delete_dir(f"{cluster.bucket}/_probe")
+        yield cluster
+    finally:
+        for i in list(cluster.procs):
+            cluster.kill(i)
+    logs = "".join(cluster.log_path(i).read_text(errors="replace") for i in range(1, NODES + 1))
+    assert cluster.secret_key not in logs and cluster.access_key not in logs
