@@ -27,6 +27,8 @@ pytest_plugins = [
     "tests.plugins.serve",
     "tests.plugins.orchestration",
     "tests.plugins.infra",
+    "tests.plugins.objectstore",
+    "tests.plugins.netns",
 ]
 
 

@@ -259,6 +259,10 @@ def test_spark_entrypoint_writes_a_private_conf_and_trusts_the_minio_ca(tmp_path
     listing = subprocess.run(["keytool", "-list", "-keystore", str(store), "-storepass", "speedprofile-truststore"],
                              capture_output=True, text=True, check=True).stdout
     assert "speedprofile-minio-ca" in listing
+    # and Python's S3 client (pyarrow reads SSL_CERT_FILE) trusts it too, next to the public CAs
+    assert child["SSL_CERT_FILE"] == str(conf / "ca-bundle.pem")
+    bundle = (conf / "ca-bundle.pem").read_text()
+    assert (certs / "CAs" / "ca.crt").read_text().strip() in bundle and bundle.count("BEGIN CERTIFICATE") > 50
     assert int(re.search(r"contains (\d+) entr", listing).group(1)) > 50  # the JDK's public CAs are kept too
     missing = subprocess.run(["bash", str(REPO / "infra/docker/spark-entrypoint.sh"), "true"],
                              env={k: v for k, v in env.items() if k != "SPARK_AUTH_SECRET"},
@@ -286,7 +290,7 @@ def test_spark_version_agrees_in_pyproject_roles_and_compose():
         assert f"ARG SPARK_VERSION={pinned}" in text, dockerfile
 
 
-def test_airflow_and_minio_releases_agree():
+def test_airflow_release_agrees():
     airflow = pyproject_pin("apache-airflow")
     assert role_defaults("airflow")["airflow_version"] == airflow
     services = compose_model()["services"]
@@ -294,7 +298,40 @@ def test_airflow_and_minio_releases_agree():
         assert services[name]["image"] == f"speedprofile/airflow:{airflow}"
         assert services[name]["build"]["args"]["AIRFLOW_VERSION"] == airflow
     assert f"ARG AIRFLOW_VERSION={airflow}" in (REPO / "infra" / "docker" / "airflow.Dockerfile").read_text()
-    assert services["minio"]["image"] == f"minio/minio:{role_defaults('minio')['minio_release']}"
+
+
+def versions_env() -> dict[str, str]:
+    return parse_env(REPO / "conf" / "versions.env")
+
+
+def test_minio_is_the_pinned_source_build_in_tests_roles_and_compose():
+    """One MinIO everywhere: MINIO_VERSION / MC_VERSION of conf/versions.env, built with `go install`."""
+    pins = versions_env()
+    minio, mc = pins["MINIO_VERSION"], pins["MC_VERSION"]
+    assert re.fullmatch(r"v\d+\.\d+\.\d+(-[0-9.]+-[0-9a-f]{12})?", minio), minio
+    services = compose_model()["services"]
+    for name in ("minio", "minio-init"):
+        assert services[name]["image"] == f"speedprofile/minio:{minio}", name
+        assert services[name]["build"]["dockerfile"] == "infra/docker/minio.Dockerfile", name
+    assert not [n for n, s in services.items() if s.get("image", "").startswith("minio/")]
+    dockerfile = (REPO / "infra" / "docker" / "minio.Dockerfile").read_text()
+    assert "COPY conf/versions.env" in dockerfile
+    assert 'go install "github.com/minio/minio@${MINIO_VERSION}"' in dockerfile
+    assert 'go install "github.com/minio/mc@${MC_VERSION}"' in dockerfile
+    # the role reads the same file (lookup evaluated by ansible itself) and builds with the same script
+    proc = run([str(BIN / "ansible"), "localhost", "-m", "ansible.builtin.debug", "-a",
+                "msg={{ [minio_version, minio_mc_version] | to_json }}", "-e",
+                f"@{ANSIBLE / 'roles/minio/defaults/main.yml'}", "-e", f"playbook_dir={ANSIBLE}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f'["{minio}", "{mc}"]' in proc.stdout.replace('\\"', '"'), proc.stdout
+    tasks = "".join(p.read_text() for p in (ANSIBLE / "roles/minio/tasks").glob("*.yml"))
+    assert "scripts/fetch_minio.sh" in tasks and "dl.min.io" not in tasks + (
+        ANSIBLE / "roles/minio/defaults/main.yml").read_text()
+    script = (REPO / "scripts" / "fetch_minio.sh").read_text()
+    assert 'go install "$MODULE"' in script and 'MODULE="github.com/minio/$TOOL@$VERSION"' in script
+    from tests.plugins.objectstore import pinned_minio_version
+
+    assert pinned_minio_version() == minio
 
 
 def test_hadoop_aws_matches_the_hadoop_client_inside_pyspark():
@@ -585,6 +622,7 @@ def test_rendered_minio_serves_tls_with_a_certificate_the_role_made(rendered):
     assert stat.S_IMODE((rendered / "pi-w01/etc/default/minio").stat().st_mode) == 0o640
     unit = (rendered / "pi-w01/etc/systemd/system/minio.service").read_text()
     assert f"EnvironmentFile={rendered}/pi-w01/etc/default/minio" in unit
+    assert f"Description=MinIO {versions_env()['MINIO_VERSION']} " in unit  # the role read conf/versions.env
     # A real TLS handshake with the rendered pair: trusted through the role's CA, for loopback and each node address.
     from cryptography import x509
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Entry point of the Spark and Airflow containers of docker-compose.yml: builds a private SPARK_CONF_DIR (mode
-# 0700) from the mounted spark-defaults.conf plus the cluster's RPC secret ($SPARK_AUTH_SECRET), and a Java trust
-# store holding the JDK's CAs and the MinIO CA, then runs the container's command. The secret goes into a file
+# 0700) from the mounted spark-defaults.conf plus the cluster's RPC secret ($SPARK_AUTH_SECRET), a Java trust
+# store holding the JDK's CAs and the MinIO CA and the same as a PEM bundle (SSL_CERT_FILE), then runs the container's command. The secret goes into a file
 # of mode 0600 (never onto a command line) and is removed from the environment the command sees.
 set -euo pipefail
 : "${SPARK_AUTH_SECRET:?SPARK_AUTH_SECRET is not set (copy infra/docker/example.env to .env)}"
@@ -26,6 +26,9 @@ if [ -f "$ca" ]; then
   keytool -importcert -noprompt -alias speedprofile-minio-ca -file "$ca" -keystore "$store" \
     -storetype PKCS12 -storepass "$pass" >/dev/null
   export JAVA_TOOL_OPTIONS="${JAVA_TOOL_OPTIONS:-} -Djavax.net.ssl.trustStore=$store -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword=$pass"
+  # Python's S3 client (pyarrow in speedprofile.storage: gates, CLI verbs) reads OpenSSL's SSL_CERT_FILE.
+  cat /etc/ssl/certs/ca-certificates.crt "$ca" > "$conf/ca-bundle.pem" 2>/dev/null || cp "$ca" "$conf/ca-bundle.pem"
+  export SSL_CERT_FILE="$conf/ca-bundle.pem"
 fi
 unset SPARK_AUTH_SECRET
 exec "$@"
