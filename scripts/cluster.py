@@ -126,6 +126,8 @@ class Daemon:
     webui_port: int
     log: str
     worker_id: str | None = None
+    host: str = HOST  # the address it binds and is reached at
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NAME]: runs it on another host
 
 
 @dataclass
@@ -172,17 +174,17 @@ class Cluster:
     @property
     def url(self) -> str:
         assert self.master is not None
-        return f"spark://{HOST}:{self.master.port}"
+        return f"spark://{self.master.host}:{self.master.port}"
 
     @property
     def master_json_url(self) -> str:
         assert self.master is not None
-        return f"http://{HOST}:{self.master.webui_port}/json/"
+        return f"http://{self.master.host}:{self.master.webui_port}/json/"
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, host: str = HOST) -> dict[str, str]:
         env = dict(os.environ)
         env["SPARK_HOME"] = str(spark_home())
-        env["SPARK_LOCAL_IP"] = HOST
+        env["SPARK_LOCAL_IP"] = host
         # The launcher that builds executor command lines wants the Scala version of the jars (a source build
         # would let it look under launcher/target/); pyspark ships Scala 2.13 jars.
         env.setdefault("SPARK_SCALA_VERSION", scala_version())
@@ -194,11 +196,13 @@ class Cluster:
             env["SPARK_CONF_DIR"] = str(self.conf_dir)
         return env
 
-    def _spawn(self, role: str, main_class: str, args: list[str], port: int, webui_port: int) -> Daemon:
+    def _spawn(self, role: str, main_class: str, args: list[str], port: int, webui_port: int,
+               host: str = HOST, prefix: list[str] | None = None) -> Daemon:
         logs = Path(self.state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{role}.log"
         cmd = [
+            *(prefix or []),
             "java",
             "-Xmx256m",
             "-cp",
@@ -213,24 +217,31 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self._env(),
+                env=self._env(host),
                 cwd=self.state_dir,
                 start_new_session=True,  # own process group: killed as a unit, never by name
             )
-        return Daemon(role=role, pid=proc.pid, port=port, webui_port=webui_port, log=str(log_path))
+        # With a prefix like `ip netns exec NAME`, that command execs java: the PID is still the JVM's.
+        return Daemon(role=role, pid=proc.pid, port=port, webui_port=webui_port, log=str(log_path), host=host,
+                      prefix=list(prefix or []))
 
-    def start_master(self) -> None:
+    def start_master(self, host: str = HOST, prefix: list[str] | None = None) -> None:
+        """Start the master; `host`/`prefix` put it on another address, e.g. in a network namespace."""
         port, webui = free_port(), free_port()
         self.master = self._spawn(
             "master",
             "org.apache.spark.deploy.master.Master",
-            ["--host", HOST, "--port", str(port), "--webui-port", str(webui)],
+            ["--host", host, "--port", str(port), "--webui-port", str(webui)],
             port,
             webui,
+            host,
+            prefix,
         )
         self.save()
 
-    def start_worker(self, cores: int = 1, memory: str = "1g") -> Daemon:
+    def start_worker(self, cores: int = 1, memory: str = "1g", host: str = HOST,
+                     prefix: list[str] | None = None) -> Daemon:
+        """Start one more worker; `host`/`prefix` as for start_master."""
         n = len(self.workers) + 1
         port, webui = free_port(), free_port()
         work_dir = Path(self.state_dir) / f"work-{n}"
@@ -239,12 +250,14 @@ class Cluster:
             f"worker-{n}",
             "org.apache.spark.deploy.worker.Worker",
             [
-                "--host", HOST, "--port", str(port), "--webui-port", str(webui),
+                "--host", host, "--port", str(port), "--webui-port", str(webui),
                 "--cores", str(cores), "--memory", memory, "--work-dir", str(work_dir),
                 self.url,
             ],
             port,
             webui,
+            host,
+            prefix,
         )
         self.workers.append(d)
         self.save()
@@ -267,22 +280,28 @@ class Cluster:
                 continue
             last = state
             alive = {(w["host"], int(w["port"])): w["id"] for w in state.get("workers", []) if w["state"] == "ALIVE"}
-            if all((HOST, w.port) in alive for w in self.workers):
+            if all((w.host, w.port) in alive for w in self.workers):
                 for w in self.workers:
-                    w.worker_id = alive[(HOST, w.port)]
+                    w.worker_id = alive[(w.host, w.port)]
                 self.save()
                 return
             time.sleep(0.5)
         raise RuntimeError(f"cluster not ready after {timeout:.0f}s; last master state: {last}")
 
-    def start(self, workers: int = 2, cores: int = 1, memory: str = "1g", timeout: float = 120.0) -> Cluster:
+    def start(self, workers: int = 2, cores: int = 1, memory: str = "1g", timeout: float = 120.0,
+              placement: list[tuple[str, list[str]]] | None = None) -> Cluster:
+        """Start the master and `workers` workers; `placement` gives (address, command prefix) for the master and
+        then each worker, e.g. one network namespace each (default: all on 127.0.0.1)."""
+        places = placement or [(HOST, [])] * (workers + 1)
+        if len(places) != workers + 1:
+            raise ValueError(f"placement names {len(places)} hosts for a master and {workers} workers")
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
         if self.auth:
             self._write_auth_conf()
-        self.start_master()
+        self.start_master(*places[0])
         try:
-            for _ in range(workers):
-                self.start_worker(cores=cores, memory=memory)
+            for host, prefix in places[1:]:
+                self.start_worker(cores=cores, memory=memory, host=host, prefix=prefix)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -320,7 +339,7 @@ class Cluster:
         for w in self.workers:
             if not pid_alive(w.pid):
                 continue
-            ws = get_json(f"http://{HOST}:{w.webui_port}/json/", token=token)
+            ws = get_json(f"http://{w.host}:{w.webui_port}/json/", token=token)
             if any(str(e["id"]) in busy and e.get("appid") == app_id for e in ws.get("executors", [])):  # type: ignore[union-attr]
                 return w, mid[0]
         return None
