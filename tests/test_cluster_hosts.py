@@ -1,0 +1,295 @@
+"""Several hosts, real faults: the Spark master, two workers and a 4-node erasure-coded MinIO each in their own network
+namespace (tests/plugins/netns.py), the driver (`speedprofile run`, client mode) in the root namespace on the bridge
+address. A worker SIGKILLed mid-stage, a storage node SIGKILLed during a run, and a master cut off the network (the
+run fails with one clear line, the retry succeeds): every stage table then equals a local run's, row for row.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from speedprofile import storage, tables
+from speedprofile.cli import main as sp
+from speedprofile.run import STAGES
+from tests.plugins.infra import ClusterLog, load_cluster_module
+from tests.plugins.objectstore import NODES, MinioCluster, s3_filesystem
+from tests.plugins.orchestration import SIM_DAYS
+from tests.test_s3_pipeline import STAGE_TABLES, _rows, _write_inputs, environ
+
+pytestmark = pytest.mark.slow
+
+DAY = SIM_DAYS[0]  # one day: each run stays well under a minute per fault
+RUN_ARGS = ["run", "--date", DAY, "--all", "--window-weeks", "1"]
+RUN_TIMEOUT_S = 300
+SPEEDPROFILE = str(Path(sys.executable).with_name("speedprofile"))
+
+
+class _StoreHosts:
+    """The first NODES hosts of the lab, as MinioCluster wants its lab: node i on hosts[i - 1]."""
+
+    def __init__(self, lab):
+        self._lab = lab
+        self.hosts = lab.hosts[:NODES]
+
+    def popen(self, host, argv, **kw):
+        return self._lab.popen(host, argv, **kw)
+
+
+@pytest.fixture(scope="module")
+def lab(netns_factory):
+    """Hosts 1-4: MinIO nodes; 5: Spark master; 6, 7: workers. One bridge, so every host reaches every other."""
+    return netns_factory(NODES + 3)
+
+
+@pytest.fixture(scope="module")
+def store(lab, minio_binary_path, tmp_path_factory) -> Iterator[MinioCluster]:
+    cluster = MinioCluster(_StoreHosts(lab), minio_binary_path, tmp_path_factory.mktemp("hosts-minio"))
+    try:
+        for i in range(1, NODES + 1):
+            cluster.start(i)
+        for i in range(1, NODES + 1):
+            cluster.wait_ready(i)
+        cluster.wait_write_quorum(1)
+        s3_filesystem(cluster.endpoint(1), cluster.access_key, cluster.secret_key,
+                      allow_bucket_creation=True).create_dir(cluster.bucket)
+        probe = "_probe/started"
+        with cluster.fs(1).open_output_stream(f"{cluster.bucket}/{probe}") as out:
+            out.write(b"ok")
+        for i in range(1, NODES + 1):
+            cluster.wait_finds(i, [probe])
+        yield cluster
+    finally:
+        for i in list(cluster.procs):
+            cluster.kill(i)
+
+
+def store_env(store: MinioCluster) -> dict[str, str]:
+    """Keys and endpoint (node 1; the faults hit other nodes) for the driver, the daemons and pyiceberg."""
+    return {"AWS_ACCESS_KEY_ID": store.access_key, "AWS_SECRET_ACCESS_KEY": store.secret_key,
+            "AWS_ENDPOINT_URL": store.endpoint(1), "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def spark_hosts(lab, store, tmp_path_factory):
+    """A secured standalone cluster: master in host 5, workers in hosts 6 and 7; the workers' environment holds the
+    object store's keys (their executors read and write s3a://)."""
+    mod = load_cluster_module()
+    state = tmp_path_factory.mktemp("hosts-spark")
+    log = ClusterLog(state / "cluster-test.log")
+    cluster = mod.Cluster(state_dir=str(state), auth=True)
+    placement = [(h.address, h.argv([])) for h in lab.hosts[NODES:]]
+    t0 = time.time()
+    with environ(store_env(store)):
+        cluster.start(workers=2, cores=1, memory="1g", placement=placement)
+    cluster.log = log
+    log(f"cluster up in {time.time() - t0:.1f}s: master {cluster.url}, workers "
+        + ", ".join(f"{w.worker_id} at {w.host}" for w in cluster.workers))
+    try:
+        yield cluster
+    finally:
+        pids = cluster.stop()
+        assert not [p for p in pids if mod.pid_alive(p)]
+
+
+@pytest.fixture(scope="module")
+def reference(airflow_warehouse_template, tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """The same stages in local mode (local[2], local warehouse and catalog): the rows every fault run must give."""
+    from tests.seed import copy_warehouse
+
+    wh = copy_warehouse(airflow_warehouse_template["warehouse"], tmp_path_factory.mktemp("hosts-ref") / "wh")
+    saved = os.environ.pop(tables.CATALOG_ENV, None)
+    try:
+        assert sp([*RUN_ARGS, "--warehouse", str(wh), "--master", "local[2]"]) == 0
+        rows = {t: _rows(str(wh), t) for t in STAGE_TABLES}
+    finally:
+        if saved is not None:
+            os.environ[tables.CATALOG_ENV] = saved
+    for t in STAGE_TABLES:
+        assert rows[t], f"reference run wrote no {t}"
+    return wh, rows
+
+
+@pytest.fixture
+def s3_env(store, monkeypatch, tmp_path):
+    """This process sees the store and a catalog of its own (SQLite file), as the driver does."""
+    for k, v in store_env(store).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(tables.CATALOG_ENV, str(tmp_path / "catalog.db"))
+    storage._remote_fs.cache_clear()
+    yield
+    storage._remote_fs.cache_clear()
+
+
+def new_warehouse(store: MinioCluster, reference) -> str:
+    """A fresh s3a:// warehouse holding the stage inputs of the reference warehouse."""
+    wh = f"s3a://{store.bucket}/hosts-{uuid.uuid4().hex[:8]}"
+    src = Path(reference[0])
+    inputs = {name: tables.read_arrow(str(src), name) for name in ("road_segments", "probes")}
+    _write_inputs(src, inputs, wh)
+    return wh
+
+
+def start_run(lab, spark_hosts, wh: str, log_dir: Path, *extra: str) -> subprocess.Popen:
+    """`speedprofile run` against the master, as a user starts it: driver in the root namespace on the bridge
+    address (executors in the workers' namespaces connect back to it)."""
+    env = {**os.environ, "SPARK_CONF_DIR": str(spark_hosts.conf_dir), "SPARK_LOCAL_IP": lab.gateway,
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env.pop("SPEEDPROFILE_DEBUG", None)
+    cmd = [SPEEDPROFILE, *RUN_ARGS, "--warehouse", wh, "--master", spark_hosts.url, "--log-dir", str(log_dir),
+           "--conf", f"spark.driver.host={lab.gateway}", "--conf", "spark.executor.memory=512m",
+           "--conf", "spark.sql.shuffle.partitions=8", *extra]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, env=env, stdout=open(log_dir / "run.out", "w"), stderr=open(log_dir / "run.err", "w"),
+                            stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+
+
+def finish(proc: subprocess.Popen, log_dir: Path, timeout: float = RUN_TIMEOUT_S) -> tuple[int, str]:
+    """Wait for the run (its whole process group is killed if it overruns); exit code and stderr."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"run still going after {timeout:.0f}s; {tail(log_dir)}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, (log_dir / "run.err").read_text(errors="replace")
+
+
+def tail(log_dir: Path, n: int = 30) -> str:
+    out = []
+    for p in sorted(log_dir.glob("*")):
+        lines = p.read_text(errors="replace").splitlines()[-n:]
+        out.append(f"--- {p.name}\n" + "\n".join(lines))
+    return "\n".join(out)
+
+
+def assert_equals_reference(wh: str, reference) -> dict[str, int]:
+    """Every stage table holds exactly the reference's rows: nothing lost, nothing duplicated."""
+    counts = {}
+    for table in STAGE_TABLES:
+        got = _rows(wh, table)
+        assert got == reference[1][table], f"{table}: {len(got)} rows, reference {len(reference[1][table])}"
+        counts[table] = len(got)
+    return counts
+
+
+def run_ok(proc: subprocess.Popen, log_dir: Path) -> None:
+    rc, _ = finish(proc, log_dir)
+    assert rc == 0, tail(log_dir)
+
+
+def test_hosts_are_separate_and_the_cluster_runs_on_them(lab, store, spark_hosts):
+    mod = load_cluster_module()
+    state = spark_hosts.state()
+    assert {w["host"] for w in state["workers"] if w["state"] == "ALIVE"} == {h.address for h in lab.hosts[5:7]}
+    assert spark_hosts.master.host == lab.hosts[4].address
+    # Each daemon lives in its own namespace: the master's port is not open in a worker's namespace.
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {spark_hosts.master.port}), timeout=2)"
+    assert lab.run(lab.hosts[5], [sys.executable, "-c", probe]).returncode != 0
+    assert lab.run(lab.hosts[4], [sys.executable, "-c", probe]).returncode == 0
+    assert all(mod.pid_alive(w.pid) for w in spark_hosts.workers)
+
+
+def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(lab, store, spark_hosts, reference, s3_env,
+                                                                   tmp_path):
+    mod = load_cluster_module()
+    wh = new_warehouse(store, reference)
+    ui_port = mod.free_port()
+    logs = tmp_path / "logs"
+    t0 = time.time()
+    proc = start_run(lab, spark_hosts, wh, logs, "--conf", f"spark.ui.port={ui_port}")
+    try:
+        worker = spark_hosts.kill_worker_mid_stage(f"http://{lab.gateway}:{ui_port}",
+                                                   is_running=lambda: proc.poll() is None,
+                                                   timeout=RUN_TIMEOUT_S, log=spark_hosts.log)
+        run_ok(proc, logs)
+        spark_hosts.log(f"run with a killed worker: {time.time() - t0:.1f}s")
+        assert worker is not None, "no stage was caught part-way through, so no worker was killed"
+        assert not mod.pid_alive(worker.pid)
+        stage_logs = "\n".join(p.read_text(errors="replace") for p in logs.glob("*.log"))
+        assert "lost executor" in stage_logs.lower() or "executorlostfailure" in stage_logs.lower()
+        counts = assert_equals_reference(wh, reference)
+        spark_hosts.log(f"equal to the local run: {counts}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        restore_workers(spark_hosts)
+
+
+def restore_workers(cluster) -> None:
+    """A new worker on the host (namespace) of each killed one; wait until both are registered."""
+    mod = load_cluster_module()
+    dead = [w for w in cluster.workers if not mod.pid_alive(w.pid)]
+    cluster.workers = [w for w in cluster.workers if w not in dead]
+    for w in dead:
+        cluster.start_worker(cores=1, memory="1g", host=w.host, prefix=w.prefix)
+    cluster.wait_ready(timeout=180)
+
+
+def test_a_storage_node_killed_during_a_run_loses_and_duplicates_nothing(lab, store, spark_hosts, reference,
+                                                                         s3_env, tmp_path):
+    wh = new_warehouse(store, reference)
+    logs = tmp_path / "logs"
+    down = 3  # not the endpoint's node 1
+    second = logs / f"{STAGES[1]}_{DAY}_{DAY}.log"
+    proc = start_run(lab, spark_hosts, wh, logs)
+    try:
+        # Stage 1 wrote with four nodes; the rest reads it and writes with three (EC 2+2: write quorum 3).
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert second.exists(), f"second stage never started; {tail(logs)}"
+        store.kill(down)
+        spark_hosts.log(f"storage node {down} killed while {STAGES[1]} starts")
+        run_ok(proc, logs)
+        counts = assert_equals_reference(wh, reference)
+        spark_hosts.log(f"equal to the local run with node {down} down: {counts}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if down not in store.procs:
+            store.start(down)
+            store.wait_ready(down)
+            store.wait_write_quorum(down)
+    assert_equals_reference(wh, reference)  # and with the node back
+
+
+def test_a_master_cut_off_fails_the_run_with_one_clear_line_and_a_retry_succeeds(lab, store, spark_hosts,
+                                                                                 reference, s3_env, tmp_path):
+    wh = new_warehouse(store, reference)
+    master_host = lab.hosts[NODES]
+    lab.cut(master_host)
+    try:
+        t0 = time.time()
+        rc, err = finish(start_run(lab, spark_hosts, wh, tmp_path / "cut"), tmp_path / "cut")
+        spark_hosts.log(f"run with the master cut off: exit {rc} after {time.time() - t0:.1f}s: {err.strip()}")
+    finally:
+        lab.restore(master_host)
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("speedprofile: error:"), err
+    assert STAGES[0] in lines[0]
+    # No stage table was committed by the failed run.
+    for table in STAGE_TABLES:
+        assert not storage.exists(f"{wh}/{table}") or not storage.list_files(f"{wh}/{table}/data"), table
+
+    spark_hosts.wait_ready(timeout=180)  # workers registered again
+    logs = tmp_path / "retry"
+    run_ok(start_run(lab, spark_hosts, wh, logs), logs)
+    counts = assert_equals_reference(wh, reference)
+    spark_hosts.log(f"retry equals the local run: {counts}")
