@@ -20,6 +20,7 @@ import pytest
 from speedprofile import storage, tables
 from speedprofile.cli import main as sp
 from speedprofile.run import STAGES
+from speedprofile.warehouse import partition_cells
 from tests.plugins.infra import ClusterLog, load_cluster_module
 from tests.plugins.objectstore import NODES, MinioCluster, s3_filesystem
 from tests.plugins.orchestration import SIM_DAYS
@@ -28,7 +29,7 @@ from tests.test_s3_pipeline import STAGE_TABLES, _rows, _write_inputs, environ
 pytestmark = pytest.mark.slow
 
 DAY = SIM_DAYS[0]  # one day: each run stays well under a minute per fault
-RUN_ARGS = ["run", "--date", DAY, "--all", "--window-weeks", "1"]
+RUN_ARGS = ["run", "--date", DAY, "--window-weeks", "1"]
 RUN_TIMEOUT_S = 300
 SPEEDPROFILE = str(Path(sys.executable).with_name("speedprofile"))
 
@@ -101,21 +102,23 @@ def spark_hosts(lab, store, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(airflow_warehouse_template, tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
-    """The same stages in local mode (local[2], local warehouse and catalog): the rows every fault run must give."""
+def reference(airflow_warehouse_template, tmp_path_factory) -> tuple[Path, dict[str, list[str]], dict]:
+    """The same stages in local mode (local[2], local warehouse and catalog): the rows every fault run must give,
+    and the stage inputs (read here, while the local catalog is the one in use)."""
     from tests.seed import copy_warehouse
 
     wh = copy_warehouse(airflow_warehouse_template["warehouse"], tmp_path_factory.mktemp("hosts-ref") / "wh")
     saved = os.environ.pop(tables.CATALOG_ENV, None)
     try:
-        assert sp([*RUN_ARGS, "--warehouse", str(wh), "--master", "local[2]"]) == 0
+        assert sp([*RUN_ARGS, "--all", "--warehouse", str(wh), "--master", "local[2]"]) == 0
         rows = {t: _rows(str(wh), t) for t in STAGE_TABLES}
+        inputs = {name: tables.read_arrow(str(wh), name) for name in ("road_segments", "probes")}
     finally:
         if saved is not None:
             os.environ[tables.CATALOG_ENV] = saved
     for t in STAGE_TABLES:
         assert rows[t], f"reference run wrote no {t}"
-    return wh, rows
+    return wh, rows, inputs
 
 
 @pytest.fixture
@@ -132,19 +135,19 @@ def s3_env(store, monkeypatch, tmp_path):
 def new_warehouse(store: MinioCluster, reference) -> str:
     """A fresh s3a:// warehouse holding the stage inputs of the reference warehouse."""
     wh = f"s3a://{store.bucket}/hosts-{uuid.uuid4().hex[:8]}"
-    src = Path(reference[0])
-    inputs = {name: tables.read_arrow(str(src), name) for name in ("road_segments", "probes")}
-    _write_inputs(src, inputs, wh)
+    _write_inputs(Path(reference[0]), reference[2], wh)
     return wh
 
 
-def start_run(lab, spark_hosts, wh: str, log_dir: Path, *extra: str) -> subprocess.Popen:
+def start_run(lab, spark_hosts, reference, wh: str, log_dir: Path, *extra: str) -> subprocess.Popen:
     """`speedprofile run` against the master, as a user starts it: driver in the root namespace on the bridge
     address (executors in the workers' namespaces connect back to it)."""
     env = {**os.environ, "SPARK_CONF_DIR": str(spark_hosts.conf_dir), "SPARK_LOCAL_IP": lab.gateway,
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.pop("SPEEDPROFILE_DEBUG", None)
-    cmd = [SPEEDPROFILE, *RUN_ARGS, "--warehouse", wh, "--master", spark_hosts.url, "--log-dir", str(log_dir),
+    # An s3a:// warehouse has no local partition list: the cells are named (those of the reference's network).
+    cells = ",".join(partition_cells(str(reference[0])))
+    cmd = [SPEEDPROFILE, *RUN_ARGS, "--partition", cells, "--warehouse", wh, "--master", spark_hosts.url, "--log-dir", str(log_dir),
            "--conf", f"spark.driver.host={lab.gateway}", "--conf", "spark.executor.memory=512m",
            "--conf", "spark.sql.shuffle.partitions=8", *extra]
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -195,10 +198,13 @@ def test_hosts_are_separate_and_the_cluster_runs_on_them(lab, store, spark_hosts
     state = spark_hosts.state()
     assert {w["host"] for w in state["workers"] if w["state"] == "ALIVE"} == {h.address for h in lab.hosts[5:7]}
     assert spark_hosts.master.host == lab.hosts[4].address
-    # Each daemon lives in its own namespace: the master's port is not open in a worker's namespace.
-    probe = f"import socket; socket.create_connection(('127.0.0.1', {spark_hosts.master.port}), timeout=2)"
-    assert lab.run(lab.hosts[5], [sys.executable, "-c", probe]).returncode != 0
-    assert lab.run(lab.hosts[4], [sys.executable, "-c", probe]).returncode == 0
+    # Each daemon lives in its own namespace: a worker's host reaches the master at its address, not on loopback.
+    def probe(address: str) -> list[str]:
+        code = f"import socket; socket.create_connection(('{address}', {spark_hosts.master.port}), timeout=2)"
+        return [sys.executable, "-c", code]
+
+    assert lab.run(lab.hosts[5], probe(spark_hosts.master.host)).returncode == 0
+    assert lab.run(lab.hosts[5], probe("127.0.0.1")).returncode != 0
     assert all(mod.pid_alive(w.pid) for w in spark_hosts.workers)
 
 
@@ -209,7 +215,7 @@ def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(lab, store, spar
     ui_port = mod.free_port()
     logs = tmp_path / "logs"
     t0 = time.time()
-    proc = start_run(lab, spark_hosts, wh, logs, "--conf", f"spark.ui.port={ui_port}")
+    proc = start_run(lab, spark_hosts, reference, wh, logs, "--conf", f"spark.ui.port={ui_port}")
     try:
         worker = spark_hosts.kill_worker_mid_stage(f"http://{lab.gateway}:{ui_port}",
                                                    is_running=lambda: proc.poll() is None,
@@ -245,7 +251,7 @@ def test_a_storage_node_killed_during_a_run_loses_and_duplicates_nothing(lab, st
     logs = tmp_path / "logs"
     down = 3  # not the endpoint's node 1
     second = logs / f"{STAGES[1]}_{DAY}_{DAY}.log"
-    proc = start_run(lab, spark_hosts, wh, logs)
+    proc = start_run(lab, spark_hosts, reference, wh, logs)
     try:
         # Stage 1 wrote with four nodes; the rest reads it and writes with three (EC 2+2: write quorum 3).
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -275,7 +281,7 @@ def test_a_master_cut_off_fails_the_run_with_one_clear_line_and_a_retry_succeeds
     lab.cut(master_host)
     try:
         t0 = time.time()
-        rc, err = finish(start_run(lab, spark_hosts, wh, tmp_path / "cut"), tmp_path / "cut")
+        rc, err = finish(start_run(lab, spark_hosts, reference, wh, tmp_path / "cut"), tmp_path / "cut")
         spark_hosts.log(f"run with the master cut off: exit {rc} after {time.time() - t0:.1f}s: {err.strip()}")
     finally:
         lab.restore(master_host)
@@ -290,6 +296,6 @@ def test_a_master_cut_off_fails_the_run_with_one_clear_line_and_a_retry_succeeds
 
     spark_hosts.wait_ready(timeout=180)  # workers registered again
     logs = tmp_path / "retry"
-    run_ok(start_run(lab, spark_hosts, wh, logs), logs)
+    run_ok(start_run(lab, spark_hosts, reference, wh, logs), logs)
     counts = assert_equals_reference(wh, reference)
     spark_hosts.log(f"retry equals the local run: {counts}")
