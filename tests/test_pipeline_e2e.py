@@ -141,9 +141,17 @@ def _run_cli(wh: str, cells: list[str], stages: tuple[str, ...] | list[str], log
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _assert_same(before: dict[str, pd.DataFrame], wh: str) -> None:
+def _assert_same(before: dict[str, pd.DataFrame], wh: str, rtol: float = 0.0) -> None:
+    """Same rows; with rtol, floats may differ in the last bits (sums over rows that reach a kernel in another
+    order when other partitions run in the same job)."""
     for name, old in before.items():
-        pd.testing.assert_frame_equal(_sorted(old).astype(str), _sorted(_table(wh, name)).astype(str), obj=name)
+        a, b = _sorted(old), _sorted(_table(wh, name))
+        if not rtol:
+            pd.testing.assert_frame_equal(a.astype(str), b.astype(str), obj=name)
+            continue
+        floats = [c for c in a.columns if a[c].dtype.kind == "f"]
+        pd.testing.assert_frame_equal(a.drop(columns=floats).astype(str), b.drop(columns=floats).astype(str), obj=name)
+        pd.testing.assert_frame_equal(a[floats], b[floats], check_exact=False, rtol=rtol, obj=name)
 
 
 def _busy_cells(pipeline, n: int) -> list[str]:
@@ -219,7 +227,7 @@ def test_a_stage_killed_mid_write_leaves_the_tables_as_committed_and_a_rerun_com
     rerun = _run_cli(wh, pipeline["cells"], ("build_histograms", "estimate_speeds"), str(tmp_path / "rerun"))
     out = rerun.communicate(timeout=1800)[0]
     assert rerun.returncode == 0, out[-3000:]
-    _assert_same(before, wh)
+    _assert_same(before, wh, rtol=1e-9)
 
 
 def test_readers_see_the_old_rows_or_the_new_while_a_stage_replaces_them(pipeline, tmp_path):
