@@ -29,7 +29,7 @@ check-infra: setup
 	scripts/check_infra.sh
 
 cluster-test: setup
-	$(PY) -m pytest -q tests/test_cluster.py tests/test_object_store_cluster.py
+	$(PY) -m pytest -q tests/test_cluster.py tests/test_object_store_cluster.py tests/test_cluster_hosts.py
 
 bench: setup
 	scripts/bench.sh
