@@ -290,6 +290,9 @@ def test_a_master_cut_off_fails_the_run_with_one_clear_line_and_a_retry_succeeds
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("speedprofile: error:"), err
     assert STAGES[0] in lines[0]
+    # The line names the stage log, which says why. (The line itself quotes the log's last line, a Java stack frame
+    # here: speedprofile/run.py's summary, not this test's to change.)
+    assert "All masters are unresponsive" in (tmp_path / "cut" / f"{STAGES[0]}_{DAY}_{DAY}.log").read_text()
     # No stage table was committed by the failed run.
     for table in STAGE_TABLES:
         assert not storage.exists(f"{wh}/{table}") or not storage.list_files(f"{wh}/{table}/data"), table
