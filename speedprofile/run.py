@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,8 +153,7 @@ def run_stages(
         if rc != 0:
             if bar:
                 bar.close()
-            tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
-            raise UserError(f"stage {stage} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]")
+            raise UserError(f"stage {stage} failed (exit {rc}): {failure_line(log)} [log: {log}]")
         line = f"{stage:<18} ok  {timings[stage]:6.1f} s  {d0}..{d1}  {len(partitions)} partition(s)  log: {log}"
         bar.write(line) if bar else echo(line)
     if bar:
@@ -322,10 +322,24 @@ def default_log_dir(warehouse: str) -> str:
     return os.path.join(warehouse, "_logs")
 
 
+_CAUSE = re.compile(r"(speedprofile: error:|Reason:|Exception:|Error:)")
+
+
+def failure_line(log: Path) -> str:
+    """The line of a failed stage's log that says why: the app's own `speedprofile: error:` line, else Spark's
+    last `Reason:` line, else the last line naming an exception (not a stack frame), else the last line."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    own = [ln for ln in lines if ln.startswith("speedprofile: error:") or ln.startswith("error:")]
+    if own:
+        return own[-1]
+    reasons = [ln for ln in lines if "Reason:" in ln]  # Spark's scheduler says why it gave up
+    causes = reasons or [ln for ln in lines if _CAUSE.search(ln) and not ln.startswith("at ")]
+    line = causes[-1] if causes else (lines[-1] if lines else "")
+    return line[:400]
+
+
 def network_cells(warehouse: str) -> list[str] | None:
-    """Cells of the local partition list (validated); None for an object-store warehouse (checked by the apps)."""
-    if is_remote(warehouse):
-        return None
+    """Cells of the warehouse's partition list (validated), local or on an object store."""
     try:
         return partition_cells(warehouse)
     except FileNotFoundError as exc:

@@ -97,9 +97,12 @@ def read_partitions(warehouse: str) -> dict:
     """The partition list written by `network build`: {"h3_res": int, "partitions": [{"cell":..., ...}]}."""
     path = partitions_file(warehouse)
     if is_remote(path):
-        raise UserError(f"reading {path} needs a Spark session; use speedprofile.spark.read_text")
-    with open(path) as fh:
-        doc = json.load(fh)
+        from speedprofile import storage
+
+        doc = json.loads(storage.read_text(path))
+    else:
+        with open(path) as fh:
+            doc = json.load(fh)
     from speedprofile.validate import partition_list
 
     partition_list(doc, path)  # every cell must be an H3 cell before any of them names a folder

@@ -125,3 +125,18 @@ def test_signal_to_ingest_ends_its_spark_jvm_and_exits_non_zero(tiny_network_war
         time.sleep(0.2)
     procs = processes()
     assert not (below & set(procs)), {p: procs[p][2][:120] for p in below & set(procs)}
+
+
+def test_a_failed_stage_is_summed_up_by_the_line_that_says_why(tmp_path):
+    from speedprofile.run import failure_line
+
+    log = tmp_path / "stage.log"
+    log.write_text("INFO starting\nERROR StandaloneSchedulerBackend: Application has been killed. Reason: All "
+                   "masters are unresponsive! Giving up.\njava.lang.IllegalStateException: stopped SparkContext\n"
+                   "\tat java.base/java.lang.Thread.run(Thread.java:840)\n")
+    assert "All masters are unresponsive" in failure_line(log)
+    log.write_text("INFO x\nerror: no road network in warehouse /w (run `speedprofile network build` first)\n"
+                   "INFO shutdown hook called\n")
+    assert failure_line(log).startswith("error: no road network")
+    log.write_text("Traceback (most recent call last):\nValueError: bad value\n\tat something\n")
+    assert failure_line(log) == "ValueError: bad value"
