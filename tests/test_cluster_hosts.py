@@ -22,7 +22,7 @@ from speedprofile.cli import main as sp
 from speedprofile.run import STAGES
 from speedprofile.warehouse import partition_cells
 from tests.plugins.infra import ClusterLog, load_cluster_module
-from tests.plugins.objectstore import NODES, MinioCluster, s3_filesystem
+from tests.plugins.objectstore import NODES, MinioCluster, running
 from tests.plugins.orchestration import SIM_DAYS
 from tests.test_s3_pipeline import STAGE_TABLES, _rows, _write_inputs, environ
 
@@ -53,24 +53,8 @@ def lab(netns_factory):
 
 @pytest.fixture(scope="module")
 def store(lab, minio_binary_path, tmp_path_factory) -> Iterator[MinioCluster]:
-    cluster = MinioCluster(_StoreHosts(lab), minio_binary_path, tmp_path_factory.mktemp("hosts-minio"))
-    try:
-        for i in range(1, NODES + 1):
-            cluster.start(i)
-        for i in range(1, NODES + 1):
-            cluster.wait_ready(i)
-        cluster.wait_write_quorum(1)
-        s3_filesystem(cluster.endpoint(1), cluster.access_key, cluster.secret_key,
-                      allow_bucket_creation=True).create_dir(cluster.bucket)
-        probe = "_probe/started"
-        with cluster.fs(1).open_output_stream(f"{cluster.bucket}/{probe}") as out:
-            out.write(b"ok")
-        for i in range(1, NODES + 1):
-            cluster.wait_finds(i, [probe])
+    with running(MinioCluster(_StoreHosts(lab), minio_binary_path, tmp_path_factory.mktemp("hosts-minio"))) as cluster:
         yield cluster
-    finally:
-        for i in list(cluster.procs):
-            cluster.kill(i)
 
 
 def store_env(store: MinioCluster) -> dict[str, str]:

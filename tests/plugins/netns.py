@@ -37,13 +37,10 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """scripts/cluster.py's check (a process that exists, ours or not)."""
+    from tests.plugins.infra import load_cluster_module
+
+    return bool(load_cluster_module().pid_alive(pid))
 
 
 def kill_namespace_processes(ns: str) -> None:

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,33 +279,44 @@ class MinioCluster:
                 time.sleep(0.2)
         assert not unseen, f"node {i} still does not find {len(unseen)} objects after {timeout:.0f} s"
 
+    def start_all(self) -> None:
+        """Start every node, wait for write quorum, make the bucket, and wait until every node has joined (it finds
+        what another node wrote)."""
+        for i in range(1, NODES + 1):
+            self.start(i)
+        for i in range(1, NODES + 1):
+            self.wait_ready(i)
+        self.wait_write_quorum(1)
+        s3_filesystem(self.endpoint(1), self.access_key, self.secret_key,
+                      allow_bucket_creation=True).create_dir(self.bucket)
+        probe = "_probe/started"
+        with self.fs(1).open_output_stream(f"{self.bucket}/{probe}") as out:
+            out.write(b"ok")
+        for i in range(1, NODES + 1):
+            self.wait_finds(i, [probe])
+        self.fs(1).delete_dir(f"{self.bucket}/_probe")
+
     def on_disk(self, i: int, key: str) -> bool:
         """Node i's drive holds the object's metadata (and its shard): MinIO keeps <drive>/<bucket>/<key>/xl.meta."""
         return (self.data_dir(i) / self.bucket / key / "xl.meta").is_file()
+
+
+@contextmanager
+def running(cluster: MinioCluster) -> Iterator[MinioCluster]:
+    """Every node started and joined; every node killed on the way out, also after a failure."""
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        for i in list(cluster.procs):
+            cluster.kill(i)
 
 
 @pytest.fixture(scope="module")
 def minio_cluster(netns_factory, minio_binary_path, tmp_path_factory) -> Iterator[MinioCluster]:
     """A 4-node distributed MinIO (EC 2+2), node i in network namespace i (tests/plugins/netns.py), one bucket."""
     lab = netns_factory(NODES)
-    cluster = MinioCluster(lab, minio_binary_path, tmp_path_factory.mktemp("minio-cluster"))
-    for i in range(1, NODES + 1):
-        cluster.start(i)
-    try:
-        for i in range(1, NODES + 1):
-            cluster.wait_ready(i)
-        cluster.wait_write_quorum(1)
-        s3_filesystem(cluster.endpoint(1), cluster.access_key, cluster.secret_key,
-                      allow_bucket_creation=True).create_dir(cluster.bucket)
-        probe = "_probe/started"
-        with cluster.fs(1).open_output_stream(f"{cluster.bucket}/{probe}") as out:
-            out.write(b"ok")
-        for i in range(1, NODES + 1):  # every node has joined: it finds what another node wrote
-            cluster.wait_finds(i, [probe])
-        cluster.fs(1).delete_dir(f"{cluster.bucket}/_probe")
+    with running(MinioCluster(lab, minio_binary_path, tmp_path_factory.mktemp("minio-cluster"))) as cluster:
         yield cluster
-    finally:
-        for i in list(cluster.procs):
-            cluster.kill(i)
     logs = "".join(cluster.log_path(i).read_text(errors="replace") for i in range(1, NODES + 1))
     assert cluster.secret_key not in logs and cluster.access_key not in logs
