@@ -37,7 +37,10 @@ def test_dry_run_prints_one_submit_per_stage_covering_all_partition_days(tmp_pat
 def test_master_and_conf_are_passed_to_spark_submit(tmp_path):
     cmd = run.stage_command("match_traces", "W", "2026-11-02", "2026-11-02", ["c"], "spark://h:7077",
                             ["spark.executor.memory=1g"])
-    assert cmd[1:5] == ["--master", "spark://h:7077", "--conf", "spark.executor.memory=1g"]
+    from speedprofile.tables import spark_jars
+
+    # the pinned jars (Iceberg runtime, JDBC drivers, S3A), then the master and the operator's confs
+    assert cmd[1:7] == ["--jars", spark_jars(), "--master", "spark://h:7077", "--conf", "spark.executor.memory=1g"]
 
 
 def test_unknown_stage_and_missing_partition_list_are_one_line_errors(tmp_path, capsys):
