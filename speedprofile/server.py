@@ -1,6 +1,6 @@
 """`speedprofile server start|stop|status`: a long-lived Spark Connect server for the stage apps.
 
-Spark's own `sbin/start-connect-server.sh` runs it (one JVM, warm Python workers, reused by every stage and every
+Spark's own `sbin/spark-daemon.sh` runs it (as `start-connect-server.sh` does) (one JVM, warm Python workers, reused by every stage and every
 partition-day); `speedprofile run --remote sc://HOST:PORT` and the Airflow `spark_connect` connection use it.
 Bound to 127.0.0.1 unless --host says otherwise. Configuration: $SPARK_CONF_DIR (a cluster's spark-defaults),
 else the repository's conf/.
@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=None,
                    help="pid and log folder (default ~/.cache/speedprofile/connect-<port>)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
+
+
+CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 
 def spark_home() -> str:
@@ -73,7 +76,9 @@ def start(host: str = "127.0.0.1", port: int = DEFAULT_PORT, master: str | None 
     from speedprofile.tables import spark_jars
 
     sd = state_dir(port, state)
-    cmd = [os.path.join(spark_home(), "sbin", "start-connect-server.sh")]
+    # What Spark's sbin/start-connect-server.sh does (the pip-installed Spark ships spark-daemon.sh, not that script)
+    cmd = [os.path.join(spark_home(), "sbin", "spark-daemon.sh"), "submit", CONNECT_CLASS, "1",
+           "--name", "Spark Connect server"]
     if master:
         cmd += ["--master", master]
     conf = {"spark.connect.grpc.binding.address": host, "spark.connect.grpc.binding.port": str(port),
@@ -81,6 +86,7 @@ def start(host: str = "127.0.0.1", port: int = DEFAULT_PORT, master: str | None 
             **(confs or {})}
     for k, v in conf.items():
         cmd += ["--conf", f"{k}={v}"]
+    cmd.append("spark-internal")
     res = subprocess.run(cmd, env=server_env(sd), capture_output=True, text=True)
     if res.returncode != 0:
         raise UserError(f"Spark Connect server did not start: {(res.stderr or res.stdout).strip()[-300:]}")
@@ -122,7 +128,8 @@ def stop(port: int = DEFAULT_PORT, state: str | None = None, timeout: float = 60
         except ValueError:
             continue
     was = _pid_alive(sd)
-    subprocess.run([os.path.join(spark_home(), "sbin", "stop-connect-server.sh")], env=server_env(sd),
+    subprocess.run([os.path.join(spark_home(), "sbin", "spark-daemon.sh"), "stop", CONNECT_CLASS, "1"],
+                   env=server_env(sd),
                    capture_output=True, text=True)
     deadline = time.monotonic() + timeout
     for pid in pids:
