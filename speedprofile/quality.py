@@ -17,11 +17,9 @@ Rules (thresholds in `Thresholds`; docs/airflow.md lists them per stage):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from functools import reduce
 from typing import Any
 
 from speedprofile import stages as registry
@@ -94,35 +92,18 @@ def read_json(path: str) -> dict | None:
         return None
 
 
-def _key_literal(table: str, key: str, value: object) -> Any:
-    from schemas import TABLES
-
-    typ = TABLES[table].column(key).type
-    if typ == "date":
-        return value if isinstance(value, date) else date.fromisoformat(str(value))
-    if typ.startswith("int"):
-        return int(str(value))
-    return str(value)
-
-
 def table_stats(warehouse: str, table: str, keys: Mapping[str, object], columns: tuple[str, ...] = ()) -> TableStats:
     """Row count and min/max of `columns` over the committed rows of `table` whose keys equal `keys` (e.g.
     {"dt": D, "partition": P}), from the table's manifests (no data pages); 0 rows before the first commit."""
     from pyiceberg.conversions import from_bytes
-    from pyiceberg.expressions import AlwaysTrue, And, EqualTo
 
     from speedprofile import tables
 
-    cat = tables.catalog(warehouse)
-    if cat.kind == "sqlite" and not os.path.exists(cat.location):  # no catalog: nothing committed (and make none)
+    tbl = tables.committed_table(warehouse, table)
+    if tbl is None:
         return TableStats(0, 0, {})
-    tbl = tables.load(warehouse, table)
     snap = tbl.current_snapshot()
-    if snap is None:
-        return TableStats(0, 0, {})
-    # pyiceberg's expression classes take positional (term, literal); their stubs say keyword-only
-    terms = [EqualTo(k, _key_literal(table, k, v)) for k, v in keys.items()]  # type: ignore[call-arg, arg-type]
-    flt = reduce(And, terms) if terms else AlwaysTrue()  # type: ignore[arg-type]
+    flt = tables.key_filter(table, keys)
     tasks = list(tbl.scan(row_filter=flt, snapshot_id=snap.snapshot_id).plan_files())
     if any(task.delete_files for task in tasks):  # row-level deletes: the manifests' counts overstate; read rows
         return _stats_from_rows(warehouse, table, keys, columns, snap.snapshot_id, len(tasks))

@@ -338,7 +338,7 @@ def failure_line(log: Path) -> str:
     return line[:400]
 
 
-def network_cells(warehouse: str) -> list[str] | None:
+def network_cells(warehouse: str) -> list[str]:
     """Cells of the warehouse's partition list (validated), local or on an object store."""
     try:
         return partition_cells(warehouse)
@@ -350,10 +350,7 @@ def network_cells(warehouse: str) -> list[str] | None:
 def resolve_partitions(warehouse: str, partition: str | None, all_: bool) -> list[str]:
     """--all: every cell of the partition list; else the --partition cells, each an H3 cell of the network."""
     if all_:
-        cells = network_cells(warehouse)
-        if cells is None:
-            raise UserError("--all needs a local partition list; name the cells with --partition")
-        return cells
+        return network_cells(warehouse)
     return validate.cells(partition or "", network_cells(warehouse))
 
 

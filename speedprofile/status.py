@@ -88,11 +88,8 @@ def _partition_rows(warehouse: str, table: str) -> list[dict]:
     without a catalog is not created by asking)."""
     from speedprofile import tables
 
-    cat = tables.catalog(warehouse)
-    if cat.kind == "sqlite" and not os.path.exists(cat.location):
-        return []
-    tbl = tables.load(warehouse, table)
-    if tbl.current_snapshot() is None:
+    tbl = tables.committed_table(warehouse, table)
+    if tbl is None:
         return []
     oldest = min(s.timestamp_ms for s in tbl.snapshots())
     out = []

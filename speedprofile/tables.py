@@ -19,7 +19,6 @@ import hashlib
 import os
 import sqlite3
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -307,6 +306,20 @@ def load(warehouse: str, table: str | Table):
     """The pyiceberg Table, refreshed to the newest commit."""
     t = _table(table)
     return py_catalog(warehouse).load_table(identifier(t.name))
+
+
+def committed_table(warehouse: str, table: str | Table):
+    """The pyiceberg Table when it has a commit, else None; asking never creates a local warehouse's catalog."""
+    cat = catalog(warehouse)
+    if cat.kind == "sqlite" and not os.path.exists(cat.location):
+        return None
+    tbl = load(warehouse, table)
+    return tbl if tbl.current_snapshot() is not None else None
+
+
+def key_filter(table: str | Table, keys: Mapping[str, object]):
+    """pyiceberg filter: the rows whose keys equal `keys` ({} = every row)."""
+    return _py_replace_filter(_table(table), [keys])
 
 
 def _table(table: str | Table) -> Table:
@@ -620,15 +633,3 @@ def export(warehouse: str, table: str | Table, out_dir: str, dates: Sequence[dat
     ds.write_dataset(data, path, filesystem=fs, format="parquet", partitioning=part,
                      existing_data_behavior="overwrite_or_ignore", basename_template="part-{i}.parquet")
     return {"table": t.name, "rows": data.num_rows, "path": dest}
-
-
-def wait_for_commit(warehouse: str, table: str | Table, after: int | None, timeout: float = 60.0) -> int | None:
-    """The current snapshot id once it differs from `after` (for tests that watch commits)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cur = load(warehouse, table).current_snapshot()
-        sid = cur.snapshot_id if cur else None
-        if sid != after:
-            return sid
-        time.sleep(0.2)
-    return after

@@ -419,7 +419,7 @@ def ingest(
     old_batch = spark.conf.get(key, None)
     spark.conf.set(key, str(ARROW_BATCH_ROWS))
     try:
-        counts, moved = _run(spark, warehouse, prep, now + pd.Timedelta(seconds=future_skew_s))
+        counts = _run(spark, warehouse, prep, now + pd.Timedelta(seconds=future_skew_s))
     finally:
         if old_batch is None:
             spark.conf.unset(key)
@@ -433,8 +433,7 @@ def ingest(
                           json.dumps({"source_file": f.path, "counts": c}, indent=2, sort_keys=True))
         dts |= set(per_dt)
         sp.write_text(spark, wh.join(warehouse, "_ingest", "files", f"{f.sha}.json"), json.dumps(
-            {"source_file": f.path, "format": f.format, "sha256_prefix": f.sha, "dts": sorted(per_dt),
-             "tables": sorted(moved.get(f.sha, []))}, indent=2))
+            {"source_file": f.path, "format": f.format, "sha256_prefix": f.sha, "dts": sorted(per_dt)}, indent=2))
     _write_dt_metrics(spark, warehouse, dts)
     total = _empty_counts()
     by_dt: dict[str, dict] = {}
@@ -451,9 +450,8 @@ def ingest(
 
 
 def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.Timestamp
-         ) -> tuple[dict[str, dict[str, dict]], dict[str, list[str]]]:
-    """Parse, cut, check against stored probes, replace the rows of these sources: (counts per src and dt, tables
-    written per src)."""
+         ) -> dict[str, dict[str, dict]]:
+    """Parse, cut, check against stored probes, replace the rows of these sources: counts per src and dt."""
     files = prep.files
     parsed = parse_inputs(spark, files, max_time_utc)
     if any(f.format == "trips-json" for f in files):
@@ -482,5 +480,4 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
         tables.write(rejected.repartition("dt", "src"), warehouse, REJECTED_PROBES, replace)
     finally:
         rows.unpersist()
-    moved = {f.sha: ["probes", "rejected_probes"] for f in files}
-    return counts, moved
+    return counts

@@ -280,10 +280,7 @@ def has_network(warehouse: str) -> bool:
     """Whether road_segments was ever committed in the warehouse (asks the catalog; never creates a warehouse)."""
     from speedprofile import tables
 
-    cat = tables.catalog(warehouse)
-    if cat.kind == "sqlite" and not os.path.exists(cat.location):
-        return False
-    return tables.load(warehouse, ROAD_SEGMENTS).current_snapshot() is not None
+    return tables.committed_table(warehouse, ROAD_SEGMENTS) is not None
 
 
 def load_road_segments_table(warehouse: str, partitions: Sequence[str] | None = None, columns: Sequence[str] | None = None):

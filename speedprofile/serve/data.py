@@ -6,7 +6,6 @@ Grain: speed_estimates is one segment x tow_bucket; road_segments one directed s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,11 +30,8 @@ def _partition_counts(warehouse: str, table: str) -> dict[tuple, int] | None:
     never committed (a local warehouse without a catalog is not created by asking)."""
     from speedprofile import tables
 
-    cat = tables.catalog(warehouse)
-    if cat.kind == "sqlite" and not os.path.exists(cat.location):
-        return None
-    tbl = tables.load(warehouse, table)
-    if tbl.current_snapshot() is None:
+    tbl = tables.committed_table(warehouse, table)
+    if tbl is None:
         return None
     keys = TABLES[table].partition_by
     return {tuple(str(r["partition"][k]) for k in keys): int(r["record_count"])
