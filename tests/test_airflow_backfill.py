@@ -4,6 +4,7 @@ exactly those partition-days (and nothing of other partitions or days)."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tests.plugins.orchestration import (
     E2E_CELL,
     SIM_DAYS,
     airflow_services,
+    key_lines,
     partition_rows,
     run_airflow,
     wait_for,
@@ -61,6 +63,23 @@ def table_snapshot(warehouse: Path) -> dict[str, dict[str, int]]:
     return snap
 
 
+def create_backfill(home: Path, wh: Path, port: int) -> None:
+    """`airflow backfill create` for SIM_DAYS. The scheduler and the DAG processor write the same SQLite file; when
+    SQLite answers "database is locked" without waiting (two deferred transactions upgrading at once), the command is
+    run again, but only while no backfill row of this DAG exists (a retry never makes a second backfill)."""
+    args = ["backfill", "create", "--dag-id", DAG_ID, "--from-date", SIM_DAYS[0], "--to-date", SIM_DAYS[1],
+            "--max-active-runs", "1"]
+    for attempt in range(4):
+        proc = run_airflow(home, args, wh, port=port, check=False)
+        out = proc.stdout + proc.stderr
+        if proc.returncode == 0:
+            return
+        if "database is locked" not in out or db_rows(home, "SELECT id FROM backfill WHERE dag_id = ?", DAG_ID):
+            break
+        time.sleep(2 + 3 * attempt)
+    pytest.fail(f"airflow {' '.join(args)} exited {proc.returncode}; key lines:\n{key_lines(out)}\n{out[-2500:]}")
+
+
 def test_backfill_writes_exactly_the_requested_partition_days(airflow_services_backfill):
     svc = airflow_services_backfill
     home, wh, port = svc["home"], svc["warehouse"], svc["port"]
@@ -68,9 +87,7 @@ def test_backfill_writes_exactly_the_requested_partition_days(airflow_services_b
              lambda: db_rows(home, "SELECT dag_id FROM dag WHERE dag_id = ?", DAG_ID), 240,
              on_timeout=lambda: (home / "logs" / "dag-processor.out").read_text()[-3000:])
     run_airflow(home, ["dags", "unpause", DAG_ID], wh, port=port)
-    run_airflow(home, ["backfill", "create", "--dag-id", DAG_ID, "--from-date", SIM_DAYS[0], "--to-date", SIM_DAYS[1],
-                      "--max-active-runs", "1"],
-                wh, port=port)
+    create_backfill(home, wh, port)
 
     def done():
         runs = backfill_runs(home)

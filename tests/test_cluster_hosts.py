@@ -6,6 +6,7 @@ run fails with one clear line, the retry succeeds): every stage table then equal
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,6 @@ from speedprofile.warehouse import partition_cells
 from tests.plugins.infra import ClusterLog, load_cluster_module
 from tests.plugins.objectstore import NODES, MinioCluster, running
 from tests.plugins.orchestration import SIM_DAYS
-from tests.test_s3_pipeline import STAGE_TABLES, _rows, _write_inputs, environ
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +33,43 @@ DAY = SIM_DAYS[0]  # one day: each run stays well under a minute per fault
 RUN_ARGS = ["run", "--date", DAY, "--window-weeks", "1"]
 RUN_TIMEOUT_S = 600  # a loaded 2-core machine: one run took 4-6 min here
 SPEEDPROFILE = str(Path(sys.executable).with_name("speedprofile"))
+
+
+STAGE_TABLES = ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")
+
+
+@contextmanager
+def environ(extra: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _rows(warehouse: str, table: str) -> list[str]:
+    """The table's rows, sorted, floats to 12 significant digits (sums may differ in the last bits when rows reach
+    a kernel in another order)."""
+    t = tables.read_arrow(warehouse, table)
+    t = t.select(sorted(t.column_names))
+
+    def norm(v):
+        return float(f"{v:.12g}") if isinstance(v, float) else v
+
+    return sorted(json.dumps({k: norm(v) for k, v in r.items()}, sort_keys=True, default=str) for r in t.to_pylist())
+
+
+def _write_inputs(src: Path, inputs: dict, dst: str) -> None:
+    """The stage inputs of a local warehouse (partition list, road_segments, probes rows) into dst."""
+    storage.write_text(f"{dst}/road_segments/_partitions.json",
+                       (src / "road_segments" / "_partitions.json").read_text())
+    for name, rows in inputs.items():
+        tables.write_arrow(dst, name, rows, replace=[{}])
 
 
 class _StoreHosts:
@@ -236,6 +274,7 @@ def retry_with_a_worker_and_a_storage_node_killed(lab, store, spark_hosts, refer
     ui_port = mod.free_port()
     down = 3  # not the endpoint's node 1
     second = logs / f"{STAGES[1]}_{DAY}_{DAY}.log"
+    apps_before = {a["id"] for a in spark_hosts.state().get("completedapps", [])}
     t0 = time.time()
     proc = start_run(lab, spark_hosts, reference, wh, logs, "--conf", f"spark.ui.port={ui_port}")
     try:
@@ -256,6 +295,17 @@ def retry_with_a_worker_and_a_storage_node_killed(lab, store, spark_hosts, refer
         assert "lost executor" in stage_logs or "executorlostfailure" in stage_logs
         counts = assert_equals_reference(wh, reference)
         spark_hosts.log(f"retry equals the local run: {counts}")
+        # Every stage ran as an application of the cluster (not a local fallback), and its data is in the bucket.
+        new_apps = [a for a in spark_hosts.state().get("completedapps", []) if a["id"] not in apps_before]
+        assert len(new_apps) >= len(STAGES), [a["name"] for a in new_apps]
+        assert storage.list_files(f"{wh}/speed_estimates/data")
+        # The keys reached the driver, the daemons and the executors through the environment only: no log of the
+        # run, of the cluster's daemons and executors, or of the storage nodes holds the secret.
+        texts = [p for d in (logs, Path(spark_hosts.state_dir)) for p in d.rglob("*")
+                 if p.is_file() and (p.suffix in {".log", ".out", ".err"} or p.name in {"stdout", "stderr"})]
+        texts += [store.log_path(i) for i in range(1, NODES + 1) if store.log_path(i).exists()]
+        leaked = [str(p) for p in texts if store.secret_key.encode() in p.read_bytes()]
+        assert not leaked, leaked
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

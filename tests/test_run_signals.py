@@ -67,7 +67,7 @@ def test_signal_stops_the_spark_submit_group_and_exits_non_zero(tmp_path, signum
             procs = processes()
             for pid in descendants(run.pid, procs):
                 ppid, pgrp, cmd = procs[pid]
-                if "spark_apps/match_traces.py" in cmd and ppid != run.pid and "java" not in cmd.split()[0]:
+                if "spark_apps/match_traces.py" in cmd and ppid != run.pid and "java" not in (cmd.split() or [""])[0]:
                     driver, group = pid, pgrp
             time.sleep(0.05)
         assert driver is not None, f"no stage driver seen (run exited {run.poll()}): {run.communicate()[1][-2000:]}"
@@ -107,7 +107,7 @@ def test_signal_to_ingest_ends_its_spark_jvm_and_exits_non_zero(tiny_network_war
         deadline, jvm = time.time() + 300, None
         while time.time() < deadline and ingest.poll() is None and jvm is None:
             procs = processes()
-            jvm = next((p for p in descendants(ingest.pid, procs) if "java" in procs[p][2].split()[0]), None)
+            jvm = next((p for p in descendants(ingest.pid, procs) if "java" in (procs[p][2].split() or [""])[0]), None)
             time.sleep(0.05)
         assert jvm is not None, f"no Spark JVM seen (ingest exited {ingest.poll()}): {ingest.communicate()[1][-2000:]}"
         time.sleep(1.0)  # let the session come up part-way
