@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/speedprofile demo $(if $(OSM),--osm $(OSM),)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 lint: setup
 	$(VENV)/bin/ruff check speedprofile schemas spark_apps dags tests benchmarks

@@ -314,6 +314,10 @@ class Cluster:
             os.killpg(worker.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # SIGKILL cannot be caught, but tearing down a JVM with a large heap takes the kernel a moment.
+        deadline = time.monotonic() + 30
+        while pid_alive(worker.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         msg = f"killed worker {worker.worker_id} (pid {worker.pid})"
         self.killed.append({"role": worker.role, "worker_id": worker.worker_id, "pid": worker.pid, "at": time.time()})
         self.save()

@@ -358,7 +358,7 @@ def _existing_fixes(spark: SparkSession, warehouse: str, dts: set[str], own: lis
         except ValueError:
             continue
         days |= {str(day), str(day - timedelta(days=1))}
-    if not days:
+    if not days or not tables.has_rows(warehouse, PROBES, sorted(days), excluding={"src": own}):
         return None
     df = tables.read(spark, warehouse, PROBES, dates=sorted(days)).where(~F.col("is_context"))
     if own:
@@ -465,7 +465,9 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
         touched = {dt for per_dt in counts.values() for dt in per_dt}
         existing = _existing_fixes(spark, warehouse, touched, [f.sha for f in files])
         if existing is not None:
-            checked = mark_already_ingested(rows, existing).persist()
+            # Materialised, with its lineage cut: the later write to `probes` (which `existing` reads) would
+            # otherwise drop a cached copy and make the next write parse every input file again.
+            checked = mark_already_ingested(rows, existing).localCheckpoint(eager=True)
             rows.unpersist()
             rows = checked
             counts = _count_rows(rows)
