@@ -94,6 +94,16 @@ def spark_log_to_file(args: argparse.Namespace):
             print(f"Spark log: {log}", file=sys.stderr)
 
 
+def error_summary(exc: BaseException) -> str:
+    """One line for an unexpected error: its type and first line and, for an error raised in the JVM (whose text
+    is a Java stack trace), the Java exception line and the innermost `Caused by:`."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    head = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
+    named = [ln.lstrip(": ")[:300] for ln in lines[1:] if ln.startswith(": ")][:1]
+    causes = [ln for ln in lines[1:] if ln.startswith("Caused by:")][-1:]
+    return " ".join([head, *named, *causes])[:800]
+
+
 def main(argv: list[str] | None = None) -> int:
     from speedprofile import procs
 
@@ -112,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("SPEEDPROFILE_DEBUG"):
             raise
-        print(f"speedprofile: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        print(f"speedprofile: error: {error_summary(exc)}", file=sys.stderr)
         return 1
     finally:
         procs.restore_sigterm(previous)

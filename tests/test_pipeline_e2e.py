@@ -135,9 +135,11 @@ def test_running_in_process_gives_the_same_tables(pipeline, tmp_path):
 
 
 def _run_cli(wh: str, cells: list[str], stages: tuple[str, ...] | list[str], log_dir: str) -> subprocess.Popen:
-    """`speedprofile run` as its own process group (so a test can kill it with its spark-submit)."""
+    """`speedprofile run --in-process` as its own process group (so a test can kill it with its JVM and Python
+    workers): the stages share one local session, one JVM start per run instead of one per stage."""
     cmd = [sys.executable, "-m", "speedprofile.cli", "run", "--warehouse", wh, "--date", START,
-           "--partition", ",".join(cells), "--stages", ",".join(stages), "--window-weeks", "1", "--log-dir", log_dir]
+           "--partition", ",".join(cells), "--stages", ",".join(stages), "--window-weeks", "1", "--log-dir", log_dir,
+           "--in-process"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

@@ -140,3 +140,18 @@ def test_a_failed_stage_is_summed_up_by_the_line_that_says_why(tmp_path):
     assert failure_line(log).startswith("error: no road network")
     log.write_text("Traceback (most recent call last):\nValueError: bad value\n\tat something\n")
     assert failure_line(log) == "ValueError: bad value"
+
+
+def test_an_unexpected_jvm_error_is_one_line_with_its_java_cause():
+    from speedprofile.cli import error_summary
+
+    text = ("An error occurred while calling o894.collectToPython.\n"
+            ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 1 in stage 5.0 failed\n"
+            "\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages(DAGScheduler.scala:3100)\n"
+            "Caused by: java.io.IOException: write failed\n\tat a.b(C.java:1)\n"
+            "Caused by: java.lang.OutOfMemoryError: Java heap space\n\tat d.e(F.java:2)\n")
+    line = error_summary(RuntimeError(text))
+    assert "\n" not in line
+    assert line.startswith("RuntimeError: An error occurred while calling o894.collectToPython.")
+    assert "Job aborted due to stage failure" in line and line.endswith("java.lang.OutOfMemoryError: Java heap space")
+    assert error_summary(ValueError("bad value")) == "ValueError: bad value"
