@@ -17,6 +17,7 @@ from tests.plugins.orchestration import (
     key_lines,
     partition_rows,
     run_airflow,
+    spark_connect_conn,
     wait_for,
 )
 
@@ -49,9 +50,11 @@ def task_failures(home: Path) -> str:
 
 
 @pytest.fixture
-def airflow_services_backfill(airflow_home, airflow_warehouse):
-    """API server, scheduler and DAG processor over a copy of the ingested e2e warehouse."""
-    with airflow_services(airflow_home, airflow_warehouse) as svc:
+def airflow_services_backfill(airflow_home, airflow_warehouse, connect_url):
+    """API server, scheduler and DAG processor over a copy of the ingested e2e warehouse; the stages run on a
+    Spark Connect server (`tests/test_dags.py` covers a partition-day through spark-submit)."""
+    with airflow_services(airflow_home, airflow_warehouse,
+                          {"AIRFLOW_CONN_SPARK_DEFAULT": spark_connect_conn(connect_url)}) as svc:
         yield {"home": airflow_home, "warehouse": airflow_warehouse, **svc}
 
 

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.orchestration import E2E_CELL, airflow_services, clone_airflow_home, wait_for
+from tests.plugins.orchestration import (
+    E2E_CELL,
+    airflow_services,
+    clone_airflow_home,
+    spark_connect_conn,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -52,7 +58,7 @@ def yesterday_warehouse(tmp_path) -> tuple[Path, str]:
 
 
 def test_airflow_ui_login_trigger_partition_day_and_read_a_gate_log(airflow_home_template, tmp_path,
-                                                                     yesterday_warehouse):
+                                                                     yesterday_warehouse, connect_url):
     from playwright.sync_api import expect, sync_playwright
 
     wh, day = yesterday_warehouse
@@ -60,7 +66,8 @@ def test_airflow_ui_login_trigger_partition_day_and_read_a_gate_log(airflow_home
     assert E2E_CELL in cells and len(cells) > 1
     home = clone_airflow_home(airflow_home_template, tmp_path / "airflow_home")
     # no scheduled runs on unpause (the trigger dialog unpauses the DAG): only the run the test triggers
-    env = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "operator:admin", "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
+    env = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "operator:admin", "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+           "AIRFLOW_CONN_SPARK_DEFAULT": spark_connect_conn(connect_url)}  # stages on the shared Connect server
     with airflow_services(home, wh, env) as svc, sync_playwright() as pw:
         base = f"http://127.0.0.1:{svc['port']}"
         passwords = home / "simple_auth_manager_passwords.json.generated"

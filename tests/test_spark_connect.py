@@ -1,12 +1,11 @@
 """Stages as Spark Connect clients of a long-lived server: same tables as spark-submit, through `run` and Airflow."""
 
 import json
-import socket
 import subprocess
 
 import pytest
 
-from speedprofile import server, tables
+from speedprofile import tables
 from speedprofile.cli import main as sp
 from tests.plugins.orchestration import (
     AIRFLOW,
@@ -16,27 +15,11 @@ from tests.plugins.orchestration import (
     airflow_env,
     key_lines,
     partition_folders,
+    spark_connect_conn,
 )
 from tests.seed import copy_warehouse
 
 TABLES = ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def connect_url(tmp_path_factory):
-    """A real Spark Connect server (Spark's start-connect-server.sh) on 127.0.0.1, stopped after the module."""
-    port = _free_port()
-    state = tmp_path_factory.mktemp("connect_server")
-    url = server.start(port=port, master="local[2]", state=str(state), timeout=300)
-    yield url
-    server.stop(port, str(state))
-    assert not server.answering("127.0.0.1", port)
 
 
 def _rows(warehouse, table):
@@ -74,7 +57,7 @@ def test_run_remote_writes_the_same_tables_as_spark_submit(airflow_warehouse, tm
 def test_airflow_partition_day_on_a_spark_connect_connection(airflow_warehouse, airflow_home, connect_url):
     env = airflow_env(airflow_home, airflow_warehouse)
     host, port = connect_url.removeprefix("sc://").split(":")
-    env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark_connect", "host": host, "port": int(port)})
+    env["AIRFLOW_CONN_SPARK_DEFAULT"] = spark_connect_conn(connect_url)
     proc = subprocess.run([AIRFLOW, "dags", "test", f"speed_profile__{E2E_CELL}", SIM_DAYS[1]], env=env,
                           cwd=str(REPO), capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr

@@ -72,6 +72,26 @@ def airflow_env(home: Path, warehouse: Path | str, port: int = 8080) -> dict[str
     return env
 
 
+def spark_connect_conn(url: str) -> str:
+    """AIRFLOW_CONN_SPARK_DEFAULT for a Spark Connect server (the Spark provider's `spark_connect` type)."""
+    host, port = url.removeprefix("sc://").split(":")
+    return json.dumps({"conn_type": "spark_connect", "host": host, "port": int(port)})
+
+
+@pytest.fixture(scope="session")
+def connect_url(tmp_path_factory):
+    """A real Spark Connect server (`speedprofile server`) on 127.0.0.1, shared by the tests that run stages
+    through Airflow on it (one JVM start instead of one per stage); stopped at the end of the session."""
+    from speedprofile import server
+
+    port = free_port()
+    state = tmp_path_factory.mktemp("connect_server")
+    url = server.start(port=port, master="local[2]", state=str(state), timeout=300)
+    yield url
+    server.stop(port, str(state))
+    assert not server.answering("127.0.0.1", port)
+
+
 @pytest.fixture(scope="session")
 def airflow_home_template(tmp_path_factory) -> Path:
     """An Airflow home with a migrated SQLite metadata DB (migrated once per test session; never run in)."""
