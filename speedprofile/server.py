@@ -1,7 +1,8 @@
 """`speedprofile server start|stop|status`: a long-lived Spark Connect server for the stage apps.
 
-Spark's own `sbin/spark-daemon.sh` runs it (as `start-connect-server.sh` does) (one JVM, warm Python workers, reused by every stage and every
-partition-day); `speedprofile run --remote sc://HOST:PORT` and the Airflow `spark_connect` connection use it.
+Spark's own `sbin/spark-daemon.sh` runs it, as Spark's `start-connect-server.sh` does: one JVM, warm Python
+workers, reused by every stage and every partition-day. `speedprofile run --remote sc://HOST:PORT` and the Airflow
+`spark_connect` connection use it.
 Bound to 127.0.0.1 unless --host says otherwise. Configuration: $SPARK_CONF_DIR (a cluster's spark-defaults),
 else the repository's conf/.
 """

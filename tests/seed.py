@@ -86,3 +86,19 @@ def committed_ago(seconds: float) -> Iterator[None]:
     clock = types.SimpleNamespace(time=lambda: time.time() - seconds)
     with mock.patch.object(snapshots, "time", clock):
         yield
+
+
+def table_rows(warehouse: str | Path, table: str) -> list[str]:
+    """The committed rows of a table as sorted JSON lines, floats to 12 significant digits (sums may differ in the
+    last bits when rows reach a kernel in another order): for comparing two warehouses row for row."""
+    import json
+
+    from speedprofile import tables
+
+    t = tables.read_arrow(str(warehouse), table)
+    t = t.select(sorted(t.column_names))
+
+    def norm(v):
+        return float(f"{v:.12g}") if isinstance(v, float) else v
+
+    return sorted(json.dumps({k: norm(v) for k, v in r.items()}, sort_keys=True, default=str) for r in t.to_pylist())

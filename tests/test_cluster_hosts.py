@@ -6,7 +6,6 @@ run fails with one clear line, the retry succeeds): every stage table then equal
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from speedprofile.warehouse import partition_cells
 from tests.plugins.infra import ClusterLog, load_cluster_module
 from tests.plugins.objectstore import NODES, MinioCluster, running
 from tests.plugins.orchestration import SIM_DAYS
+from tests.seed import table_rows
 
 pytestmark = pytest.mark.slow
 
@@ -50,18 +50,6 @@ def environ(extra: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _rows(warehouse: str, table: str) -> list[str]:
-    """The table's rows, sorted, floats to 12 significant digits (sums may differ in the last bits when rows reach
-    a kernel in another order)."""
-    t = tables.read_arrow(warehouse, table)
-    t = t.select(sorted(t.column_names))
-
-    def norm(v):
-        return float(f"{v:.12g}") if isinstance(v, float) else v
-
-    return sorted(json.dumps({k: norm(v) for k, v in r.items()}, sort_keys=True, default=str) for r in t.to_pylist())
 
 
 def _write_inputs(src: Path, inputs: dict, dst: str) -> None:
@@ -133,7 +121,7 @@ def reference(airflow_warehouse_template, tmp_path_factory) -> tuple[Path, dict[
     saved = os.environ.pop(tables.CATALOG_ENV, None)
     try:
         assert sp([*RUN_ARGS, "--all", "--warehouse", str(wh), "--master", "local[2]"]) == 0
-        rows = {t: _rows(str(wh), t) for t in STAGE_TABLES}
+        rows = {t: table_rows(str(wh), t) for t in STAGE_TABLES}
         inputs = {name: tables.read_arrow(str(wh), name) for name in ("road_segments", "probes")}
     finally:
         if saved is not None:
@@ -204,7 +192,7 @@ def assert_equals_reference(wh: str, reference) -> dict[str, int]:
     """Every stage table holds exactly the reference's rows: nothing lost, nothing duplicated."""
     counts = {}
     for table in STAGE_TABLES:
-        got = _rows(wh, table)
+        got = table_rows(wh, table)
         assert got == reference[1][table], f"{table}: {len(got)} rows, reference {len(reference[1][table])}"
         counts[table] = len(got)
     return counts

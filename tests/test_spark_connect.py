@@ -1,11 +1,9 @@
 """Stages as Spark Connect clients of a long-lived server: same tables as spark-submit, through `run` and Airflow."""
 
-import json
 import subprocess
 
 import pytest
 
-from speedprofile import tables
 from speedprofile.cli import main as sp
 from tests.plugins.orchestration import (
     AIRFLOW,
@@ -17,21 +15,9 @@ from tests.plugins.orchestration import (
     partition_folders,
     spark_connect_conn,
 )
-from tests.seed import copy_warehouse
+from tests.seed import copy_warehouse, table_rows
 
 TABLES = ("segment_traversals", "bucketed_traversals", "speed_histograms", "speed_estimates")
-
-
-def _rows(warehouse, table):
-    """The table's rows, sorted, floats to 12 significant digits (sums may differ in the last bits when rows reach
-    a kernel in another order)."""
-    t = tables.read_arrow(str(warehouse), table)
-    t = t.select(sorted(t.column_names))
-
-    def norm(v):
-        return float(f"{v:.12g}") if isinstance(v, float) else v
-
-    return sorted(json.dumps({k: norm(v) for k, v in r.items()}, sort_keys=True, default=str) for r in t.to_pylist())
 
 
 def test_server_binds_loopback_and_status_answers(connect_url, capsys):
@@ -47,7 +33,7 @@ def test_run_remote_writes_the_same_tables_as_spark_submit(airflow_warehouse, tm
     assert sp([*args, "--warehouse", str(airflow_warehouse)]) == 0
     assert sp([*args, "--warehouse", str(remote_wh), "--remote", connect_url]) == 0
     for table in TABLES:
-        local, remote = _rows(airflow_warehouse, table), _rows(remote_wh, table)
+        local, remote = table_rows(airflow_warehouse, table), table_rows(remote_wh, table)
         assert local, table
         assert local == remote, table
     logs = sorted((remote_wh / "_logs").glob("match_traces_*.log"))
