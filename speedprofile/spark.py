@@ -40,7 +40,7 @@ def get_session(app_name: str) -> SparkSession:
     UTC, dynamic partition overwrite, Arrow on, concurrent writers for partitioned writes."""
     from pyspark.sql.utils import is_remote
 
-    if is_remote():
+    if is_remote() or os.environ.get("SPARK_REMOTE"):
         # a long-lived Spark Connect server: no JVM start, no Python worker pool start; session confs only
         spark = SparkSession.builder.getOrCreate()
     else:

@@ -40,6 +40,24 @@ def test_run_remote_writes_the_same_tables_as_spark_submit(airflow_warehouse, tm
     assert logs and "spark-submit" not in logs[-1].read_text()
 
 
+def test_ingest_remote_writes_the_same_rows_as_a_local_session(ingest_fixtures, tmp_path, connect_url):
+    from tests.plugins.ingest import make_partition_only_warehouse
+
+    inputs = str(ingest_fixtures / "input")
+    clock = ["--now", "2026-11-30T00:00:00Z"]
+    local_wh = make_partition_only_warehouse(tmp_path / "local", 9)
+    remote_wh = make_partition_only_warehouse(tmp_path / "remote", 9)
+    assert sp(["ingest", inputs, "--warehouse", local_wh, *clock]) == 0
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "speedprofile"), "ingest", inputs, "--warehouse", remote_wh,
+                           "--remote", connect_url, *clock], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ingested" in proc.stdout
+    for table in ("probes", "rejected_probes", "rejected_files"):
+        local, remote = table_rows(local_wh, table), table_rows(remote_wh, table)
+        assert local == remote, table
+    assert table_rows(local_wh, "probes")
+
+
 def test_airflow_partition_day_on_a_spark_connect_connection(airflow_warehouse, airflow_home, connect_url):
     env = airflow_env(airflow_home, airflow_warehouse)
     host, port = connect_url.removeprefix("sc://").split(":")

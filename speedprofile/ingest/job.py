@@ -8,6 +8,7 @@ refused file. Exit code 0 when at least one file was ingested.
 from __future__ import annotations
 
 import argparse
+import os
 
 FORMAT_CHOICES = ("auto", "csv", "jsonl", "parquet", "gpx", "trips-json")
 
@@ -16,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="input files or directories (searched recursively)")
     parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
                         help="input format (default: by extension, then by content)")
+    parser.add_argument("--remote", default=os.environ.get("SPEEDPROFILE_SPARK_REMOTE"),
+                        help="Spark Connect server URL sc://HOST:PORT (default $SPEEDPROFILE_SPARK_REMOTE; none: a "
+                             "local session in this process)")
     add_limit_arguments(parser)
 
 
@@ -65,7 +69,6 @@ def clock_from(args: argparse.Namespace):
 
 
 def cli(args: argparse.Namespace) -> int:
-    import os
     import sys
 
     import pandas as pd
@@ -83,6 +86,8 @@ def cli(args: argparse.Namespace) -> int:
         if not prepared.files:
             record_refused(None, args.warehouse, prepared.refused, [], now or pd.Timestamp.now(tz="UTC"))
             raise refused_error(prepared.refused)
+    if args.remote:
+        os.environ["SPARK_REMOTE"] = args.remote  # a Spark Connect client: no JVM starts here
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers use this interpreter's packages
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the driver and its UI bind to loopback unless told
     spark = get_session("ingest_probes")

@@ -286,7 +286,7 @@ def _trace_partitions(spark: SparkSession, files: list[InputFile]) -> int:
     default parallelism (every core busy), at most spark.sql.shuffle.partitions (the cached result keeps this
     partitioning, so it must not be 200 for a tiny batch)."""
     cap = int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
-    floor = min(cap, spark.sparkContext.defaultParallelism)
+    floor = min(cap, sp.default_parallelism(spark))
     total = sum(max(f.data_bytes, f.size) for f in files)
     return max(floor, min(cap, -(-total // BYTES_PER_TRACE_PARTITION)))
 
