@@ -13,8 +13,8 @@ all partitions (`speedprofile run --all`). Per step it reports:
 - per step, the fixed cost and the per-fix cost from a least-squares fit of wall = fixed + per_fix * N over the
   sizes, and the largest N that completed.
 
-Stages run through a Spark Connect server (`--mode connect`, the default: one JVM for all stages) or one
-spark-submit per stage (`--mode submit`). Memory is capped at `--memory` (JVM heap; default 2g, what a 4 GB
+Ingest and the stages run through a Spark Connect server (`--mode connect`, the default: one JVM for all steps) or
+each in its own JVM (`--mode submit`: ingest on a local session, one spark-submit per stage). Memory is capped at `--memory` (JVM heap; default 2g, what a 4 GB
 Raspberry Pi worker gives an executor: docs/deploy.md). Figures go to stdout and to `--out` (JSON; default
 /tmp/speedprofile-bench/scale.json); scratch data to `--work`.
 
@@ -270,7 +270,7 @@ def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: l
     res["vehicles"] = vehicles
     logs = work / f"logs_{n}"
     logs.mkdir(exist_ok=True)
-    step = run_step([*SP, "ingest", str(sim / "probes"), "--warehouse", str(wh)], env, logs / "ingest.log",
+    step = run_step([*SP, "ingest", str(sim / "probes"), "--warehouse", str(wh), *remote], env, logs / "ingest.log",
                     server_pid, event_dir)
     text = (logs / "ingest.log").read_text(errors="replace")
     found = re.search(r"(\d+) rows in", text)
