@@ -1,12 +1,14 @@
-"""estimate_speeds kernel throughput: the per-segment kernel (kernels.estimate_segment, one call per segment, as the
-applyInPandas plan ran it) vs the vectorised block kernel (kernels.estimate_segments), same input, same run.
+"""estimate_speeds kernel throughput: the per-segment reference kernel vs the vectorised block kernel, same input.
+
+The reference is tests/reference_kernels.estimate_segment (one call per segment, as the applyInPandas plan ran it),
+the production kernel kernels.estimate_segments (blocks of segments); both run in the same process.
 
 Input: a synthetic partition's window histograms (segments with 50-600 observed buckets of 1-8 observations each,
 10 % parked-car outliers). The per-segment kernel runs on the first --reference-segments segments only (it is
 slow); segments/s are compared and both outputs are checked equal (floats to rtol 1e-9).
 With --spark-segments N (default 300) the two Spark plans are also timed on the first N segments written as a
-speed_histograms Parquet table: transforms.estimate_per_segment (groupBy(segment).applyInPandas, one kernel call
-per segment; the previous plan) vs transforms.estimate (mapInArrow, one vectorised call per block of segments).
+speed_histograms Parquet table: reference_kernels.estimate_per_segment (groupBy(segment).applyInPandas, one kernel
+call per segment; the previous plan) vs transforms.estimate (mapInArrow, one vectorised call per block of segments).
 Run: .venv/bin/python benchmarks/estimate_speeds.py [--segments 2000]  -> benchmarks/results/estimate_speeds.json
 """
 
@@ -22,10 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from schemas.speed_histograms import N_SPEED_BINS
-from speedprofile.aggregate import kernels as K
+from schemas.speed_histograms import N_SPEED_BINS  # noqa: E402
+from speedprofile.aggregate import kernels as K  # noqa: E402
+from tests import reference_kernels as R  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,7 +70,7 @@ def main() -> None:
 
     ref_hist = hist[hist["segment_id"] < args.reference_segments]
     t0 = time.perf_counter()
-    ref = pd.concat([K.estimate_segment(g, priors[s]).assign(segment_id=s) for s, g in ref_hist.groupby("segment_id")],
+    ref = pd.concat([R.estimate_segment(g, priors[s]).assign(segment_id=s) for s, g in ref_hist.groupby("segment_id")],
                     ignore_index=True)
     t_ref = time.perf_counter() - t0
 
@@ -121,14 +126,14 @@ def spark_plans(hist: pd.DataFrame, n_segments: int) -> dict:
                                                "road_class": "residential"}))
     priors = {("p", "residential"): K.Prior(speed=30.0, free_flow=30.0)}
     out: dict = {"segments": n_segments}
-    for name, fn in (("per_segment_applyInPandas", T.estimate_per_segment), ("vectorised_mapInArrow", T.estimate),
-                     ("per_segment_applyInPandas_2", T.estimate_per_segment), ("vectorised_mapInArrow_2", T.estimate)):
+    for name, fn in (("per_segment_applyInPandas", R.estimate_per_segment), ("vectorised_mapInArrow", T.estimate),
+                     ("per_segment_applyInPandas_2", R.estimate_per_segment), ("vectorised_mapInArrow_2", T.estimate)):
         t0 = time.perf_counter()
         fn(h, segs, priors, "w1-x").write.format("noop").mode("overwrite").save()
         wall = time.perf_counter() - t0
         out[name] = {"wall_s": round(wall, 3), "segments_per_s": round(n_segments / wall, 1)}
         print(f"spark {name:30s} {wall:7.2f} s  {n_segments / wall:7.1f} segments/s")
-    a = T.estimate_per_segment(h, segs, priors, "w1-x").drop("window")
+    a = R.estimate_per_segment(h, segs, priors, "w1-x").drop("window")
     b = T.estimate(h, segs, priors, "w1-x").drop("window")
     out["rows_differing"] = a.select("segment_id", "tow_bucket", "source", "n_obs", "n_traces").exceptAll(
         b.select("segment_id", "tow_bucket", "source", "n_obs", "n_traces")).count()

@@ -14,7 +14,7 @@ from spark_apps import bucket_traversals as app
 from speedprofile.aggregate import kernels as K
 from speedprofile.aggregate import transforms as T
 from speedprofile.spark import read_metrics, read_table
-from tests.plugins.aggregation import fixture_frame, seed_table
+from tests.plugins.aggregation import FIXTURE_RANGES, fixture_frame, seed_table
 
 P, Q = "8739220f0ffffff", "872a100d2ffffff"
 
@@ -67,8 +67,32 @@ def test_spark_bucketing_agrees_with_kernel_across_dst(spark):
             ref["tow_bucket"], ref["day_type"], ref["local_time"]), (enter, exit_, tz)
 
 
-RANGES = (("2026-03-28", "2026-03-31"), ("2026-10-25", "2026-10-25"), ("2026-03-08", "2026-03-08"),
-          ("2026-11-01", "2026-11-01"))
+def test_rows_the_matcher_never_writes_are_rejected_with_their_reason(spark):
+    """The checks the fixture chain cannot reach (match_traces writes no such rows), one row built for each."""
+    segments = spark.createDataFrame([(1, P, "Europe/Lisbon"), (2, P, "Mars/Olympus_Mons")],
+                                     "segment_id long, partition string, timezone string")
+    t0 = utc("2026-03-29T10:00:00")
+    rows = [  # trace, segment, enter, seconds, speed km/h, complete, confidence
+        ("kept", 1, t0, 20, 36.0, True, 0.9),
+        ("no-time", 1, None, 20, 36.0, True, 0.9),
+        ("partial", 1, t0, 20, 36.0, False, 0.9),
+        ("zero-time", 1, t0, 0, 36.0, True, 0.9),
+        ("too-fast", 1, t0, 1, 720.0, True, 0.9),
+        ("unsure", 1, t0, 20, 36.0, True, 0.2),
+        ("no-segment", 999, t0, 20, 36.0, True, 0.9),
+        ("bad-zone", 2, t0, 20, 36.0, True, 0.9),
+    ]
+    df = spark.createDataFrame(
+        [(tr, seg, t, None if t is None else t + timedelta(seconds=s), float(s), v, c, conf)
+         for tr, seg, t, s, v, c, conf in rows],
+        "trace_id string, segment_id long, enter_time_utc timestamp, exit_time_utc timestamp, duration_s double, "
+        "speed_kph double, is_complete boolean, confidence double")
+    zones = [z for z in ("Europe/Lisbon", "Mars/Olympus_Mons") if K.is_valid_timezone(z)]
+    got = {r["trace_id"]: r["reject_reason"] for r in T.tag_rejects(df, segments, zones).collect()}
+    assert got == {"kept": None, "no-time": "missing_field", "partial": "partial", "zero-time": "duration_nonpositive",
+                   "too-fast": "speed_implausible", "unsure": "low_confidence", "no-segment": "unknown_segment",
+                   "bad-zone": "unknown_timezone"}
+    assert set(got.values()) == {None, *REJECT_REASONS}
 
 
 def run_app(warehouse, d0, d1):
@@ -82,7 +106,7 @@ def bucketed_wh(spark, agg_fixtures, tmp_path_factory):
     src = agg_fixtures / "bucket_traversals" / "input"
     seed_table(warehouse, src / "road_segments.jsonl", "road_segments")
     seed_table(warehouse, src / "segment_traversals.jsonl", "segment_traversals")
-    for d0, d1 in RANGES:
+    for d0, d1 in FIXTURE_RANGES:
         run_app(warehouse, d0, d1)
     return warehouse
 
@@ -98,8 +122,8 @@ def test_row_accounting_per_reason(spark, bucketed_wh):
     agg_warehouse = bucketed_wh
     m = read_metrics(None, str(agg_warehouse), "bucket_traversals", "2026-03-29", P)
     assert set(m["rejected"]) == set(REJECT_REASONS)
-    assert m["rejected"] == {"missing_field": 0, "partial": 1, "speed_implausible": 1, "duration_nonpositive": 1,
-                             "low_confidence": 1, "unknown_segment": 1, "unknown_timezone": 1}
+    # dst-before, dst-after and dst-midpoint: their first and last traversals are partial
+    assert m["rejected"] == {**dict.fromkeys(REJECT_REASONS, 0), "partial": 6}
     n_in = read_table(spark, str(agg_warehouse), "segment_traversals").groupBy("dt", "partition").count().collect()
     out = read_table(spark, str(agg_warehouse), "bucketed_traversals")
     for r in n_in:
@@ -110,7 +134,7 @@ def test_row_accounting_per_reason(spark, bucketed_wh):
 
 def test_rerun_is_idempotent(spark, bucketed_wh):
     first = read_table(spark, str(bucketed_wh), "bucketed_traversals").collect()
-    run_app(bucketed_wh, *RANGES[0])
+    run_app(bucketed_wh, *FIXTURE_RANGES[0])
     assertDataFrameEqual(read_table(spark, str(bucketed_wh), "bucketed_traversals"), first, checkRowOrder=False)
 
 

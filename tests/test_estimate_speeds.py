@@ -1,5 +1,5 @@
 """estimate_speeds: percentiles from bins, back-off chain, privacy threshold, outliers, confidence, free flow;
-the fixture stage and the whole chained aggregation (bucket -> histograms -> estimates)."""
+the fixture stage (the whole fixture chain: tests/test_fixture_chain.py) and the error against simulated truth."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
-from pyspark.testing import assertDataFrameEqual
 
-from schemas.speed_estimates import SOURCES
+from schemas.speed_estimates import MIN_TRACES, SOURCES
 from schemas.speed_histograms import N_SPEED_BINS
 from spark_apps import bucket_traversals, build_histograms, estimate_speeds
 from speedprofile import tables
 from speedprofile.aggregate import kernels as K
-from speedprofile.spark import read_metrics, read_table
-from tests.plugins.aggregation import fixture_frame, seed_table
+from speedprofile.spark import read_table
+from tests import reference_kernels as R
+from tests.plugins.aggregation import check_estimates, seed_table
 from tests.seed import commit_pandas
 
 P, Q = "8739220f0ffffff", "872a100d2ffffff"
@@ -38,6 +38,11 @@ def hist_rows(cells: dict[int, list[tuple[float, str]]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def estimate_one(hist: pd.DataFrame, prior: K.Prior, min_traces: int = MIN_TRACES) -> pd.DataFrame:
+    """The production kernel on one segment's histogram rows: its 2016 estimates."""
+    return K.estimate_segments(hist.assign(segment_id=1), {1: prior}, min_traces).drop(columns="segment_id")
+
+
 def test_quantiles_interpolate_linearly_within_bins():
     counts = np.zeros(N_SPEED_BINS, dtype=np.int64)
     counts[15] = 2  # [30, 32)
@@ -56,7 +61,7 @@ def test_back_off_chain_levels():
         tue8 + 21: [(44, "f")],                             # -> neighbour_buckets for tue8+20 (3 traces in +-2)
         3 * 288 + 8 * 12 + 6: [(30, "g")],                  # Wednesday 08:30: only via hour_daytype
     })
-    est = K.estimate_segment(h, PRIOR).set_index("tow_bucket")
+    est = estimate_one(h, PRIOR).set_index("tow_bucket")
     assert len(est) == 2016
     assert est.loc[tue8, "source"] == "observed" and est.loc[tue8, "n_traces"] == 3
     assert est.loc[tue8 + 20, "source"] == "neighbour_buckets" and est.loc[tue8 + 20, "n_traces"] == 3
@@ -64,7 +69,7 @@ def test_back_off_chain_levels():
     assert est.loc[wed_830, "source"] == "hour_daytype"   # weekday hour 8 pools tue8 + wed 08:30
     assert est.loc[tue8 + 12 * 4, "source"] == "segment_week"  # Tuesday 12:00: nothing near, week has 7 traces
     assert est.loc[tue8 + 12 * 4, "n_traces"] == 7
-    thin = K.estimate_segment(hist_rows({5: [(20, "x"), (22, "y")]}), PRIOR)
+    thin = estimate_one(hist_rows({5: [(20, "x"), (22, "y")]}), PRIOR)
     assert set(thin["source"]) == {"road_class_prior"} and (thin["speed_kph"] == 42.0).all()
     assert set(est["source"]) <= set(SOURCES)
     # confidence shrinks with back-off depth
@@ -79,7 +84,7 @@ def test_min_traces_is_configurable_and_privacy_holds():
     h = hist_rows(cells)
     own = dict(zip(h["tow_bucket"], h["n_traces"], strict=True))
     for k in (1, 3, 5):
-        est = K.estimate_segment(h, PRIOR, min_traces=k)
+        est = estimate_one(h, PRIOR, min_traces=k)
         observed = est[est["source"] == "observed"]
         assert all(own.get(b, 0) >= k for b in observed["tow_bucket"])  # never published below k from own data
         assert ((est["source"] == "road_class_prior") | (est["n_traces"] >= k)).all()
@@ -88,8 +93,8 @@ def test_min_traces_is_configurable_and_privacy_holds():
 
 def test_parked_car_does_not_drag_the_estimate():
     b = 2 * 288 + 96
-    clean = K.estimate_segment(hist_rows({b: [(30, "a"), (32, "b"), (34, "c"), (31, "d")]}), PRIOR)
-    dirty = K.estimate_segment(hist_rows({b: [(30, "a"), (32, "b"), (34, "c"), (31, "d"), (1.0, "parked")]}), PRIOR)
+    clean = estimate_one(hist_rows({b: [(30, "a"), (32, "b"), (34, "c"), (31, "d")]}), PRIOR)
+    dirty = estimate_one(hist_rows({b: [(30, "a"), (32, "b"), (34, "c"), (31, "d"), (1.0, "parked")]}), PRIOR)
     c, d = clean.loc[clean.tow_bucket == b].iloc[0], dirty.loc[dirty.tow_bucket == b].iloc[0]
     assert abs(d["speed_kph"] - c["speed_kph"]) < 1.0
     assert abs(d["mean_kph"] - c["mean_kph"]) < 1.0        # untrimmed mean would be ~25.6
@@ -100,9 +105,9 @@ def test_parked_car_does_not_drag_the_estimate():
 def test_free_flow_is_p85_of_night_speeds():
     night = {23 + 12 * h: [(60 + i, f"n{h}{i}") for i in range(3)] for h in range(1, 4)}  # Sunday 01:55..03:55
     day = {2 * 288 + 96: [(20, "a"), (21, "b"), (22, "c")]}
-    est = K.estimate_segment(hist_rows({**night, **day}), PRIOR)
+    est = estimate_one(hist_rows({**night, **day}), PRIOR)
     assert 61 <= est["free_flow_kph"].iloc[0] <= 64
-    assert K.estimate_segment(hist_rows(day), PRIOR)["free_flow_kph"].iloc[0] == PRIOR.free_flow
+    assert estimate_one(hist_rows(day), PRIOR)["free_flow_kph"].iloc[0] == PRIOR.free_flow
 
 
 def test_confidence_formula():
@@ -112,45 +117,13 @@ def test_confidence_formula():
     assert K.confidence("road_class_prior", 0, math.nan, 40, math.nan) == K.DEFAULT_PRIOR_CONFIDENCE
 
 
-def check_estimates(spark, agg_fixtures, warehouse):
-    got = read_table(spark, str(warehouse), "speed_estimates")
-    assert got.count() == 4 * 2016  # segments 101, 102, 103, 201 have window observations
-    assert got.groupBy("segment_id").agg(F.countDistinct("tow_bucket").alias("n")).where("n != 2016").count() == 0
-    expected = fixture_frame(spark, agg_fixtures / "estimate_speeds/expected/speed_estimates.jsonl", "speed_estimates")
-    pinned = got.join(expected.select("segment_id", "tow_bucket"), ["segment_id", "tow_bucket"])
-    assertDataFrameEqual(pinned.select(*expected.columns), expected, checkRowOrder=False, rtol=1e-5)
-    m = read_metrics(None, str(warehouse), "estimate_speeds", "2026-03-31", P)
-    assert m["rows_out"] == m["expected_rows_out"] == 3 * 2016 and sum(m["by_source"].values()) == m["rows_out"]
-
-
 def test_fixture_output_matches_expected(spark, agg_fixtures, tmp_path):
     wh = tmp_path / "warehouse"
     seed_table(wh, agg_fixtures / "estimate_speeds/input/speed_histograms.jsonl", "speed_histograms")
     seed_table(wh, agg_fixtures / "estimate_speeds/input/road_segments.jsonl", "road_segments")
     assert estimate_speeds.main(["--warehouse", str(wh), "--date", "2026-03-31", "--partition", f"{P},{Q}",
                                  "--window-weeks", "1"]) == 0
-    check_estimates(spark, agg_fixtures, wh)
-
-
-def test_whole_chain_from_segment_traversals(spark, agg_fixtures, tmp_path):
-    wh = tmp_path / "warehouse"
-    src = agg_fixtures / "bucket_traversals/input"
-    seed_table(wh, src / "road_segments.jsonl", "road_segments")
-    seed_table(wh, src / "segment_traversals.jsonl", "segment_traversals")
-    common = ["--warehouse", str(wh), "--partition", f"{P},{Q}"]
-    assert bucket_traversals.main([*common, "--date", "2026-03-25", "--to-date", "2026-03-31"]) == 0
-    assert build_histograms.main([*common, "--date", "2026-03-25", "--to-date", "2026-03-31", "--window-weeks", "1"]) == 0
-    assert estimate_speeds.main([*common, "--date", "2026-03-31", "--window-weeks", "1"]) == 0
-    check_estimates(spark, agg_fixtures, wh)
-    n_in = sum(read_metrics(None, str(wh), "bucket_traversals", f"2026-03-{d}", p)["rows_out"]
-               for d in range(25, 32) for p in (P, Q))
-    assert n_in == read_table(spark, str(wh), "speed_histograms", extra_keys={"window": ["w1-2026-03-31"]}) \
-        .agg(F.sum("n_obs")).first()[0]
-
-
-def test_expected_input_chain_files(agg_fixtures):
-    a = (agg_fixtures / "bucket_traversals/input/road_segments.jsonl").read_text()
-    assert a == (agg_fixtures / "estimate_speeds/input/road_segments.jsonl").read_text()
+    check_estimates(spark, wh)
 
 
 def test_estimates_match_simulator_truth(spark, tmp_path):
@@ -227,7 +200,7 @@ def test_vectorised_estimates_equal_the_per_segment_kernel():
     priors = {int(s): (PRIOR if s % 2 else K.Prior(speed=35.0, p15=25.0, p85=45.0, mean=35.5, harmonic_mean=33.0,
                                                    free_flow=50.0, n_obs=40, n_traces=9)) for s in h["segment_id"]}
     for k in (1, 3, 5):
-        ref = pd.concat([K.estimate_segment(g, priors[int(s)], k).assign(segment_id=s)
+        ref = pd.concat([R.estimate_segment(g, priors[int(s)], k).assign(segment_id=s)
                          for s, g in h.groupby("segment_id")], ignore_index=True)
         got = K.estimate_segments(h.sample(frac=1.0, random_state=k), priors, k, chunk=5)  # row order must not matter
         ref = ref[got.columns]

@@ -349,6 +349,33 @@ def test_batch_formats_parsed_as_documented(spark, batch):
     assert probes["prematched_segment_id"].isna().all()
 
 
+def test_drives_on_the_match_network_give_the_expected_probes(spark, tmp_path):
+    """The raw drives of the fixture chain ingested on the match_traces network: expected/probes.jsonl, the input of
+    match_traces (source_file as the file name; the table holds the path the run was given)."""
+    from pyspark.sql import functions as F
+    from pyspark.testing import assertDataFrameEqual
+
+    from speedprofile.ingest.pipeline import ingest
+    from speedprofile.spark import read_table
+    from tests.plugins.aggregation import FIXTURES, fixture_frame
+    from tests.plugins.matching import load_fixture_segments, write_fixture_network
+
+    warehouse = write_fixture_network(str(tmp_path / "wh"), load_fixture_segments(FIXTURES / "match_traces"))
+    names = ["drives.csv", "prematched.json"]
+    result = ingest(spark, warehouse, [str(INPUT / n) for n in names], now=pd.Timestamp("2027-01-01", tz="UTC"))
+    assert result.rows_in == sum(EXPECTED[n]["rows_in"] for n in names)
+    assert result.rows_kept == sum(EXPECTED[n]["rows_kept"] for n in names)
+    assert {k: v for k, v in result.rejected.items() if v} == EXPECTED["drives.csv"]["rejected"]  # the 10 km jump
+    got = read_table(spark, warehouse, "probes").withColumn("source_file",
+                                                           F.regexp_extract("source_file", r"[^/]+$", 0))
+    assertDataFrameEqual(got, fixture_frame(spark, FIX / "expected" / "probes.jsonl", "probes"), checkRowOrder=False)
+
+
+def test_expected_output_is_next_stage_input():
+    a = (FIX / "expected" / "probes.jsonl").read_text()
+    assert a == (FIX.parent / "match_traces" / "input" / "probes.jsonl").read_text()
+
+
 def test_trips_json_prematched_links_filled_from_road_segments(spark, ingest_network_warehouse):
     from speedprofile.ingest.pipeline import ingest
     from speedprofile.spark import read_table

@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.plugins.aggregation import FIXTURE_PARTITIONS, FIXTURE_RANGES
 from tests.plugins.matching import FIXTURE_CELL, FIXTURE_DT
 
-T0 = pd.Timestamp("2024-05-06T08:00:00Z")
+T0 = pd.Timestamp(f"{FIXTURE_DT}T08:00:00Z")
 
+# Fix statuses of the matching cases; every fix of the other drives is matched.
 EXPECTED_STATUS = {
     "straight": {"matched": 13},
     "parallel_service": {"matched": 13},
@@ -21,67 +23,91 @@ EXPECTED_STATUS = {
     "gap_split": {"matched": 10},
     "single_fix": {"single_fix": 1},
     "off_network": {"off_network": 5},
-    "duplicate_time": {"matched": 13, "duplicate_time": 1},
-    "time_backwards": {"matched": 13, "time_backwards": 1},
-    "jump_10km": {"matched": 10, "off_network": 1},
+    "jump_10km": {"matched": 10},
     "prematched": {"matched": 8},
-    "border": {"matched": 13},
 }
+BREAKS = {"gap_split": {"time_gap": 1, "no_transition": 0}, "jump_10km": {"time_gap": 0, "no_transition": 1}}
+
+
+def _matchers(segments) -> dict:
+    """One matcher per partition, on that partition's segments (the job builds one per home cell and its halo; the
+    fixture's two partitions are an ocean apart)."""
+    import pyarrow.compute as pc
+
+    from speedprofile.matching import Matcher
+
+    return {p: Matcher(segments.filter(pc.equal(segments.column("partition"), p))) for p in FIXTURE_PARTITIONS}
 
 
 @pytest.fixture(scope="module")
-def matcher(match_segments):
-    from speedprofile.matching import Matcher
-
-    return Matcher(match_segments)
+def matchers(match_segments) -> dict:
+    return _matchers(match_segments)
 
 
-def _kernel_rows(matcher, probes: pd.DataFrame) -> pd.DataFrame:
+@pytest.fixture(scope="module")
+def matcher(matchers):
+    """The matcher of the Porto partition, where the matching cases drive."""
+    return matchers[FIXTURE_CELL]
+
+
+def _kernel_rows(matchers: dict, probes: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (tid, piece), g in probes.groupby(["trace_id", "piece"], sort=False):
-        tr = matcher.match(g).traversals
-        rows.append(tr.assign(trace_id=tid, piece=piece))
+    for (tid, piece, home), g in probes.groupby(["trace_id", "piece", "partition"], sort=False):
+        tr = matchers[home].match(g).traversals
+        rows.append(tr.assign(trace_id=tid, piece=piece, partition=home))
     return pd.concat(rows, ignore_index=True)
 
 
-def _check_against_expected(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+def _utc(col: pd.Series) -> pd.Series:
+    return col.dt.tz_localize("UTC") if col.dt.tz is None else col  # Spark hands back naive UTC instants
+
+
+def _check_against_hand(got: pd.DataFrame, by_hand: pd.DataFrame, probes: pd.DataFrame) -> None:
+    """Traversals as worked out by hand: same rows, times to 0.5 s after each trace's first fix, speeds to 3 %."""
     key = ["trace_id", "piece", "seq"]
     got = got.sort_values(key).reset_index(drop=True)
-    for c in ("enter_time_utc", "exit_time_utc"):
-        if got[c].dt.tz is None:  # Spark hands back naive UTC instants
-            got[c] = got[c].dt.tz_localize("UTC")
-    exp = expected.sort_values(key).reset_index(drop=True)
+    exp = by_hand.sort_values(key).reset_index(drop=True)
     assert got[[*key, "segment_id"]].astype(str).values.tolist() == exp[[*key, "segment_id"]].astype(str).values.tolist()
     assert got["is_complete"].tolist() == exp["is_complete"].tolist()
-    np.testing.assert_allclose((got["enter_time_utc"] - T0).dt.total_seconds(), exp["enter_s"], atol=0.5)
-    np.testing.assert_allclose((got["exit_time_utc"] - T0).dt.total_seconds(), exp["exit_s"], atol=0.5)
+    first = got["trace_id"].map(probes.groupby("trace_id")["timestamp_utc"].min())
+    np.testing.assert_allclose((_utc(got["enter_time_utc"]) - first).dt.total_seconds(), exp["enter_s"], atol=0.5)
+    np.testing.assert_allclose((_utc(got["exit_time_utc"]) - first).dt.total_seconds(), exp["exit_s"], atol=0.5)
     np.testing.assert_allclose(got["speed_kph"], exp["speed_kph"], rtol=0.03)
 
 
-def test_kernel_matches_fixture_cases(matcher, match_probes, match_expected):
-    got = _kernel_rows(matcher, match_probes)
-    reason = np.where(got["owned"], got["reject_reason"].fillna(""), "owned_by_other_piece")
-    got = got.assign(reject_reason=reason)
-    _check_against_expected(got, match_expected)
-    exp_reason = match_expected.sort_values(["trace_id", "piece", "seq"])["reject_reason"].fillna("").tolist()
-    assert got.sort_values(["trace_id", "piece", "seq"])["reject_reason"].tolist() == exp_reason
+def _border_piece(probes: pd.DataFrame) -> pd.DataFrame:
+    """The `straight` drive as piece 1 of trace `border` whose first three fixes are context owned by piece 0."""
+    g = probes[probes["trace_id"] == "straight"].sort_values("timestamp_utc").reset_index(drop=True)
+    return g.assign(trace_id="border", piece=np.int32(1), is_context=g.index < 3)
 
 
-def test_kernel_fix_statuses_and_breaks(matcher, match_probes):
-    for tid, g in match_probes.groupby("trace_id", sort=False):
-        res = matcher.match(g)
+def test_kernel_matches_traversals_worked_out_by_hand(matchers, match_probes, match_by_hand):
+    got = _kernel_rows(matchers, match_probes)
+    assert got["owned"].all() and got["reject_reason"].isna().all()
+    _check_against_hand(got, match_by_hand, match_probes)
+
+
+def test_kernel_fix_statuses_and_breaks(matchers, match_probes):
+    for (tid, home), g in match_probes.groupby(["trace_id", "partition"], sort=False):
+        res = matchers[home].match(g)
         st, n = np.unique(res.points.status, return_counts=True)
-        assert dict(zip(st.tolist(), n.tolist(), strict=True)) == EXPECTED_STATUS[tid], tid
+        assert dict(zip(st.tolist(), n.tolist(), strict=True)) == EXPECTED_STATUS.get(tid, {"matched": len(g)}), tid
         assert len(res.points.status) == len(g)
-        want_breaks = {"gap_split": {"time_gap": 1, "no_transition": 0},
-                       "jump_10km": {"time_gap": 0, "no_transition": 1}}
-        assert res.points.breaks == want_breaks.get(tid, {"time_gap": 0, "no_transition": 0}), tid
+        assert res.points.breaks == BREAKS.get(tid, {"time_gap": 0, "no_transition": 0}), tid
 
 
-def test_partial_segments_are_never_flagged_complete(matcher, match_probes):
-    got = _kernel_rows(matcher, match_probes)
+def test_traversals_entered_during_context_fixes_belong_to_the_other_piece(matcher, match_probes, match_by_hand):
+    tr = matcher.match(_border_piece(match_probes)).traversals
+    straight = match_by_hand[match_by_hand["trace_id"] == "straight"]
+    assert tr["segment_id"].tolist() == straight["segment_id"].tolist()
+    assert tr["owned"].tolist() == [False, False, True, True]  # 102 and 203 are entered before the first owned fix
+
+
+def test_partial_segments_are_never_flagged_complete(matchers, match_probes):
+    got = _kernel_rows(matchers, match_probes)
     got = got[got["match_source"] == "hmm"]
-    length = matcher.net.seg_len[matcher.net.index_of(got["segment_id"].to_numpy())]
+    length = np.array([matchers[p].net.seg_len[matchers[p].net.index_of(np.array([s]))[0]]
+                       for p, s in zip(got["partition"], got["segment_id"], strict=True)])
     complete = got["is_complete"].to_numpy()
     assert complete.any() and (~complete).any()
     np.testing.assert_allclose(got["traversed_m"].to_numpy()[complete], length[complete], atol=0.5)
@@ -97,8 +123,10 @@ def test_implausible_speed_is_rejected_with_reason(matcher, match_probes):
     assert (tr["reject_reason"] == "speed_implausible").all()
 
 
-@pytest.mark.parametrize("case", ["empty", "nan", "all_same_time", "backwards_only", "huge_jumps"])
+@pytest.mark.parametrize("case", ["empty", "nan", "all_same_time", "one_same_time", "backwards_only",
+                                  "one_backwards", "huge_jumps"])
 def test_bad_input_is_counted_not_raised(matcher, match_probes, case):
+    """Input ingest never writes (it rejects duplicate and conflicting fixes and sorts by time) is still handled."""
     g = match_probes[match_probes["trace_id"] == "straight"].copy().reset_index(drop=True)
     if case == "empty":
         g = g.iloc[:0]
@@ -106,15 +134,25 @@ def test_bad_input_is_counted_not_raised(matcher, match_probes, case):
         g.loc[::2, "lon_deg"] = np.nan
     elif case == "all_same_time":
         g["timestamp_utc"] = T0
+    elif case == "one_same_time":  # a second fix 3 m on, with the time of the fix before it
+        g = pd.concat([g.iloc[:4], g.iloc[[3]].assign(lon_deg=g["lon_deg"].iloc[3] + 3e-5), g.iloc[4:]])
     elif case == "backwards_only":
         g["timestamp_utc"] = g["timestamp_utc"].iloc[::-1].to_numpy()
+    elif case == "one_backwards":  # an old fix replayed later in the input
+        g = pd.concat([g.iloc[:6], g.iloc[[2]], g.iloc[6:]])
     elif case == "huge_jumps":
         g.loc[1::2, "lat_deg"] += 0.09  # 10 km north and back every other fix
+    g["source_row"] = np.arange(1, len(g) + 1)  # the input order is the order above
     res = matcher.match(g)
     assert len(res.points.status) == len(g)
     assert "" not in set(res.points.status)
     if case == "all_same_time":
         assert (res.points.status[1:] == "duplicate_time").all() and res.points.status[0] == "single_fix"
+    if case in ("one_same_time", "one_backwards"):
+        reason = {"one_same_time": "duplicate_time", "one_backwards": "time_backwards"}[case]
+        st, n = np.unique(res.points.status, return_counts=True)
+        assert dict(zip(st.tolist(), n.tolist(), strict=True)) == {"matched": 13, reason: 1}
+        assert res.traversals["segment_id"].tolist() == [102, 203, 304, 405]
     if case == "backwards_only":
         assert (res.points.status[1:] == "time_backwards").all()
     if case == "nan":
@@ -123,33 +161,42 @@ def test_bad_input_is_counted_not_raised(matcher, match_probes, case):
         assert (res.points.status[1::2] == "off_network").all()
 
 
-def test_spark_app_writes_traversals_and_accounting(spark, match_warehouse, match_probes, match_expected):
+def _run_fixture_days(warehouse: str) -> None:
+    from spark_apps.match_traces import main
+
+    for d0, d1 in FIXTURE_RANGES:
+        assert main(["--warehouse", warehouse, "--date", d0, "--to-date", d1,
+                     "--partition", ",".join(FIXTURE_PARTITIONS)]) == 0
+
+
+def test_spark_app_writes_the_expected_traversals_and_accounting(spark, match_warehouse, match_probes, match_by_hand,
+                                                               agg_fixtures):
+    from pyspark.testing import assertDataFrameEqual
+
     from spark_apps.match_traces import main
     from speedprofile.spark import read_metrics, read_table
+    from tests.plugins.aggregation import fixture_frame
 
-    argv = ["--warehouse", match_warehouse, "--date", FIXTURE_DT, "--partition", FIXTURE_CELL]
-    assert main(argv) == 0
-    assert main(argv) == 0  # idempotent re-run
-    out = read_table(spark, match_warehouse, "segment_traversals", dates=[FIXTURE_DT], partitions=[FIXTURE_CELL])
+    _run_fixture_days(match_warehouse)
+    assert main(["--warehouse", match_warehouse, "--date", FIXTURE_DT, "--partition", FIXTURE_CELL]) == 0  # re-run
+    out = read_table(spark, match_warehouse, "segment_traversals")
+    expected = fixture_frame(spark, agg_fixtures / "match_traces/expected/segment_traversals.jsonl", "segment_traversals")
+    assertDataFrameEqual(out, expected, checkRowOrder=False, rtol=1e-9)
     got = out.toPandas()
-    written = match_expected[match_expected["reject_reason"].isna()]
-    assert len(got) == len(written)
-    _check_against_expected(got, written)
+    _check_against_hand(got, match_by_hand, match_probes)
     assert set(got["match_source"]) == {"hmm", "prematched"}
-    assert (got["partition"] == FIXTURE_CELL).all()
+    assert set(got["partition"]) == set(FIXTURE_PARTITIONS)
 
     m = read_metrics(None, match_warehouse, "match_traces", FIXTURE_DT, FIXTURE_CELL)
-    assert m["rows_out"] == len(got)
-    assert m["rows_in"] == m["rows_out"] + sum(m["rejected"].values())
-    assert m["rejected"]["owned_by_other_piece"] == 2
-    owned = int((~match_probes["is_context"]).sum())
+    day = match_probes[match_probes["dt"].astype(str) == FIXTURE_DT]
+    assert m["rows_out"] == int((got["dt"].astype(str) == FIXTURE_DT).sum())
+    assert m["rows_in"] == m["rows_out"] + sum(m["rejected"].values()) and m["rows_in"] == m["rows_out"]
+    owned = int((~day["is_context"]).sum())
     assert m["fixes_in"] == owned
     assert m["fixes_in"] == m["fixes_matched"] + sum(m["fixes_unmatched"].values())
-    assert m["fixes_unmatched"]["off_network"] == 7
+    assert m["fixes_unmatched"]["off_network"] == 6
     assert m["fixes_unmatched"]["single_fix"] == 1
-    assert m["fixes_unmatched"]["duplicate_time"] == 1
-    assert m["fixes_unmatched"]["time_backwards"] == 1
-    assert m["pieces"] == match_probes.groupby(["trace_id", "piece"]).ngroups
+    assert m["pieces"] == day.groupby(["trace_id", "piece"]).ngroups
     assert m["pieces_broken"] == 2 and m["breaks"] == {"time_gap": 1, "no_transition": 1}
     assert m["match_rate"] == pytest.approx(m["fixes_matched"] / owned)
     json.dumps(m)
@@ -159,9 +206,14 @@ def test_spark_app_day_without_probes_writes_zero_accounting(spark, match_wareho
     from spark_apps.match_traces import main
     from speedprofile.spark import read_metrics
 
-    assert main(["--warehouse", match_warehouse, "--date", "2024-05-07", "--partition", FIXTURE_CELL]) == 0
-    m = read_metrics(None, match_warehouse, "match_traces", "2024-05-07", FIXTURE_CELL)
+    assert main(["--warehouse", match_warehouse, "--date", "2026-03-25", "--partition", FIXTURE_CELL]) == 0
+    m = read_metrics(None, match_warehouse, "match_traces", "2026-03-25", FIXTURE_CELL)
     assert m["rows_in"] == m["rows_out"] == 0 and m["fixes_in"] == 0 and m["match_rate"] == 0.0
+
+
+def test_expected_output_is_next_stage_input(agg_fixtures):
+    a = (agg_fixtures / "match_traces/expected/segment_traversals.jsonl").read_text()
+    assert a == (agg_fixtures / "bucket_traversals/input/segment_traversals.jsonl").read_text()
 
 
 def test_kubicka_developer_tracks(data_dir):
@@ -266,7 +318,7 @@ def test_spark_app_reads_warehouse_by_uri(spark, match_segments, match_probes, t
     assert m["fixes_unmatched"].get("kernel_error", 0) == 0
 
 
-def test_spark_matching_runs_once_per_job(spark, match_warehouse):
+def test_spark_matching_runs_once_per_job(spark, match_warehouse, match_probes):
     """The write after the counts reads the cached result: the Python matching is not run a second time."""
     from speedprofile.matching import transforms as T
     from speedprofile.spark import read_table
@@ -276,7 +328,8 @@ def test_spark_matching_runs_once_per_job(spark, match_warehouse):
     result = probes.transform(T.match_traces, network=network, partitions=[FIXTURE_CELL])
     try:
         counts = T.result_counts(result)
-        assert counts[(FIXTURE_DT, FIXTURE_CELL)]["pieces"] == 13
+        day = match_probes[match_probes["dt"].astype(str) == FIXTURE_DT]
+        assert counts[(FIXTURE_DT, FIXTURE_CELL)]["pieces"] == day.groupby(["trace_id", "piece"]).ngroups == 10
         # the counts materialised every partition of the cache ...
         infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
         assert any(i.numCachedPartitions() == i.numPartitions() > 0 for i in infos)
@@ -322,16 +375,15 @@ def test_task_arrow_pass_equals_per_piece_kernel(match_segments, match_probes):
     import pyarrow as pa
     import pyarrow.compute
 
-    from speedprofile.matching import Matcher
     from speedprofile.matching import transforms as T
 
-    table = _probe_table(match_probes.sample(frac=1.0, random_state=3))  # any row order within the task
-    batches = T.match_table(table, "t-eq", _Net(_ipc(match_segments)), frozenset([FIXTURE_CELL]), T.MatchParams())
+    probes = pd.concat([match_probes, _border_piece(match_probes)], ignore_index=True)
+    table = _probe_table(probes.sample(frac=1.0, random_state=3))  # any row order within the task
+    batches = T.match_table(table, "t-eq", _Net(_ipc(match_segments)), frozenset(FIXTURE_PARTITIONS), T.MatchParams())
     tb = pa.Table.from_batches(batches)
     out = tb.to_pandas()
     trav = tb.filter(pa.compute.equal(tb.column("kind"), "traversal")).to_pandas()
-    m = Matcher(match_segments)
-    want = _kernel_rows(m, match_probes)
+    want = _kernel_rows(_matchers(match_segments), probes)
     want = want[want["owned"] & want["reject_reason"].isna()]
     key = ["trace_id", "piece", "seq"]
     got = trav.sort_values(key).reset_index(drop=True)
@@ -344,8 +396,8 @@ def test_task_arrow_pass_equals_per_piece_kernel(match_segments, match_probes):
     for s in out.loc[out["kind"] == "stats", "stats"]:
         for k, v in s:
             stats[k] = stats.get(k, 0) + v
-    assert stats["pieces"] == match_probes.groupby(["trace_id", "piece"]).ngroups
-    assert stats["fixes_in"] == int((~match_probes["is_context"]).sum())
+    assert stats["pieces"] == probes.groupby(["trace_id", "piece"]).ngroups
+    assert stats["fixes_in"] == int((~probes["is_context"]).sum())
     assert stats["traversals:"] == len(got)
     assert stats["traversals:owned_by_other_piece"] == 2
 
@@ -357,10 +409,13 @@ def test_task_counts_a_failing_piece_as_kernel_error(match_probes):
     from speedprofile.matching import transforms as T
 
     table = _probe_table(match_probes)
-    batches = T.match_table(table, "t-bad", _Net(b"not arrow"), frozenset([FIXTURE_CELL]), T.MatchParams())
+    batches = T.match_table(table, "t-bad", _Net(b"not arrow"), frozenset(FIXTURE_PARTITIONS), T.MatchParams())
     out = pa.Table.from_batches(batches).to_pandas()
     assert (out["kind"] == "stats").all()
-    stats = dict(out["stats"].iloc[0])
+    stats: dict = {}
+    for row in out["stats"]:  # one row per partition-day
+        for k, v in row:
+            stats[k] = stats.get(k, 0) + v
     owned = int((~match_probes["is_context"]).sum())
     assert stats["fixes_in"] == stats["fixes_kernel_error"] == owned
     assert stats["pieces_kernel_error"] == stats["pieces"] == match_probes.groupby(["trace_id", "piece"]).ngroups

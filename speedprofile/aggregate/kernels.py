@@ -1,5 +1,5 @@
 """Aggregation kernels (pure Python/numpy/pandas, no pyspark): time-of-week bucketing, speed histograms and the
-per-segment estimator with its back-off chain.
+estimator with its back-off chain (blocks of segments at once).
 
 Time basis: instants are UTC; buckets are local wall-clock time of the road (IANA zone), 5 minutes, Sunday 00:00
 local = bucket 0. Speeds in km/h, durations in seconds, lengths in metres.
@@ -394,100 +394,7 @@ def _arrays(hist: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def _dense(hist: pd.DataFrame) -> dict[str, np.ndarray]:
-    """One segment's histogram rows as dense arrays over all 2016 buckets."""
-    b = hist["tow_bucket"].to_numpy(dtype=np.int64)
-    if ((b < 0) | (b >= N_BUCKETS)).any():
-        raise ValueError("tow_bucket out of range")
-    out = {"counts": np.zeros((N_BUCKETS, N_SPEED_BINS), dtype=np.int64)}
-    np.add.at(out["counts"], b, dense_counts(hist["bin_ids"], hist["bin_counts"]))
-    for c in HIST_SUMS:
-        out[c] = np.zeros(N_BUCKETS)
-        np.add.at(out[c], b, hist[c].to_numpy(dtype=float))
-    return out
-
-
-_DAY_GROUPS = {"sunday": [0], "weekday": [1, 2, 3, 4, 5], "saturday": [6]}
-
-
-def _pool_members() -> dict[str, np.ndarray]:
-    """Per level, the buckets pooled for each bucket (rows padded with N_BUCKETS, an all-zero row)."""
-    b = np.arange(N_BUCKETS)
-    offsets = np.arange(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1)
-    day, hour = b // BUCKETS_PER_DAY, (b % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR
-    hd = np.full((N_BUCKETS, 5 * BUCKETS_PER_HOUR), N_BUCKETS, dtype=np.int64)
-    for days in _DAY_GROUPS.values():
-        for h in range(24):
-            members = np.array([d * BUCKETS_PER_DAY + h * BUCKETS_PER_HOUR + i
-                                for d in days for i in range(BUCKETS_PER_HOUR)])
-            rows = np.isin(day, days) & (hour == h)
-            hd[np.ix_(rows, np.arange(len(members)))] = members
-    return {"observed": b[:, None], "neighbour_buckets": (b[:, None] + offsets[None, :]) % N_BUCKETS,
-            "hour_daytype": hd, "segment_week": np.broadcast_to(b, (N_BUCKETS, N_BUCKETS))}
-
-
-def _representatives() -> dict[str, np.ndarray]:
-    b = np.arange(N_BUCKETS)
-    day, hour = b // BUCKETS_PER_DAY, (b % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR
-    first_day = np.select([day == 0, day == 6], [0, 6], 1)  # sunday, saturday, weekday pools
-    return {"observed": b, "neighbour_buckets": b,
-            "hour_daytype": first_day * BUCKETS_PER_DAY + hour * BUCKETS_PER_HOUR,
-            "segment_week": np.zeros(N_BUCKETS, dtype=np.int64)}
-
-
 LEVELS = SOURCES[:-1]  # the data levels; the prior closes the chain
-_MEMBERS = _pool_members()
-_REPRESENTATIVE = _representatives()
-
-
-def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRACES) -> pd.DataFrame:
-    """All 2016 bucket estimates of one segment from its window histograms (rows: tow_bucket + HIST columns).
-
-    A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; otherwise the first
-    level of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram (sum of the member
-    buckets' histograms) has >= min_traces traces is used, else the road-class prior.
-    """
-    d = _dense(hist)
-    ext = {k: np.concatenate([v, np.zeros((1, *v.shape[1:]), dtype=v.dtype)]) for k, v in d.items()}
-    night_mask = np.isin((np.arange(N_BUCKETS) % BUCKETS_PER_DAY) // BUCKETS_PER_HOUR, NIGHT_HOURS)
-    if d["n_traces"][night_mask].sum() >= min_traces:
-        free_flow = quantile_from_bins(trim_outliers(d["counts"][night_mask].sum(0)), FREE_FLOW_QUANTILE)
-    else:
-        free_flow = prior.free_flow
-
-    cols = ("median", "p15", "p85", "mean", "harmonic_mean", "n_obs", "n_traces", "confidence")
-    out = {c: np.full(N_BUCKETS, np.nan) for c in cols}
-    source = np.full(N_BUCKETS, "road_class_prior", dtype=object)
-    todo = np.ones(N_BUCKETS, dtype=bool)
-    for name in LEVELS:
-        members = _MEMBERS[name]
-        n_traces = d["n_traces"].sum() if name == "segment_week" else ext["n_traces"][members].sum(axis=1)
-        use = todo & (np.broadcast_to(n_traces, (N_BUCKETS,)) >= min_traces)
-        if not use.any():
-            continue
-        idx = np.flatnonzero(use)
-        # pooled levels repeat one histogram over many buckets: compute each distinct pool once
-        reps, inverse = np.unique(_REPRESENTATIVE[name][idx], return_inverse=True)
-        pooled = {k: v[members[reps]].sum(axis=1) for k, v in ext.items()}
-        st = stats_rows(pooled["counts"], *(pooled[c] for c in HIST_SUMS))
-        st["confidence"] = confidence_rows(np.full(len(reps), SOURCE_WEIGHT[name]), st["n_traces"], st["p15"],
-                                           st["median"], st["p85"])
-        for c in cols:
-            out[c][idx] = st[c][inverse]
-        source[idx] = name
-        todo &= ~use
-    prior_conf = confidence("road_class_prior", prior.n_traces, prior.p15, prior.speed, prior.p85)
-    for c, v in zip(cols, (prior.speed, prior.p15, prior.p85, prior.mean, prior.harmonic_mean, prior.n_obs,
-                           prior.n_traces, prior_conf), strict=True):
-        out[c][todo] = v
-    res = pd.DataFrame({
-        "tow_bucket": np.arange(N_BUCKETS, dtype=np.int16), "speed_kph": out["median"], "p15_kph": out["p15"],
-        "p85_kph": out["p85"], "mean_kph": out["mean"], "harmonic_mean_kph": out["harmonic_mean"],
-        "n_obs": out["n_obs"].astype(np.int64), "n_traces": out["n_traces"].astype(np.int64),
-        "confidence": out["confidence"], "source": source.astype(str),
-    })
-    res["free_flow_kph"] = float(free_flow)
-    return res
 
 
 # ---------------------------------------------------------------- vectorised estimation (many segments at once)
@@ -593,19 +500,21 @@ ESTIMATE_OUTPUT_COLUMNS = ("segment_id", "tow_bucket", "speed_kph", "p15_kph", "
 
 def estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
                       counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS) -> pd.DataFrame:
-    """Vectorised estimate_segment for many segments (iter_estimate_segments, concatenated)."""
+    """All 2016 bucket estimates of every segment in `hist` (iter_estimate_segments, concatenated)."""
     frames = list(iter_estimate_segments(hist, priors, min_traces, counts, chunk))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(ESTIMATE_OUTPUT_COLUMNS))
 
 
 def iter_estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
                            counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS):
-    """Vectorised estimate_segment for many segments: all 2016 buckets of every segment in `hist`.
+    """All 2016 bucket estimates of every segment in `hist`, a block of segments per numpy pass.
 
+    A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; otherwise the first level
+    of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram (sum of the member
+    buckets' histograms) has >= min_traces traces is used, else the road-class prior.
     hist: one row per (segment_id, tow_bucket) with bin_ids/bin_counts (or `counts`, the dense (rows, bins) array) and
-    HIST_SUMS; priors: Prior per segment_id. Same rules and results as estimate_segment (kept as the per-segment
-    reference; float sums may differ in the last bits from the summation order). Yields one frame per block of
-    `chunk` segments, ordered by segment_id, tow_bucket.
+    HIST_SUMS; priors: Prior per segment_id. Yields one frame per block of `chunk` segments, ordered by segment_id,
+    tow_bucket. (tests/reference_kernels.estimate_segment is the one-segment reference it is tested against.)
     """
     seg = hist["segment_id"].to_numpy(dtype=np.int64)
     b = hist["tow_bucket"].to_numpy(dtype=np.int64)

@@ -6,10 +6,8 @@ Speeds km/h, durations s, lengths m. Only job modules know paths and flags.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -220,23 +218,3 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
 
     return df.mapInArrow(run, schema=out_schema)
 
-
-def estimate_per_segment(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str], K.Prior], window: str,
-                         min_traces: int = MIN_TRACES) -> DataFrame:
-    """Reference plan: kernels.estimate_segment once per segment (groupBy().applyInPandas); kept for benchmarks."""
-    cls = segments.select("segment_id", "road_class")
-    df = hist.join(cls, "segment_id", "left").fillna({"road_class": "unknown"})
-    out_schema = SPEED_ESTIMATES.spark_schema()
-
-    def per_segment(pdf: pd.DataFrame) -> pd.DataFrame:
-        part, seg, rc = pdf["partition"].iloc[0], int(pdf["segment_id"].iloc[0]), pdf["road_class"].iloc[0]
-        prior = priors.get((part, rc)) or K.class_prior(rc, None, min_traces)
-        est = K.estimate_segment(pdf, prior, min_traces)
-        est.insert(0, "segment_id", seg)
-        est["window"] = window
-        est["partition"] = part
-        for c in ("p15_kph", "p85_kph", "mean_kph", "harmonic_mean_kph"):
-            est[c] = est[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-        return est[SPEED_ESTIMATES.names]
-
-    return df.groupBy("partition", "segment_id").applyInPandas(per_segment, schema=out_schema)

@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+# The chained fixtures' partitions (Porto, New York) and days as (--date, --to-date) runs: the matching cases and the
+# aggregation window (2026-03-24..31), New York's spring forward, Lisbon's and New York's fall back.
+FIXTURE_PARTITIONS = ("8739220f0ffffff", "872a100d2ffffff")
+FIXTURE_RANGES = (("2026-03-24", "2026-03-31"), ("2026-03-08", "2026-03-08"), ("2026-10-25", "2026-10-25"),
+                  ("2026-11-01", "2026-11-01"))
 
 
 def read_jsonl_table(path: Path, table: str):
@@ -53,3 +58,21 @@ def agg_warehouse(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def agg_fixtures() -> Path:
     return FIXTURES
+
+
+def check_estimates(spark, warehouse: Path) -> None:
+    """speed_estimates of the fixture window: 2016 rows per segment with data, the pinned buckets as expected."""
+    from pyspark.sql import functions as F
+    from pyspark.testing import assertDataFrameEqual
+
+    from speedprofile.spark import read_metrics, read_table
+
+    got = read_table(spark, str(warehouse), "speed_estimates")
+    assert got.count() == 4 * 2016  # segments 203, 302, 3233 (Porto) and 7273 (New York) have window observations
+    assert got.groupBy("segment_id").agg(F.countDistinct("tow_bucket").alias("n")).where("n != 2016").count() == 0
+    expected = fixture_frame(spark, FIXTURES / "estimate_speeds/expected/speed_estimates.jsonl", "speed_estimates")
+    pinned = got.join(expected.select("segment_id", "tow_bucket"), ["segment_id", "tow_bucket"])
+    assertDataFrameEqual(pinned.select(*expected.columns), expected, checkRowOrder=False, rtol=1e-5)
+    m = read_metrics(None, str(warehouse), "estimate_speeds", "2026-03-31", FIXTURE_PARTITIONS[0])
+    assert m is not None
+    assert m["rows_out"] == m["expected_rows_out"] == 3 * 2016 and sum(m["by_source"].values()) == m["rows_out"]
