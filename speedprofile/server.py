@@ -84,6 +84,8 @@ def start(host: str = "127.0.0.1", port: int = DEFAULT_PORT, master: str | None 
         cmd += ["--master", master]
     conf = {"spark.connect.grpc.binding.address": host, "spark.connect.grpc.binding.port": str(port),
             "spark.ui.enabled": "false", "spark.python.worker.reuse": "true", "spark.jars": spark_jars(),
+            # one Python daemon per session is started and never stopped by Spark 4.1: ours exits when idle
+            "spark.python.daemon.module": "speedprofile.pydaemon",
             **(confs or {})}
     for k, v in conf.items():
         cmd += ["--conf", f"{k}={v}"]

@@ -56,6 +56,28 @@ def test_ingest_remote_writes_the_same_rows_as_a_local_session(ingest_fixtures, 
         local, remote = table_rows(local_wh, table), table_rows(remote_wh, table)
         assert local == remote, table
     assert table_rows(local_wh, "probes")
+    # the server's Python workers run under the daemon that ends itself when idle (speedprofile.pydaemon)
+    daemons = server_python_daemons(connect_url)
+    assert daemons and all("speedprofile.pydaemon" in d for d in daemons), daemons
+
+
+def server_python_daemons(url: str) -> list[str]:
+    """Command lines of the Python worker daemons started by the Connect server listening at url."""
+    from pathlib import Path
+
+    port = url.rsplit(":", 1)[1]
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            procs[int(d.name)] = (ppid, cmd)
+    servers = {pid for pid, (_, cmd) in procs.items()
+               if "SparkConnectServer" in cmd and f"spark.connect.grpc.binding.port={port}" in cmd}
+    return [cmd for pid, (ppid, cmd) in procs.items() if ppid in servers and "daemon" in cmd and "python" in cmd]
 
 
 def test_airflow_partition_day_on_a_spark_connect_connection(airflow_warehouse, airflow_home, connect_url):
