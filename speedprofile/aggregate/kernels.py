@@ -507,14 +507,25 @@ def estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: 
 
 def iter_estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
                            counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS):
+    """All 2016 bucket estimates of every segment in `hist`, one DataFrame (ESTIMATE_OUTPUT_COLUMNS) per block of
+    `chunk` segments (iter_estimate_columns with `source` as its name)."""
+    sources = np.asarray(SOURCES, dtype=object)
+    for cols in iter_estimate_columns(hist, priors, min_traces, counts, chunk):
+        cols["source"] = sources[cols.pop("source_code")].astype(str)
+        yield pd.DataFrame(cols)
+
+
+def iter_estimate_columns(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
+                          counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS):
     """All 2016 bucket estimates of every segment in `hist`, a block of segments per numpy pass.
 
     A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; otherwise the first level
     of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram (sum of the member
     buckets' histograms) has >= min_traces traces is used, else the road-class prior.
     hist: one row per (segment_id, tow_bucket) with bin_ids/bin_counts (or `counts`, the dense (rows, bins) array) and
-    HIST_SUMS; priors: Prior per segment_id. Yields one frame per block of `chunk` segments, ordered by segment_id,
-    tow_bucket. (tests/reference_kernels.estimate_segment is the one-segment reference it is tested against.)
+    HIST_SUMS; priors: Prior per segment_id. Yields, per block of `chunk` segments, the ESTIMATE_OUTPUT_COLUMNS as
+    numpy arrays ordered by segment_id, tow_bucket, with `source_code` (index into SOURCES) instead of `source`.
+    (tests/reference_kernels.estimate_segment is the one-segment reference it is tested against.)
     """
     seg = hist["segment_id"].to_numpy(dtype=np.int64)
     b = hist["tow_bucket"].to_numpy(dtype=np.int64)
@@ -528,19 +539,18 @@ def iter_estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_tra
     order = np.lexsort((b, seg_idx))
     seg_idx, b, counts = seg_idx[order], b[order], np.asarray(counts, dtype=np.int64)[order]
     sums = {c: hist[c].to_numpy(dtype=float)[order] for c in HIST_SUMS}
-    sources = np.asarray(SOURCES, dtype=object)
     for lo in range(0, len(seg_ids), chunk):
         ids = seg_ids[lo:lo + chunk]
         r0, r1 = np.searchsorted(seg_idx, [lo, lo + chunk])
         rows = {"counts": counts[r0:r1], **{c: v[r0:r1] for c, v in sums.items()}}
         r = _estimate_block(seg_idx[r0:r1] - lo, b[r0:r1], rows, [priors[int(i)] for i in ids], min_traces)
         n = len(ids) * N_BUCKETS
-        yield pd.DataFrame({
+        yield {
             "segment_id": np.repeat(ids, N_BUCKETS),
             "tow_bucket": np.tile(np.arange(N_BUCKETS, dtype=np.int16), len(ids)),
             "speed_kph": r["median"].reshape(n), "p15_kph": r["p15"].reshape(n), "p85_kph": r["p85"].reshape(n),
             "mean_kph": r["mean"].reshape(n), "harmonic_mean_kph": r["harmonic_mean"].reshape(n),
             "n_obs": r["n_obs"].reshape(n).astype(np.int64), "n_traces": r["n_traces"].reshape(n).astype(np.int64),
             "confidence": r["confidence"].reshape(n), "free_flow_kph": np.repeat(r["free_flow"], N_BUCKETS),
-            "source": sources[r["level"].reshape(n)].astype(str),
-        })
+            "source_code": r["level"].reshape(n).astype(np.int8),
+        }

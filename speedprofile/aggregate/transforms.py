@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from schemas.bucketed_traversals import BUCKET_MINUTES, BUCKETED_TRAVERSALS, N_BUCKETS
 from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_CONFIDENCE, MIN_PLAUSIBLE_KPH
-from schemas.speed_estimates import MIN_TRACES, SPEED_ESTIMATES
+from schemas.speed_estimates import MIN_TRACES, SOURCES, SPEED_ESTIMATES
 from speedprofile.aggregate import kernels as K
 
 HIST_KEYS = ("partition", "segment_id", "tow_bucket")
@@ -192,6 +192,7 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
     out_schema = SPEED_ESTIMATES.spark_schema()
     arrow_schema = SPEED_ESTIMATES.arrow_schema()
     nullable = ("p15_kph", "p85_kph", "mean_kph", "harmonic_mean_kph")
+    sources = pa.array(SOURCES, pa.string())
 
     def run(batches):
         batches = [b for b in batches if b.num_rows]
@@ -205,15 +206,17 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
             classes = dict(zip(g["segment_id"], g["road_class"], strict=True))
             seg_priors = {int(s): priors.get((part, rc)) or K.class_prior(rc, None, min_traces)
                           for s, rc in classes.items()}
-            for est in K.iter_estimate_segments(g, seg_priors, min_traces, counts=counts[idx]):
+            for cols in K.iter_estimate_columns(g, seg_priors, min_traces, counts=counts[idx]):
+                n = len(cols["segment_id"])
                 arrays = []
                 for f in arrow_schema:
-                    if f.name == "window":
-                        arrays.append(pa.array(np.full(len(est), window, dtype=object), pa.string()))
-                    elif f.name == "partition":
-                        arrays.append(pa.array(np.full(len(est), part, dtype=object), pa.string()))
+                    if f.name in ("window", "partition"):
+                        arrays.append(pa.repeat(pa.scalar(window if f.name == "window" else part, pa.string()), n))
+                    elif f.name == "source":
+                        arrays.append(pa.DictionaryArray.from_arrays(cols["source_code"], sources).cast(pa.string()))
                     else:
-                        arrays.append(pa.array(est[f.name].to_numpy(), f.type, from_pandas=f.name in nullable))
+                        v = cols[f.name]
+                        arrays.append(pa.array(v, f.type, mask=np.isnan(v) if f.name in nullable else None))
                 yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
     return df.mapInArrow(run, schema=out_schema)
