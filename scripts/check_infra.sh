@@ -19,9 +19,12 @@ COMPOSE="$("$VENV_BIN/python" -c 'import compose, os; print(os.path.join(os.path
 
 # tests/test_infra.py renders every role with render-config.yml and checks what it wrote: Spark RPC authentication
 # and encryption, UI filter, MinIO TLS (a real handshake with the role's certificate), file modes, no secret in a
-# world-readable file or on a command line, the roles refusing example and default secrets, compose ports on
-# 127.0.0.1 and its preflight, passwords set through psql variables, the jars of conf/jars.lock (role, images,
-# spark-defaults) and the table catalog's environment (catalog.env, airflow units, compose).
+# world-readable file, the S3 key pair only in the per-node credentials file (never in a Spark conf or an
+# environment), spark.redaction.regex, the pipeline user's warehouse-only MinIO policy, the roles refusing example
+# and default secrets, compose ports on 127.0.0.1 and its preflight, passwords set through psql variables, the jars
+# of conf/jars.lock (role, images, spark-defaults) and the table catalog's environment (catalog.env, airflow units,
+# compose). No secret variable on a command line: every role task (command/shell argv, cmd, free form), unit
+# Exec*= line, compose shell command and infra/docker script is parsed for one passed as a program's argument.
 echo "check-infra: versions (pyproject / roles / compose / jars.lock), rendered configuration and its security"
 "$VENV_BIN/python" -m pytest -q tests/test_infra.py \
   -k "not ansible_lint and not syntax_check and not compose_file_is_valid"

@@ -137,6 +137,109 @@ def test_web_uis_refuse_requests_without_the_token(standalone_cluster):
         assert isinstance(mod.get_json(url, token=standalone_cluster.ui_token), dict)
 
 
+# An app that writes and reads s3a:// on executors, reports what its executors' processes hold in their environment
+# and what the driver's UI shows of its configuration (REST API, with the cluster's UI token).
+S3A_PROBE_APP = """
+import configparser, json, os, sys, urllib.request
+sys.path.insert(0, os.path.join(sys.argv[3], "scripts"))
+import cluster
+from pyspark.sql import SparkSession
+
+out, uri = sys.argv[1], sys.argv[2]
+spark = SparkSession.builder.appName("s3a-credentials-probe").getOrCreate()
+sc = spark.sparkContext
+spark.range(0, 20000, numPartitions=4).selectExpr("id", "id % 7 AS k").write.mode("overwrite").parquet(uri)
+rows = spark.read.parquet(uri).count()
+profile = sc.getConf().get("spark.hadoop.fs.s3a.auth.profile.file")
+
+def probe(_):
+    ini = configparser.ConfigParser()
+    ini.read(profile)
+    keys = dict(ini["default"])
+    def holds(env):
+        return sorted(k for k, v in env.items() if k.startswith("AWS_") and ("KEY" in k or "SECRET" in k)
+                      or any(s in v for s in keys.values()))
+    jvm = int(open(f"/proc/{os.getppid()}/stat").read().rsplit(")", 1)[1].split()[1])  # daemon's parent
+    jvm_env = dict(kv.split("=", 1) for kv in open(f"/proc/{jvm}/environ").read().split("\\0") if "=" in kv)
+    yield {"python": holds(dict(os.environ)), "jvm": holds(jvm_env), "jvm_cmd": open(f"/proc/{jvm}/cmdline").read(),
+           "jvm_pid": jvm}
+
+executors = sc.parallelize(range(4), 4).mapPartitions(probe).collect()
+token = cluster.jws_token(sc.getConf().get("spark.org.apache.spark.ui.JWSFilter.param.secretKey"))
+req = urllib.request.Request(f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/environment",
+                             headers={"Authorization": f"Bearer {token}"})
+environment = json.load(urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=30))
+json.dump({"rows": rows, "executors": executors, "environment": environment}, open(out, "w"))
+spark.stop()
+"""
+
+
+def test_executors_read_the_key_pair_from_their_nodes_credentials_file(standalone_cluster, minio_pipeline_user,
+                                                                        tmp_path):
+    """As the spark role deploys it: no key in any Spark conf or process environment; each JVM (driver, executors)
+    reads the 0600 credentials file through the conf's path, as the pipeline's least-privilege MinIO user; the UI
+    redacts every key-like setting (spark.redaction.regex of the role)."""
+    import json
+
+    import pyarrow.fs as pafs
+    import yaml
+
+    user = minio_pipeline_user
+    creds = user.credentials_file(tmp_path / "s3a-credentials")
+    workers = [w.pid for w in standalone_cluster.workers]
+    for pid in workers:  # the workers (and so their executors) were started without any key
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        assert user.secret_key not in environ and "AWS_SECRET_ACCESS_KEY=" not in environ
+    regex = yaml.safe_load((REPO / "infra/rpi-ansible/roles/spark/defaults/main.yml").read_text())[
+        "spark_redaction_regex"]
+    conf = {
+        "spark.hadoop.fs.s3a.endpoint": user.server.endpoint,
+        "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.auth.ProfileAWSCredentialsProvider",
+        "spark.hadoop.fs.s3a.auth.profile.file": str(creds),
+        "spark.hadoop.fs.s3a.auth.profile.name": "default",
+        "spark.redaction.regex": regex,
+        "spark.ui.enabled": "true",
+        # markers (no secrets): settings an operator might add, which the UI must not show
+        "spark.executorEnv.SPEEDPROFILE_PROBE_ACCESS_KEY_ID": "marker-access-key-id",
+        "spark.sql.catalog.probe.s3.secret-access-key": "marker-secret-access-key",
+    }
+    app = tmp_path / "s3a_probe.py"
+    app.write_text(S3A_PROBE_APP)
+    uri = f"s3a://{user.bucket}/warehouse/credentials-probe"
+    cmd = spark_submit_cmd(standalone_cluster.url, app, [str(tmp_path / "out.json"), uri, str(REPO)], conf)
+    env = {k: v for k, v in submit_env(standalone_cluster.conf_dir).items()
+           if not k.startswith("AWS_") or k == "AWS_REGION"}
+    t0 = time.time()
+    with open(tmp_path / "submit.log", "wb") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=900)
+    log = (tmp_path / "submit.log").read_text(errors="replace")
+    assert proc.returncode == 0, log[-4000:]
+    standalone_cluster.log(f"s3a credentials-file probe finished in {time.time() - t0:.1f}s")
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert got["rows"] == 20000
+    assert len(got["executors"]) == 4
+    for e in got["executors"]:
+        assert e["python"] == [] and e["jvm"] == [], e
+        assert "CoarseGrainedExecutorBackend" in e["jvm_cmd"] and user.secret_key not in e["jvm_cmd"]
+    # what the UI's Environment tab shows: no key, and the markers redacted
+    shown = json.dumps(got["environment"])
+    assert user.secret_key not in shown and user.access_key not in shown
+    props = dict(got["environment"]["sparkProperties"])
+    assert props["spark.executorEnv.SPEEDPROFILE_PROBE_ACCESS_KEY_ID"] == "*********(redacted)"
+    assert props["spark.sql.catalog.probe.s3.secret-access-key"] == "*********(redacted)"
+    assert props["spark.authenticate.secret"] == "*********(redacted)"
+    assert props["spark.hadoop.fs.s3a.auth.profile.file"] == str(creds)
+    # the objects are there, written as the pipeline's user; no log of the run holds the key pair
+    listed = user.filesystem().get_file_info(pafs.FileSelector(f"{user.bucket}/warehouse/credentials-probe"))
+    assert any(i.path.endswith(".parquet") for i in listed)
+    logs = [log, *(p.read_text(errors="replace") for p in Path(standalone_cluster.state_dir).rglob("*")
+                   if p.is_file() and (p.name in ("stderr", "stdout") or p.suffix == ".log"))]
+    assert not [t for t in logs if user.secret_key in t or user.access_key in t]
+
+
 def finished_executors(cluster) -> list[dict]:
     """Executors (with the worker that ran them) of the applications the master lists as completed."""
     mod = load_cluster_module()

@@ -8,13 +8,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.plugins.objectstore import command_lines_holding
 
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE = REPO / "infra" / "rpi-ansible"
@@ -183,7 +188,12 @@ def test_compose_spark_is_authenticated_and_minio_speaks_tls():
         assert svc["environment"]["SPARK_CONF_DIR"] == "/tmp/spark-conf"
         mounts = {v["target"]: v for v in svc["volumes"]}
         assert mounts["/certs"]["source"] == "minio-certs" and mounts["/certs"].get("read_only")
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & svc["environment"].keys(), name
+        assert svc["environment"]["AWS_SHARED_CREDENTIALS_FILE"] == "/tmp/spark-conf/s3a-credentials", name
     conf = parse_conf(REPO / "infra" / "docker" / "spark-defaults.conf")
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == \
+        "org.apache.hadoop.fs.s3a.auth.ProfileAWSCredentialsProvider"
+    assert conf["spark.hadoop.fs.s3a.auth.profile.file"] == "/tmp/spark-conf/s3a-credentials"
     assert conf["spark.authenticate"] == "true" and conf["spark.network.crypto.enabled"] == "true"
     assert conf["spark.master.rest.enabled"] == "false" and "spark.authenticate.secret" not in conf
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://minio:9000"
@@ -214,6 +224,215 @@ def test_compose_puts_no_secret_on_a_command_line():
             assert value not in argv, (name, value)
 
 
+# ---- no secret variable on a command line (roles, units, compose, the images' scripts) ----------------------
+# Every local user can read any process's argument list in /proc/<pid>/cmdline. A secret may reach a process
+# through its environment, its standard input (a here-document, Ansible's `stdin:`) or a file of mode 0600/0640.
+
+SECRET_NAME = re.compile(r"(?i)password|passwd|secret|token|^MC_HOST_|SQL_ALCHEMY_CONN|_DSN$")
+# sh/bash builtins run inside the shell: their arguments never become a process's argv.
+SHELL_BUILTINS = {"export", "local", "readonly", "declare", "printf", "echo", "read", "set", "unset", "test", "[",
+                  ":", "cd", "true", "false", "exit", "return", "shift", "umask", "wait", "trap", "."}
+SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "for", "!", "{", "}",
+                  "exec", "command"}
+REDIRECTIONS = {"<", ">", ">>", "<<", "<<-", "<<<", ">&", "<&", "&>", ">|"}
+COMMAND_MODULES = {"command", "shell", "raw", "script", "expect"}
+
+
+def _expanded_vars(word: str) -> set[str]:
+    """Variables a shell word expands (words in single quotes expand nothing)."""
+    if word.startswith("'"):
+        return set()
+    return set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", word))
+
+
+def shell_secret_commands(script: str, is_secret: Callable[[str], bool] = lambda n: bool(SECRET_NAME.search(n))
+                          ) -> list[str]:
+    """The simple commands of a sh/bash script that hand a secret variable to another program as an argument.
+    Here-document bodies, redirection targets, assignments (`X=$S cmd`, `export X=...`) and builtins are fine; a
+    variable assigned from a secret is a secret too."""
+    tainted: set[str] = set()
+
+    def secret(name: str) -> bool:
+        return is_secret(name) or name in tainted
+
+    found: list[str] = []
+    heredoc_end: str | None = None
+    for line in script.replace("\\\n", " ").splitlines():
+        if heredoc_end is not None:
+            if line.strip() == heredoc_end:
+                heredoc_end = None
+            continue
+        opened = re.search(r"<<-?\s*['\"]?(\w+)['\"]?", line)
+        if opened and "<<<" not in line:
+            heredoc_end = opened.group(1)
+        lex = shlex.shlex(line, posix=False, punctuation_chars=True)
+        lex.whitespace_split = True
+        try:
+            tokens = list(lex)
+        except ValueError:  # an unterminated quote: judge the line as one word
+            tokens = [line]
+        command: list[str] = []
+        for tok in [*tokens, ";"]:
+            if tok not in {";", "&&", "||", "|", "&", "(", ")", ";;"}:
+                command.append(tok)
+                continue
+            words, skip = [], False
+            for word in command:
+                if skip:
+                    skip = False
+                elif word in REDIRECTIONS or re.fullmatch(r"\d*[<>]+&?", word):
+                    skip = True
+                else:
+                    words.append(word)
+            command = []
+            while words and (words[0] in SHELL_KEYWORDS or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0])):
+                name, eq, value = words.pop(0).partition("=")
+                if eq and any(secret(v) for v in _expanded_vars(value)):
+                    tainted.add(name)
+            if not words:
+                continue
+            if words[0] in {"export", "local", "readonly", "declare"}:
+                for arg in words[1:]:
+                    name, eq, value = arg.partition("=")
+                    if eq and any(secret(v) for v in _expanded_vars(value)):
+                        tainted.add(name)
+                continue
+            if words[0] in SHELL_BUILTINS:
+                continue
+            if any(secret(v) for w in words for v in _expanded_vars(w)):
+                found.append(line.strip())
+    return found
+
+
+def _jinja_names(text: str) -> set[str]:
+    return {name for expr in re.findall(r"\{\{(.*?)\}\}", text, re.S)
+            for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr)}
+
+
+def _tasks(node) -> Iterator[dict]:
+    """Every task of a task file or playbook, blocks and plays included."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item)
+    elif isinstance(node, dict):
+        for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
+            if key in node:
+                yield from _tasks(node[key])
+        if not {"tasks", "block", "hosts"} & node.keys():
+            yield node
+
+
+def _with_environment(node) -> Iterator[dict]:
+    """Every play, block or task of a YAML document that sets `environment:`."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _with_environment(item)
+    elif isinstance(node, dict):
+        if "environment" in node:
+            yield node
+        for value in node.values():
+            if isinstance(value, list):
+                yield from _with_environment(value)
+
+
+def ansible_secret_commands(files: list[Path]) -> list[str]:
+    """Tasks whose command line names a secret variable: a command module's argv, cmd or free form (for `shell` the
+    whole script), and `environment:` on any task, block or play, which Ansible writes in front of the module's
+    shell command (`/bin/sh -c 'NAME=value python3 ...'`). Module arguments such as `stdin:` travel inside the
+    module's payload: that is where a secret goes."""
+    found = []
+    for path in files:
+        doc = yaml.safe_load(path.read_text()) or []
+        for task in _tasks(doc):
+            for key, args in task.items():
+                if key.rsplit(".", 1)[-1] not in COMMAND_MODULES:
+                    continue
+                parts = [args] if isinstance(args, str) else [
+                    json.dumps(args.get(k)) for k in ("argv", "cmd", "_raw_params", "free_form") if k in args]
+                names = {n for part in parts for n in _jinja_names(part) if SECRET_NAME.search(n)}
+                if names:
+                    found.append(f"{path.parent.name}/{path.name}: {task.get('name')}: {sorted(names)}")
+        for node in _with_environment(doc):
+            names = {n for n in _jinja_names(json.dumps(node["environment"])) if SECRET_NAME.search(n)}
+            if names:
+                found.append(f"{path.parent.name}/{path.name}: {node.get('name')}: environment {sorted(names)}")
+    return found
+
+
+def unit_secret_commands(templates: list[Path]) -> list[str]:
+    """Exec* lines of systemd unit templates that name a secret variable."""
+    return [f"{t.name}: {line}" for t in templates for line in t.read_text().splitlines()
+            if re.match(r"Exec\w*=", line) and any(SECRET_NAME.search(n) for n in _jinja_names(line))]
+
+
+def compose_shell_scripts(services: dict) -> Iterator[tuple[str, str]]:
+    """(service, script) for every shell command compose runs: `sh -c`/`bash -c` entry points and CMD-SHELL, as
+    the container's shell gets it (compose's `$$` is one `$`)."""
+    for name, svc in services.items():
+        entry, cmd = svc.get("entrypoint") or [], svc.get("command") or []
+        if entry and Path(entry[0]).name in {"sh", "bash"} and any(a.startswith("-") and "c" in a for a in entry[1:]):
+            for script in cmd[:1]:
+                yield name, script.replace("$$", "$")
+        test = svc.get("healthcheck", {}).get("test") or []
+        if test[:1] == ["CMD-SHELL"]:
+            yield name, test[1].replace("$$", "$")
+
+
+def test_the_command_line_check_flags_secrets_in_arguments_only(tmp_path):
+    old_init = 'mc --config-dir /tmp/mc admin user add local "$S3_ACCESS_KEY" "$S3_SECRET_KEY"'
+    assert shell_secret_commands(old_init) == [old_init]
+    fine = """export MC_HOST_local="https://$MINIO_ROOT_USER:$MINIO_ROOT_PASSWORD@minio:9000"
+        mc admin user add local "$S3_ACCESS_KEY" <<EOF
+        $S3_SECRET_KEY
+        EOF
+        printf '%s\\n' "$AIRFLOW_ADMIN_PASSWORD" > /opt/airflow/auth/passwords.json
+        PGPASSWORD=$DB_PASSWORD psql -h db -c 'SELECT 1'
+        : "${SPARK_AUTH_SECRET:?not set}"
+        echo '$NOT_EXPANDED_SECRET' | cat
+        cat <<'SQL'
+        \\getenv p DB_PASSWORD
+        SQL"""
+    assert shell_secret_commands(fine) == []
+    for bad in ('curl -u "admin:$ADMIN_PASSWORD" https://x', 'env TOKEN=$API_TOKEN airflow db migrate',
+                'x=1 && psql -c "ALTER ROLE a PASSWORD \'$DB_PASSWORD\'"', 'exec mc alias set a $MC_HOST_local',
+                'url="https://u:$MINIO_ROOT_PASSWORD@h"; mc ls "$url"', 'cat f | openssl enc -k "$SECRET" &'):
+        assert shell_secret_commands(bad), bad
+    old_task = tmp_path / "buckets.yml"
+    old_task.write_text(yaml.safe_dump([{"name": "Create the pipeline's user", "ansible.builtin.command": {
+        "argv": ["{{ minio_mc_bin }}", "admin", "user", "add", "speedprofile", "{{ minio_app_access_key }}",
+                 "{{ minio_app_secret_key }}"]}}, {"name": "Set it", "ansible.builtin.shell":
+        "psql -c \"ALTER ROLE a PASSWORD '{{ airflow_db_password }}'\""}, {"name": "Through env", "environment": {
+            "P": "{{ airflow_db_password }}"}, "ansible.builtin.command": {"argv": ["psql"]}}, {"name": "Fine",
+        "ansible.builtin.command": {"argv": ["psql"], "stdin": "{{ airflow_db_password ~ '\\n' ~ sql }}"}}]))
+    assert [line.split(": ")[1] for line in ansible_secret_commands([old_task])] == [
+        "Create the pipeline's user", "Set it", "Through env"]
+
+
+def test_no_secret_variable_is_put_on_a_command_line_by_a_role_a_unit_or_compose():
+    task_files = sorted([*ANSIBLE.glob("roles/*/tasks/*.yml"), *ANSIBLE.glob("roles/*/handlers/*.yml"),
+                         *ANSIBLE.glob("*.yml")])
+    assert len(task_files) > 10
+    assert ansible_secret_commands(task_files) == []
+    assert unit_secret_commands(sorted(ANSIBLE.glob("roles/*/templates/*.service.j2"))) == []
+    scripts = list(compose_shell_scripts(compose_model()["services"]))
+    assert {name for name, _ in scripts} >= {"minio-init", "airflow-init", "certs", "minio"}
+    scripts += [(p.name, p.read_text()) for p in sorted((REPO / "infra" / "docker").glob("*.sh"))]
+    assert [(name, cmd) for name, script in scripts for cmd in shell_secret_commands(script)] == []
+    # the pipeline user's secret reaches mc on its standard input, in the role and in compose; so do the role's
+    # MinIO root credentials (MC_HOST_speedprofile) and the database roles' passwords
+    tasks = yaml.safe_load((ANSIBLE / "roles/minio/tasks/buckets.yml").read_text())
+    add = next(t for t in tasks if t["name"].startswith("Create the pipeline's user"))
+    assert add["ansible.builtin.command"]["stdin"] == "{{ minio_mc_alias_url ~ '\n' ~ minio_app_secret_key }}"
+    assert add["no_log"] is True
+    for task in tasks[1:]:
+        if "ansible.builtin.command" in task:
+            assert task["ansible.builtin.command"]["argv"].startswith("{{ minio_mc_argv + "), task["name"]
+            assert "minio_mc_alias_url" in task["ansible.builtin.command"]["stdin"] or "logs in" in task["name"]
+            assert task["no_log"] is True, task["name"]
+    init = dict(compose_shell_scripts(compose_model()["services"]))["minio-init"]
+    assert re.search(r'admin user add local "\$S3_ACCESS_KEY" <<EOF\n\$S3_SECRET_KEY\nEOF\n', init), init
+
+
 def test_compose_preflight_refuses_example_and_default_secrets(tmp_path):
     pre = compose_model()["services"]["preflight"]
     argv = [sys.executable, str(REPO / "infra/docker/check_secrets.py"), "--rules",
@@ -240,9 +459,11 @@ def test_spark_entrypoint_writes_a_private_conf_and_trusts_the_minio_ca(tmp_path
                     "--hosts", "minio,localhost,127.0.0.1"], check=True, capture_output=True)
     secret = "spark-rpc-secret-for-the-entrypoint-test-0123"
     conf = tmp_path / "spark-conf"
+    s3_key, s3_secret = "pipeline-key-for-the-test", "s3-secret-for-the-entrypoint-test-4567"
     env = {**os.environ, "SPARK_AUTH_SECRET": secret, "SPARK_CONF_DIR": str(conf),
            "SPEEDPROFILE_SPARK_DEFAULTS": str(REPO / "infra/docker/spark-defaults.conf"),
-           "SPEEDPROFILE_MINIO_CA": str(certs / "CAs" / "ca.crt")}
+           "SPEEDPROFILE_MINIO_CA": str(certs / "CAs" / "ca.crt"), "S3_ACCESS_KEY": s3_key, "S3_SECRET_KEY": s3_secret,
+           "AWS_SHARED_CREDENTIALS_FILE": str(conf / "s3a-credentials"), "AWS_PROFILE": "default"}
     env.pop("JAVA_TOOL_OPTIONS", None)
     proc = subprocess.run(["bash", str(REPO / "infra/docker/spark-entrypoint.sh"), "env"], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -250,6 +471,12 @@ def test_spark_entrypoint_writes_a_private_conf_and_trusts_the_minio_ca(tmp_path
     child = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     assert "SPARK_AUTH_SECRET" not in child  # the command runs without the secret in its environment
     assert secret not in proc.stdout
+    # nor the S3 key pair: it is in the 0600 credentials file the s3a connector, pyarrow and pyiceberg read
+    assert not {"S3_ACCESS_KEY", "S3_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & child.keys()
+    assert s3_secret not in proc.stdout and child["AWS_SHARED_CREDENTIALS_FILE"] == str(conf / "s3a-credentials")
+    assert (conf / "s3a-credentials").read_text() == (
+        f"[default]\naws_access_key_id = {s3_key}\naws_secret_access_key = {s3_secret}\n")
+    assert stat.S_IMODE((conf / "s3a-credentials").stat().st_mode) == 0o600
     written = parse_conf(conf / "spark-defaults.conf")
     assert written["spark.authenticate.secret"] == secret and written["spark.authenticate"] == "true"
     assert stat.S_IMODE((conf / "spark-defaults.conf").stat().st_mode) == 0o600
@@ -476,7 +703,9 @@ def rendered(tmp_path_factory) -> Path:
 
 def test_rendered_spark_defaults_point_at_the_master_and_the_s3a_warehouse(rendered):
     d = role_defaults("spark")
-    confs = {h: parse_conf(rendered / h / "etc/spark/spark-defaults.conf") for h in RENDER_HOSTS}
+    # the same on every node (paths of the render folder aside: on the nodes they are /etc/spark/...)
+    confs = {h: {k: v.replace(str(rendered / h), "") for k, v in
+                 parse_conf(rendered / h / "etc/spark/spark-defaults.conf").items()} for h in RENDER_HOSTS}
     assert confs["pi-head"] == confs["pi-w01"] == confs["pi-w05"], "spark-defaults must be the same on every node"
     conf = confs["pi-head"]
     assert conf["spark.master"] == "spark://192.168.50.10:7077"
@@ -486,7 +715,10 @@ def test_rendered_spark_defaults_point_at_the_master_and_the_s3a_warehouse(rende
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://192.168.50.11:9000"  # first MinIO node, over TLS
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
-    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith("EnvironmentVariableCredentialsProvider")
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == d["spark_s3_credentials_provider"] == \
+        "org.apache.hadoop.fs.s3a.auth.ProfileAWSCredentialsProvider"
+    assert conf["spark.hadoop.fs.s3a.auth.profile.file"] == "/etc/spark/s3a-credentials"
+    assert conf["spark.hadoop.fs.s3a.auth.profile.name"] == "default"
     assert conf["spark.pyspark.python"] == "/opt/speedprofile/venv/bin/python"
     assert not any("s3a" in k and ("secret" in k.lower() or "access.key" in k.lower()) for k in conf)
     assert SECRETS["vault_s3_secret_key"] not in (rendered / "pi-head/etc/spark/spark-defaults.conf").read_text()
@@ -514,19 +746,87 @@ def test_rendered_spark_conf_authenticates_and_encrypts_rpc_and_guards_the_uis(r
         assert SECRETS["vault_spark_auth_secret"] not in text and "authenticate" not in text
 
 
-def test_credentials_only_in_the_restricted_env_file(rendered):
-    for host in RENDER_HOSTS:
-        env_file = rendered / host / "etc/spark/s3a.env"
-        env = parse_env(env_file)
-        assert env["AWS_ACCESS_KEY_ID"] == SECRETS["vault_s3_access_key"]
-        assert env["AWS_SECRET_ACCESS_KEY"] == SECRETS["vault_s3_secret_key"]
-        assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
-        for other in ("spark-defaults.conf", "spark-env.sh"):
-            text = (rendered / host / "etc/spark" / other).read_text()
-            assert SECRETS["vault_s3_secret_key"] not in text and SECRETS["vault_s3_access_key"] not in text
+def test_s3_key_pair_only_in_the_private_credentials_file(rendered):
+    """The key pair is in one AWS shared-credentials file per node (spark:spark 0600 on workers, root:spark 0640 on
+    the head, where drivers run as several users), read by the JVMs through the conf's path and by pyarrow and
+    pyiceberg through AWS_SHARED_CREDENTIALS_FILE; no other rendered file, conf or environment holds it."""
+    import configparser
+
+    key, secret = SECRETS["vault_s3_access_key"], SECRETS["vault_s3_secret_key"]
+    for host, mode in {"pi-head": 0o640, "pi-w01": 0o600, "pi-w05": 0o600}.items():
+        creds = rendered / host / "etc/spark/s3a-credentials"
+        ini = configparser.ConfigParser()
+        ini.read_string(creds.read_text())
+        assert dict(ini["default"]) == {"aws_access_key_id": key, "aws_secret_access_key": secret}
+        assert stat.S_IMODE(creds.stat().st_mode) == mode, host
+        env = parse_env(rendered / host / "etc/spark/s3a.env")
+        assert env["AWS_SHARED_CREDENTIALS_FILE"] == str(creds) and env["AWS_PROFILE"] == "default"
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & env.keys()
+        conf = parse_conf(rendered / host / "etc/spark/spark-defaults.conf")
+        assert conf["spark.hadoop.fs.s3a.auth.profile.file"] == str(creds)
+        for path in (rendered / host).rglob("*"):
+            if path.is_file() and path != creds:
+                text = path.read_text(errors="replace")
+                assert secret not in text, path
+                if "/etc/spark/" in str(path) or "/systemd/" in str(path):
+                    assert key not in text, path
+    # the worker unit loads the endpoint settings (executors inherit the file's path, never the keys)
     unit = (rendered / "pi-w05/etc/systemd/system/spark-worker.service").read_text()
-    # Executors inherit the worker's environment: that is how they get the credentials.
     assert re.search(r"^EnvironmentFile=\S*/etc/spark/s3a\.env$", unit, re.M)
+    assert "s3a-credentials" not in unit and "AWS_" not in unit
+    d = role_defaults("spark")
+    config = yaml.safe_load((ANSIBLE / "roles/spark/tasks/config.yml").read_text())
+    task = next(t for t in config if t.get("ansible.builtin.template", {}).get("src") == "s3a-credentials.j2")
+    assert task["no_log"] is True and task["ansible.builtin.template"]["mode"] == "{{ spark_s3_credentials_mode }}"
+    assert d["spark_s3_credentials_owner"] == "{{ spark_config_owner if spark_runs_drivers | bool else spark_user }}"
+
+
+def test_redaction_regex_hides_every_key_name_in_the_uis(rendered):
+    """spark.redaction.regex (role and compose) matches every setting that could carry a key or a password, and
+    leaves the s3a wiring (provider, profile file, endpoint) readable. Spark applies it with Java's regex, which
+    reads this pattern as Python does."""
+    regex = parse_conf(rendered / "pi-head/etc/spark/spark-defaults.conf")["spark.redaction.regex"]
+    assert regex == role_defaults("spark")["spark_redaction_regex"]
+    assert parse_conf(REPO / "infra/docker/spark-defaults.conf")["spark.redaction.regex"] == regex
+    hidden = ["spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key", "spark.hadoop.fs.s3a.session.token",
+              "spark.executorEnv.AWS_ACCESS_KEY_ID", "spark.executorEnv.AWS_SECRET_ACCESS_KEY",
+              "spark.sql.catalog.sp_x.s3.access-key-id", "spark.sql.catalog.sp_x.s3.secret-access-key",
+              "spark.sql.catalog.sp_x.jdbc.password", "spark.authenticate.secret", "spark.connect.authenticate.token",
+              "spark.org.apache.spark.ui.JWSFilter.param.secretKey", "spark.ssl.keyStorePassword",
+              "spark.executorEnv.SSH_PRIVATE_KEY"]
+    shown = ["spark.hadoop.fs.s3a.aws.credentials.provider", "spark.hadoop.fs.s3a.auth.profile.file",
+             "spark.hadoop.fs.s3a.endpoint", "spark.master", "spark.jars", "spark.executor.memory"]
+    assert [k for k in hidden if not re.search(regex, k)] == []
+    assert [k for k in shown if re.search(regex, k)] == []
+    spark_default = r"(?i)secret|password|token|access[.]?key"
+    assert [k for k in hidden if not re.search(spark_default, k)]  # what the explicit setting adds
+
+
+def test_pipeline_user_gets_a_policy_on_the_warehouse_bucket_only():
+    import jinja2
+
+    d = role_defaults("minio")
+    assert d["minio_buckets"] == ["{{ minio_warehouse_bucket }}"]
+    template = (ANSIBLE / "roles/minio/templates/warehouse-policy.json.j2").read_text()
+    policy = json.loads(jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(
+        minio_warehouse_bucket="speedprofile", minio_app_bucket_actions=d["minio_app_bucket_actions"],
+        minio_app_object_actions=d["minio_app_object_actions"]))
+    statements = policy["Statement"]
+    assert {s["Effect"] for s in statements} == {"Allow"}
+    assert sorted(r for s in statements for r in s["Resource"]) == ["arn:aws:s3:::speedprofile",
+                                                                    "arn:aws:s3:::speedprofile/*"]
+    actions = {a for s in statements for a in s["Action"]}
+    assert all(a.startswith("s3:") and "*" not in a for a in actions)
+    assert not actions & {"s3:CreateBucket", "s3:DeleteBucket", "s3:PutBucketPolicy", "s3:ListAllMyBuckets"}
+    # compose loads the same policy (for its bucket, speedprofile)
+    assert json.loads((REPO / "infra/docker/minio-warehouse-policy.json").read_text()) == policy
+    tasks = yaml.safe_load((ANSIBLE / "roles/minio/tasks/buckets.yml").read_text())
+    argvs = [t["ansible.builtin.command"]["argv"] for t in tasks if "ansible.builtin.command" in t]
+    assert ("{{ minio_mc_argv + ['admin', 'policy', 'attach', 'speedprofile', minio_app_policy, '--user', "
+            "minio_app_access_key] }}") in argvs
+    assert not [a for a in argvs if "'attach'" in a and "readwrite" in a]
+    init = dict(compose_shell_scripts(compose_model()["services"]))["minio-init"]
+    assert "policy attach local speedprofile-warehouse" in init and "attach local readwrite" not in init
 
 
 CATALOG_URL = "postgresql://192.168.50.10:5432/speedprofile_catalog"  # the head node's PostgreSQL
@@ -579,8 +879,10 @@ def test_airflow_role_creates_the_catalog_database_reachable_from_the_nodes():
     tasks = yaml.safe_load((ANSIBLE / "roles/airflow/tasks/postgres.yml").read_text())
     by_name = {t["name"]: t for t in tasks}
     role = by_name["Create or update the table catalog role"]
-    assert role["environment"] == {"SPEEDPROFILE_ROLE_PASSWORD": "{{ airflow_catalog_db_password }}"}
-    assert role["no_log"] is True
+    assert role["ansible.builtin.command"] == {
+        "argv": "{{ airflow_psql_set_role_argv + ['-v', 'role_name=' ~ airflow_catalog_db_user] }}",
+        "stdin": "{{ airflow_catalog_db_password ~ '\n' ~ lookup('ansible.builtin.file', 'set-role-password.sql') }}"}
+    assert role["no_log"] is True and "environment" not in role
     assert by_name["Create the table catalog database (Iceberg creates its tables on first use)"][
         "ansible.builtin.command"]["argv"] == ["createdb", "--owner", "{{ airflow_catalog_db_user }}",
                                                "{{ airflow_catalog_db_name }}"]
@@ -779,23 +1081,34 @@ def role_password(dsn: str, role: str) -> str | None:
 
 
 def test_airflow_role_sets_any_password_without_sql_text(private_postgres):
+    """The role's own command (airflow_psql_set_role_argv): the password on the first line of psql's stdin, the
+    SQL after it; a hostile password is set exactly, and it is on no command line while psql runs."""
     dsn, port, bindir = private_postgres
     sql = (ANSIBLE / "roles/airflow/files/set-role-password.sql").read_text()
     tasks = (ANSIBLE / "roles/airflow/tasks/postgres.yml").read_text()
     assert "PASSWORD '" not in tasks and "lookup('ansible.builtin.file', 'set-role-password.sql')" in tasks
-    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres",
-           "SPEEDPROFILE_ROLE_PASSWORD": HOSTILE_PASSWORD}
+    wrapper = role_defaults("airflow")["airflow_psql_set_role_argv"]
+    assert wrapper[3:] == ["psql", "-v", "ON_ERROR_STOP=1", "-qAt"]
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres", "PGDATABASE": "postgres",
+           "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    argv = [*wrapper, "-v", "role_name=air flow"]
     for _ in range(2):  # creates the role, then (idempotent) only updates its password
-        proc = subprocess.run([str(bindir / "psql"), "-v", "ON_ERROR_STOP=1", "-qAt", "-v", "role_name=air flow",
-                               "-d", "postgres"], input=sql, env=env, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, text=True)
+        proc.stdin.write(HOSTILE_PASSWORD + "\n")
+        proc.stdin.flush()
+        time.sleep(0.5)  # the shell has read the password and exec'd psql, which waits for its SQL
+        exposed = command_lines_holding(HOSTILE_PASSWORD)
+        _, err = proc.communicate(sql, timeout=60)
+        assert proc.returncode == 0, err
+        assert exposed == []
     assert role_password(dsn, "pwned") is None
     assert scram_matches(role_password(dsn, "air flow"), HOSTILE_PASSWORD)
-    # without the password in the environment the run fails instead of setting an empty one
-    env.pop("SPEEDPROFILE_ROLE_PASSWORD")
-    proc = subprocess.run([str(bindir / "psql"), "-v", "ON_ERROR_STOP=1", "-qAt", "-v", "role_name=other",
-                           "-d", "postgres"], input=sql, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and role_password(dsn, "other") is None
+    # without a password (no input, an empty first line) the run fails instead of setting an empty one
+    for given in ("", "\n" + sql):
+        proc = subprocess.run([*wrapper, "-v", "role_name=other"], input=given, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode != 0 and role_password(dsn, "other") is None
 
 
 def test_compose_postgres_init_sets_any_password_without_sql_text(private_postgres):

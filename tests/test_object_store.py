@@ -1,10 +1,13 @@
 """speedprofile.storage against a real S3 server (MinIO built from the pinned source, tests/plugins/objectstore.py):
-text and Parquet round trips through s3a:// URIs, and the credentials kept out of logs and error messages.
+text and Parquet round trips through s3a:// URIs, and the credentials kept out of logs and error messages; the
+pipeline's user as the minio role makes it (secret off every command line, a policy on the warehouse bucket only)
+and found by the drivers through the spark role's credentials file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +19,12 @@ import pytest
 from speedprofile import storage
 from tests.plugins.objectstore import (
     REPO,
+    WAREHOUSE_BUCKET,
+    command_lines_holding,
     free_port,
     new_credentials,
     pinned_minio_version,
+    run_minio_user_tasks,
     s3_filesystem,
     server_env,
     stop_process,
@@ -162,3 +168,101 @@ def test_tls_server_with_the_roles_certificate_is_trusted_through_ssl_cert_file(
         assert trusted.stdout.strip() == "over tls"
     finally:
         stop_process(proc)
+
+
+# ---- the pipeline's user (roles/minio/tasks/buckets.yml) ------------------------------------------------------
+
+
+def test_role_makes_the_pipeline_user_without_its_secret_on_any_command_line(minio_pipeline_user):
+    user = minio_pipeline_user
+    assert user.argv_with_secret == []  # watched every 5 ms while the role ran
+    assert user.secret_key not in user.run_output
+    assert "failed=0" in user.run_output
+    # the user logs in with the secret it was given on mc's standard input
+    with user.filesystem().open_output_stream(f"{user.bucket}/warehouse/_probe.txt") as out:
+        out.write(b"ok")
+    # running the role again changes nothing (user, policy and its attachment are there)
+    again, seen = run_minio_user_tasks(user.server, user.state, user.access_key, user.secret_key, user.bucket)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "changed=0" in again.stdout and not seen, again.stdout[-3000:]
+
+
+def test_role_sets_a_rotated_secret(minio_server, tmp_path):
+    """The vault gets a new secret for the same access key: the role's next run makes MinIO take it."""
+    key, old, new = "rot-" + new_credentials()[0][2:14], "old-" + new_credentials()[1], "new-" + new_credentials()[1]
+    for secret in (old, new):
+        proc, seen = run_minio_user_tasks(minio_server, tmp_path / "state", key, secret, WAREHOUSE_BUCKET)
+        assert proc.returncode == 0 and not seen, (proc.stdout + proc.stderr)[-3000:]
+    assert "changed=0" not in proc.stdout
+    bucket_info = s3_filesystem(minio_server.endpoint, key, new).get_file_info(WAREHOUSE_BUCKET)
+    assert bucket_info.type.name == "Directory"
+    with pytest.raises(OSError, match=r"(?i)signature|access[ _]?denied|403"):
+        s3_filesystem(minio_server.endpoint, key, old).get_file_info(f"{WAREHOUSE_BUCKET}/x")
+
+
+def test_pipeline_user_reaches_the_warehouse_bucket_and_nothing_else(minio_pipeline_user):
+    import pyarrow.fs as pafs
+
+    user = minio_pipeline_user
+    fs = user.filesystem()
+    key = f"{user.bucket}/warehouse/probes/dt=2026-01-05/part-0.txt"
+    with fs.open_output_stream(key) as out:
+        out.write(b"fix")
+    with fs.open_input_stream(key) as src:
+        assert src.read() == b"fix"
+    listed = fs.get_file_info(pafs.FileSelector(f"{user.bucket}/warehouse", recursive=True))
+    assert key in {i.path for i in listed}
+    fs.move(key, key + ".moved")  # what a commit by rename does on S3: copy, then delete
+    fs.delete_dir(f"{user.bucket}/warehouse/probes")
+    assert fs.get_file_info(key + ".moved").type == pafs.FileType.NotFound
+    denied = {
+        "read another bucket": lambda: fs.open_input_stream(f"{user.other_bucket}/private/thing.txt").read(),
+        "list another bucket": lambda: fs.get_file_info(pafs.FileSelector(f"{user.other_bucket}/private")),
+        "write another bucket": lambda: fs.open_output_stream(f"{user.other_bucket}/x.txt").close(),
+        "delete in another bucket": lambda: fs.delete_file(f"{user.other_bucket}/private/thing.txt"),
+        "create a bucket": lambda: user.filesystem(allow_bucket_creation=True).create_dir("speedprofile-new"),
+    }
+    allowed = []
+    for label, attempt in denied.items():
+        try:
+            attempt()
+        except OSError as exc:
+            assert re.search(r"(?i)access[ _]?denied|forbidden|403", str(exc)), (label, str(exc))
+        else:
+            allowed.append(label)
+    assert allowed == []
+    # the bucket list names only the bucket the user may use
+    assert [i.path for i in fs.get_file_info(pafs.FileSelector("/"))] == [user.bucket]
+    root = user.server.filesystem()
+    assert root.get_file_info(f"{user.other_bucket}/private/thing.txt").type == pafs.FileType.File
+    assert root.get_file_info("speedprofile-new").type == pafs.FileType.NotFound
+
+
+def test_drivers_find_the_key_pair_through_the_credentials_file_alone(minio_pipeline_user, tmp_path):
+    """A driver's environment as the spark role renders it: s3a.env (endpoint, AWS_SHARED_CREDENTIALS_FILE, no
+    key) and the 0600 credentials file. speedprofile.storage (pyarrow) and the table catalog (pyiceberg) work."""
+    user = minio_pipeline_user
+    creds = user.credentials_file(tmp_path / "s3a-credentials")
+    code = (
+        "import sys\nfrom speedprofile import storage, tables\n"
+        "storage.write_text(sys.argv[1] + '/_metrics/x.json', '{}')\n"
+        "print(storage.read_text(sys.argv[1] + '/_metrics/x.json'))\n"
+        "tables.py_catalog(sys.argv[1])\n"
+        "print(sorted(storage.list_dir(sys.argv[1])))"
+    )
+    warehouse = f"s3a://{user.bucket}/warehouse-driver"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+           "AWS_PROFILE": "default", "AWS_ENDPOINT_URL": user.server.endpoint, "AWS_REGION": "us-east-1",
+           "SPEEDPROFILE_CATALOG": str(tmp_path / "catalog.db")}
+    proc = subprocess.run([sys.executable, "-c", code, warehouse], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert out[0] == "{}" and "probes" in out[1] and "_metrics" in out[1], out
+    assert user.secret_key not in proc.stdout + proc.stderr
+    # without the file: refused, and the message holds no key
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "missing")
+    refused = subprocess.run([sys.executable, "-c", code, warehouse + "-2"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0 and user.access_key not in refused.stderr
+    assert not command_lines_holding(user.secret_key)

@@ -8,11 +8,14 @@ puts them into this process's environment, where speedprofile.storage and pyarro
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,9 +43,11 @@ def pinned_minio_version() -> str:
     raise AssertionError("MINIO_VERSION missing in conf/versions.env")
 
 
-def minio_binary() -> Path:
-    """The pinned MinIO binary, built into the cache by scripts/fetch_minio.sh when it is not there yet."""
-    proc = subprocess.run([str(REPO / "scripts" / "fetch_minio.sh")], capture_output=True, text=True, timeout=3600)
+def minio_binary(tool: str = "minio") -> Path:
+    """The pinned MinIO server (or `mc` client) binary, built into the cache by scripts/fetch_minio.sh when it is
+    not there yet."""
+    proc = subprocess.run([str(REPO / "scripts" / "fetch_minio.sh"), tool], capture_output=True, text=True,
+                          timeout=3600)
     if proc.returncode != 0:
         pytest.fail(f"scripts/fetch_minio.sh failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     path = Path(proc.stdout.strip().splitlines()[-1])
@@ -202,6 +207,125 @@ def minio_env(minio_server, monkeypatch) -> Iterator[MinioServer]:
     storage._remote_fs.cache_clear()
     yield minio_server
     storage._remote_fs.cache_clear()
+
+
+# ---- the pipeline's user, made by the minio role ------------------------------------------------------------
+
+ANSIBLE = REPO / "infra" / "rpi-ansible"
+# The warehouse bucket of the role runs on minio_server: the role's policy (one per deployment) names it.
+WAREHOUSE_BUCKET = "speedprofile-wh"
+
+
+@dataclass
+class PipelineUser:
+    """The pipeline's key pair on minio_server, made by the minio role's own tasks: its bucket (the warehouse),
+    a bucket it must not reach, and every command line seen while the role ran that held its secret or the root
+    password."""
+
+    server: MinioServer
+    access_key: str
+    secret_key: str = field(repr=False)
+    bucket: str
+    other_bucket: str
+    argv_with_secret: list[str] = field(repr=False)
+    run_output: str = field(repr=False)
+    state: Path = field(repr=False)  # the role run's folder (its policy file, mc's configuration)
+
+    def filesystem(self, **kw):
+        return s3_filesystem(self.server.endpoint, self.access_key, self.secret_key, **kw)
+
+    def credentials_file(self, path: Path, runs_drivers: bool = False) -> Path:
+        """The spark role's s3a-credentials template rendered for this key pair, mode 0600, at `path`."""
+        import jinja2
+
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+        env.filters["bool"] = lambda v: str(v).lower() in ("1", "true", "yes", "on")
+        text = env.from_string((ANSIBLE / "roles/spark/templates/s3a-credentials.j2").read_text()).render(
+            ansible_managed="rendered by the tests", spark_runs_drivers=runs_drivers,
+            spark_s3_credentials_profile="default", spark_s3_access_key=self.access_key,
+            spark_s3_secret_key=self.secret_key)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return path
+
+
+def command_lines_holding(text: str) -> list[str]:
+    """Command lines of live processes that contain `text` (what any local user could read)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(cmd)
+    return found
+
+
+def run_minio_user_tasks(server: MinioServer, state: Path, access_key: str, secret_key: str, bucket: str
+                         ) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run roles/minio/tasks/buckets.yml (bucket, user, policy) against `server` through ansible-playbook, as the
+    role runs on the first storage node, and watch every process's command line for the user's secret and the
+    server's root password meanwhile."""
+    state.mkdir(parents=True, exist_ok=True)
+    host, port = server.endpoint.removeprefix("http://").split(":")
+    assert host == "127.0.0.1"
+    (state / "vars.json").write_text(json.dumps({
+        "minio_tls": False, "minio_api_port": int(port), "minio_mc_bin": str(minio_binary("mc")),
+        "minio_root_user": server.access_key, "minio_root_password": server.secret_key,
+        "speedprofile_warehouse_bucket": bucket, "minio_app_access_key": access_key,
+        "minio_app_secret_key": secret_key, "minio_app_policy_file": str(state / "policies" / "warehouse.json"),
+        "ansible_python_interpreter": sys.executable,
+    }))
+    (state / "play.yml").write_text(
+        "- name: Make the warehouse bucket, the pipeline's user and its policy\n"
+        "  hosts: localhost\n  gather_facts: false\n  connection: local\n  tasks:\n"
+        "    - name: Run the minio role's bucket and user tasks\n      ansible.builtin.include_role:\n"
+        "        name: minio\n        tasks_from: buckets.yml\n")
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "HOME": str(state), "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+           "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(state / "tmp"), "ANSIBLE_REMOTE_TEMP": str(state / "tmp"),
+           "no_proxy": os.environ.get("no_proxy", "127.0.0.1"), "NO_PROXY": os.environ.get("NO_PROXY", "127.0.0.1")}
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for secret in (secret_key, server.secret_key):
+                seen.extend(command_lines_holding(secret))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
+                               str(state / "play.yml"), "-e", f"@{state / 'vars.json'}"],
+                              cwd=state, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    return proc, seen
+
+
+@pytest.fixture(scope="session")
+def minio_pipeline_user(minio_server, tmp_path_factory) -> PipelineUser:
+    """The pipeline's user on minio_server, made once by the minio role's tasks (bucket `speedprofile-wh`, its
+    policy), plus a bucket `speedprofile-other` the root user made, which the pipeline user must not reach."""
+    access_key, secret_key = "pipeline-" + secrets.token_hex(6), "sk-" + secrets.token_hex(20)
+    bucket, other = WAREHOUSE_BUCKET, "speedprofile-other"
+    state = tmp_path_factory.mktemp("minio-user")
+    proc, seen = run_minio_user_tasks(minio_server, state, access_key, secret_key, bucket)
+    if proc.returncode != 0:
+        pytest.fail(f"the minio role's buckets.yml failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    root = minio_server.filesystem(allow_bucket_creation=True)
+    root.create_dir(other)
+    with root.open_output_stream(f"{other}/private/thing.txt") as out:
+        out.write(b"not for the pipeline")
+    return PipelineUser(minio_server, access_key, secret_key, bucket, other, seen, proc.stdout + proc.stderr,
+                        state)
 
 
 # ---- a distributed deployment over network namespaces -------------------------------------------------------
