@@ -67,7 +67,8 @@ def read_text_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
 
     def scan() -> DataFrame:
         return spark.read.text(paths).select(
-            F.col("value").alias("line"),
+            # bytes that are not UTF-8 become U+FFFD: Parquet and Arrow strings must be valid UTF-8
+            F.make_valid_utf8(F.col("value")).alias("line"),
             F.col("_metadata.file_path").alias("file_uri"),
             F.col("_metadata.file_block_start").alias("block_start"),
             F.monotonically_increasing_id().alias("row_id"),
