@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import psycopg2
 
+from tests.plugins.objectstore import command_lines_holding
+
 P1 = "8739220f0ffffff"
 MARKER = "Pw-marker-7f3a9c"
-
-
-def command_lines_with(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmd:
-                found.append(cmd)
-    return found
 
 
 def test_publish_task_passes_the_dsn_through_the_environment(serve_warehouse, postgis_dsn, monkeypatch):
@@ -40,7 +28,7 @@ def test_publish_task_passes_the_dsn_through_the_environment(serve_warehouse, po
 
     def watch() -> None:
         while not stop.is_set():
-            seen.extend(command_lines_with(MARKER))
+            seen.extend(command_lines_holding(MARKER))
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch, daemon=True)
