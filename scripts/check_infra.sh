@@ -22,8 +22,8 @@ COMPOSE="$("$VENV_BIN/python" -c 'import compose, os; print(os.path.join(os.path
 # world-readable file, the S3 key pair only in the per-node credentials file (never in a Spark conf or an
 # environment), spark.redaction.regex, the pipeline user's warehouse-only MinIO policy, the roles refusing example
 # and default secrets, compose ports on 127.0.0.1 and its preflight, passwords set through psql variables, the jars
-# of conf/jars.lock (role, images, spark-defaults) and the table catalog's environment (catalog.env, airflow units,
-# compose). No secret variable on a command line: every role task (command/shell argv, cmd, free form), unit
+# of conf/jars.lock (role, images, spark-defaults) and the table catalog's login (catalog.env on the head node only,
+# the Spark Connect server's password file, airflow units, compose; never on a worker or in a Spark conf). No secret variable on a command line: every role task (command/shell argv, cmd, free form), unit
 # Exec*= line, compose shell command and infra/docker script is parsed for one passed as a program's argument.
 echo "check-infra: versions (pyproject / roles / compose / jars.lock), rendered configuration and its security"
 "$VENV_BIN/python" -m pytest -q tests/test_infra.py \

@@ -48,10 +48,16 @@ def state_dir(port: int, given: str | None = None) -> Path:
 
 
 def server_env(state: Path) -> dict[str, str]:
+    """The server's environment: a spark-submit's, with $PGPASSFILE naming this user's password file in place of
+    the table catalog's password when a PostgreSQL catalog is configured (its clients register the catalog
+    without a password; pgjdbc in the server's JVM reads it from that file)."""
     from speedprofile.run import submit_env
+    from speedprofile.tables import CATALOG_PASSWORD_ENV, passfile_env
 
     env = submit_env()
     env.pop("SPARK_REMOTE", None)
+    env.update(passfile_env())
+    env.pop(CATALOG_PASSWORD_ENV, None)
     env.update(SPARK_HOME=spark_home(), SPARK_LOG_DIR=str(state), SPARK_PID_DIR=str(state),
                SPARK_IDENT_STRING="speedprofile")
     return env

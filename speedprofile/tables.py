@@ -3,7 +3,9 @@
 Every table of `schemas.TABLES` is an Apache Iceberg table in one catalog per warehouse:
 - the catalog is a JDBC catalog: a SQLite file `<warehouse>/catalog.db` for a local warehouse (the default), or the
   PostgreSQL database named by $SPEEDPROFILE_CATALOG (`postgresql://host:port/db`; user and password from
-  $SPEEDPROFILE_CATALOG_USER / $SPEEDPROFILE_CATALOG_PASSWORD, never from a URL or the code);
+  $SPEEDPROFILE_CATALOG_USER / $SPEEDPROFILE_CATALOG_PASSWORD, never from a URL or the code). The password reaches
+  the drivers (pgjdbc in the JVM, psycopg2 under pyiceberg) through a private PostgreSQL password file, never
+  through a Spark conf, which Spark ships to executors;
 - table data and metadata live under `<warehouse>/<table>/` (local paths, `s3a://` or `s3://`);
 - Spark reads and writes through Iceberg's Spark runtime (jars of conf/jars.lock); everything without a JVM
   (gates, query, publish, exports, ingest's small tables) through pyiceberg, on the same catalog.
@@ -15,9 +17,12 @@ the new snapshot); a writer killed before its commit leaves the table as it was.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sqlite3
+import stat
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +44,10 @@ NAMESPACE = "speedprofile"
 CATALOG_ENV = "SPEEDPROFILE_CATALOG"
 CATALOG_USER_ENV = "SPEEDPROFILE_CATALOG_USER"
 CATALOG_PASSWORD_ENV = "SPEEDPROFILE_CATALOG_PASSWORD"
+# pgjdbc (42.3 and later) reads a password file named by this JVM system property, else by $PGPASSFILE, else
+# ~/.pgpass, whenever the connection properties hold no password; libpq (psycopg2) by its `passfile` parameter.
+PGPASSFILE_PROPERTY = "org.postgresql.pgpassfile"
+PASSFILE_NAME = "catalog.pgpass"
 SQLITE_NAME = "catalog.db"
 SQLITE_BUSY_MS = 120_000  # a writer waits this long for another process's catalog transaction
 COMMIT_RETRIES = 20  # Iceberg retries a commit that lost a race with another partition's commit
@@ -133,14 +142,16 @@ class Catalog:
         return "file://" + os.path.abspath(self.warehouse.removeprefix("file://"))
 
     def jdbc(self) -> dict[str, str]:
-        """JDBC catalog properties for Iceberg's Java catalog (no secret: user and password are added by callers
-        that need them from the environment)."""
+        """JDBC catalog properties for Iceberg's Java catalog (no secret: callers add the user; the password comes
+        from the password file)."""
         if self.kind == "sqlite":
             return {"uri": f"jdbc:sqlite:{self.location}?busy_timeout={SQLITE_BUSY_MS}&journal_mode=WAL"}
         props = {"uri": f"jdbc:postgresql://{self.location}"}
         return props
 
     def spark_conf(self) -> dict[str, str]:
+        """The session confs that register the catalog: location, warehouse, S3A settings and the PostgreSQL user,
+        never a password (Spark ships SQL confs to executors and shows them to anyone reading the session's conf)."""
         prefix = f"spark.sql.catalog.{self.name}"
         conf = {
             prefix: "org.apache.iceberg.spark.SparkCatalog",
@@ -153,18 +164,25 @@ class Catalog:
         for k, v in s3a_conf().items():  # the catalog's file IO (Hadoop S3A) on an object-store warehouse
             conf[f"{prefix}.hadoop.{k}"] = v
         if self.kind == "postgresql":
-            user, password = _catalog_credentials()
+            user, _ = _catalog_credentials()
             conf[f"{prefix}.jdbc.user"] = user
-            conf[f"{prefix}.jdbc.password"] = password
         return conf
 
+    def passfile(self) -> Path:
+        """This user's private PostgreSQL password file, holding the catalog's login (written when missing or
+        stale)."""
+        return _catalog_passfile(self.location)
+
     def sqlalchemy_uri(self) -> str:
+        """pyiceberg's database URL: the PostgreSQL user and, instead of the password, the password file."""
         if self.kind == "sqlite":
             return f"sqlite:///{self.location}?timeout={SQLITE_BUSY_MS // 1000}"
         from urllib.parse import quote
 
-        user, password = _catalog_credentials()
-        return f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}@{self.location}"
+        user, _ = _catalog_credentials()
+        sep = "&" if "?" in self.location else "?"
+        passfile = quote(str(self.passfile()), safe="/")
+        return f"postgresql+psycopg2://{quote(user, safe='')}@{self.location}{sep}passfile={passfile}"
 
 
 def _catalog_credentials() -> tuple[str, str]:
@@ -173,6 +191,82 @@ def _catalog_credentials() -> tuple[str, str]:
         raise TableError(f"${CATALOG_ENV} names a PostgreSQL catalog: set ${CATALOG_USER_ENV} and "
                          f"${CATALOG_PASSWORD_ENV} too")
     return user, password
+
+
+def _catalog_passfile(location: str) -> Path:
+    user, password = _catalog_credentials()
+    return write_passfile(*_pg_address(location), user, password)
+
+
+def _pg_address(location: str) -> tuple[str, str, str]:
+    """host, port and database of `host[:port]/db[?params]` as pgjdbc and libpq match them against a password
+    file (port 5432 when not given)."""
+    from urllib.parse import unquote
+
+    netloc, _, rest = location.partition("/")
+    host, port = netloc, "5432"
+    if ":" in netloc and not netloc.endswith("]"):
+        host, port = netloc.rsplit(":", 1)
+    return host, port or "5432", unquote(rest.split("?", 1)[0])
+
+
+def private_dir() -> Path:
+    """A folder of this user alone (0700) for files holding secrets: $XDG_RUNTIME_DIR/speedprofile when the
+    session has a runtime folder, else <tmp>/speedprofile-<uid>. Refused when it is someone else's or a link."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isdir(runtime):
+        folder = Path(runtime) / "speedprofile"
+    else:
+        folder = Path(tempfile.gettempdir()) / f"speedprofile-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise TableError(f"{folder} is not a folder of this user: remove it, or set $XDG_RUNTIME_DIR")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def write_passfile(host: str, port: str, database: str, user: str, password: str) -> Path:
+    """Put the login into this user's password file (PostgreSQL's `.pgpass` format, mode 0600, in private_dir):
+    one line per host, port, database and user, replaced in one rename, so concurrent drivers of this user, and
+    JVMs that read the file while it changes, see it whole."""
+    if any(c in v for v in (host, port, database, user, password) for c in "\r\n"):
+        raise TableError("a catalog login with a line break cannot go into a PostgreSQL password file")
+    folder = private_dir()
+    path = folder / PASSFILE_NAME
+    key = ":".join(_pgpass_field(v) for v in (host, port, database, user)) + ":"
+    line = key + _pgpass_field(password)
+    with open(folder / f"{PASSFILE_NAME}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = path.read_text().splitlines()
+        except FileNotFoundError:
+            old = []
+        if line in old and stat.S_IMODE(path.stat().st_mode) == 0o600:
+            return path
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{PASSFILE_NAME}.")  # mode 0600
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{ln}\n" for ln in [*(ln for ln in old if not ln.startswith(key)), line]))
+        os.replace(tmp, path)
+    return path
+
+
+def passfile_env() -> dict[str, str]:
+    """{"PGPASSFILE": path} for a JVM started from this environment (a Spark Connect server) when
+    $SPEEDPROFILE_CATALOG is a PostgreSQL catalog with its login set, else {}."""
+    setting = os.environ.get(CATALOG_ENV, "").strip()
+    if not setting.startswith(("postgresql://", "postgres://")) or not os.environ.get(CATALOG_USER_ENV) \
+            or os.environ.get(CATALOG_PASSWORD_ENV) is None:
+        return {}
+    return {"PGPASSFILE": str(_catalog_passfile(setting.split("://", 1)[1]))}
 
 
 def s3a_conf() -> dict[str, str]:
@@ -471,10 +565,22 @@ def spark_catalog(spark: SparkSession, warehouse: str) -> str:
     py_catalog(warehouse)  # namespace and tables exist before Spark looks
     seen = _registered.setdefault(id(spark), set())
     if cat.name not in seen:
+        if cat.kind == "postgresql":
+            _jvm_passfile(spark, cat)
         for k, v in cat.spark_conf().items():
             spark.conf.set(k, v)
         seen.add(cat.name)
     return cat.name
+
+
+def _jvm_passfile(spark: SparkSession, cat: Catalog) -> None:
+    """Point pgjdbc in this process's driver JVM at the password file (a JVM system property: the JVM's
+    environment is fixed at its start). A Spark Connect server reads its own, $PGPASSFILE of its environment."""
+    from speedprofile.spark import is_connect
+
+    path = cat.passfile()
+    if not is_connect(spark):
+        spark.sparkContext._jvm.java.lang.System.setProperty(PGPASSFILE_PROPERTY, str(path))  # type: ignore[union-attr]
 
 
 def spark_identifier(spark: SparkSession, warehouse: str, table: str | Table) -> str:

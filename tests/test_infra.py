@@ -832,44 +832,64 @@ def test_pipeline_user_gets_a_policy_on_the_warehouse_bucket_only():
 CATALOG_URL = "postgresql://192.168.50.10:5432/speedprofile_catalog"  # the head node's PostgreSQL
 
 
-def test_every_node_gets_the_table_catalog_and_the_endpoint_in_restricted_env_files(rendered, monkeypatch):
+def test_the_catalog_password_reaches_drivers_only_and_no_spark_conf(rendered, monkeypatch, tmp_path):
+    """catalog.env (0640) only on the head node, where the drivers run; the Spark Connect server reads the password
+    from its own 0600 password file; workers hold no catalog password in any file, so neither their daemons nor
+    their executors inherit one; no Spark conf carries it."""
+    password = SECRETS["vault_catalog_password"]
+    head = rendered / "pi-head"
+    path = head / "etc/spark/catalog.env"
+    assert parse_env(path) == {"SPEEDPROFILE_CATALOG": CATALOG_URL, "SPEEDPROFILE_CATALOG_USER": "speedprofile_catalog",
+                               "SPEEDPROFILE_CATALOG_PASSWORD": password}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    pgpass = head / "etc/spark/catalog.pgpass"
+    assert [ln for ln in pgpass.read_text().splitlines() if not ln.startswith("#")] == [
+        "192.168.50.10:5432:speedprofile_catalog:speedprofile_catalog:" + password.replace(":", "\\:")]
+    assert stat.S_IMODE(pgpass.stat().st_mode) == 0o600
     for host in RENDER_HOSTS:
-        path = rendered / host / "etc/spark/catalog.env"
-        env = parse_env(path)
-        assert env == {"SPEEDPROFILE_CATALOG": CATALOG_URL, "SPEEDPROFILE_CATALOG_USER": "speedprofile_catalog",
-                       "SPEEDPROFILE_CATALOG_PASSWORD": SECRETS["vault_catalog_password"]}
-        assert stat.S_IMODE(path.stat().st_mode) == 0o640
         s3a = parse_env(rendered / host / "etc/spark/s3a.env")
         assert s3a["AWS_ENDPOINT_URL"] == "https://192.168.50.11:9000"
         conf = parse_conf(rendered / host / "etc/spark/spark-defaults.conf")
         assert s3a["AWS_ENDPOINT_URL"] == conf["spark.hadoop.fs.s3a.endpoint"]
-        for other in ("spark-defaults.conf", "spark-env.sh", "s3a.env"):
-            assert SECRETS["vault_catalog_password"] not in (rendered / host / "etc/spark" / other).read_text()
-        for script in (rendered / host / "etc/spark/spark-env.sh", rendered / host / "etc/profile.d/speedprofile.sh"):
-            text = script.read_text()
-            assert "export SPEEDPROFILE_CACHE=/opt/speedprofile" in text
-            assert re.search(r"for f in \S*/etc/spark/s3a\.env \S*/etc/spark/catalog\.env; do", text), script
-    # what speedprofile.tables makes of that environment: the head node's database, the login from the env
-    from speedprofile import tables
-
-    for key, value in {**parse_env(rendered / "pi-w05/etc/spark/catalog.env"),
-                       **parse_env(rendered / "pi-w05/etc/spark/s3a.env")}.items():
-        monkeypatch.setenv(key, value)
-    cat = tables.catalog("s3a://speedprofile/warehouse")
-    assert (cat.kind, cat.location) == ("postgresql", "192.168.50.10:5432/speedprofile_catalog")
-    spark_conf = cat.spark_conf()
-    assert spark_conf[f"spark.sql.catalog.{cat.name}.jdbc.password"] == SECRETS["vault_catalog_password"]
-    assert spark_conf[f"spark.sql.catalog.{cat.name}.hadoop.fs.s3a.endpoint"] == "https://192.168.50.11:9000"
-    # the daemons and services that run drivers load the file; the password is on no command line
-    connect = (rendered / "pi-head/etc/systemd/system/spark-connect.service").read_text()
-    assert re.search(r"^EnvironmentFile=\S*/etc/spark/catalog\.env$", connect, re.M)
-    for unit in (rendered / "pi-head/etc/systemd/system").glob("airflow-*.service"):
+        assert not [k for k in conf if "jdbc" in k]
+        spark_env = (rendered / host / "etc/spark/spark-env.sh").read_text()
+        assert "export SPEEDPROFILE_CACHE=/opt/speedprofile" in spark_env
+        assert re.search(r"\. \S*/etc/spark/s3a\.env$", spark_env, re.M)
+        assert [ln for ln in spark_env.splitlines() if "catalog" in ln and not ln.startswith("#")] == []
+        profile = (rendered / host / "etc/profile.d/speedprofile.sh").read_text()
+        assert re.search(r"for f in \S*/etc/spark/s3a\.env \S*/etc/spark/catalog\.env; do", profile)
+        if host == "pi-head":
+            continue
+        assert not (rendered / host / "etc/spark/catalog.env").exists() and not (rendered / host / "etc/spark/catalog.pgpass").exists()
+        held = [p for p in (rendered / host).rglob("*") if p.is_file() and password in p.read_text(errors="replace")]
+        assert held == [], host
+    # the units that start drivers load catalog.env; the Connect server gets the file's path, not the password
+    connect = (head / "etc/systemd/system/spark-connect.service").read_text()
+    assert re.search(rf"^Environment=PGPASSFILE={re.escape(str(pgpass))}$", connect, re.M)
+    assert "catalog.env" not in connect and password not in connect
+    for unit in (head / "etc/systemd/system").glob("airflow-*.service"):
         text = unit.read_text()
         assert re.search(r"^EnvironmentFile=/etc/spark/catalog\.env$", text, re.M), unit.name
         assert re.search(r"^EnvironmentFile=/etc/spark/s3a\.env$", text, re.M), unit.name
-        assert SECRETS["vault_catalog_password"] not in text
-    airflow_env = parse_env(rendered / "pi-head/etc/speedprofile/airflow.env")
+        assert password not in text
+    worker = (rendered / "pi-w01/etc/systemd/system/spark-worker.service").read_text()
+    assert "catalog" not in worker and "PGPASSFILE" not in worker
+    airflow_env = parse_env(head / "etc/speedprofile/airflow.env")
     assert airflow_env["SPEEDPROFILE_CACHE"] == "/opt/speedprofile"
+    # what speedprofile.tables makes of the head node's environment: the database, the user in the Spark conf, the
+    # password in a private password file whose line is the one the role renders for the Connect server
+    from speedprofile import tables
+
+    for key, value in {**parse_env(path), **parse_env(head / "etc/spark/s3a.env")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    cat = tables.catalog("s3a://speedprofile/warehouse")
+    assert (cat.kind, cat.location) == ("postgresql", "192.168.50.10:5432/speedprofile_catalog")
+    spark_conf = cat.spark_conf()
+    assert spark_conf[f"spark.sql.catalog.{cat.name}.jdbc.user"] == "speedprofile_catalog"
+    assert [k for k, v in spark_conf.items() if password in v] == []
+    assert spark_conf[f"spark.sql.catalog.{cat.name}.hadoop.fs.s3a.endpoint"] == "https://192.168.50.11:9000"
+    assert cat.passfile().read_text().splitlines() == pgpass.read_text().splitlines()[-1:]
 
 
 def test_airflow_role_creates_the_catalog_database_reachable_from_the_nodes():
@@ -897,12 +917,17 @@ def test_airflow_role_creates_the_catalog_database_reachable_from_the_nodes():
 def test_compose_gives_every_driver_the_catalog_and_the_endpoint():
     services = compose_model()["services"]
     example = parse_env(EXAMPLE_ENV)
-    for name in ("spark-master", "spark-worker-1", "airflow-api-server", "airflow-scheduler",
-                 "airflow-dag-processor", "airflow-init"):
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-init"):
         env = services[name]["environment"]
         assert env["SPEEDPROFILE_CATALOG"] == "postgresql://postgis:5432/speedprofile_catalog", name
         assert env["SPEEDPROFILE_CATALOG_USER"] == "speedprofile_catalog", name
         assert env["SPEEDPROFILE_CATALOG_PASSWORD"] == example["CATALOG_DB_PASSWORD"], name
+        assert env["AWS_ENDPOINT_URL"] == "https://minio:9000", name
+    # the Spark daemons run no driver: no catalog login in their environment, which executors inherit
+    for name in ("spark-master", "spark-worker-1", "spark-worker-2"):
+        env = services[name]["environment"]
+        assert not [k for k in env if k.startswith("SPEEDPROFILE_CATALOG")], name
+        assert example["CATALOG_DB_PASSWORD"] not in env.values(), name
         assert env["AWS_ENDPOINT_URL"] == "https://minio:9000", name
     assert services["postgis"]["environment"]["CATALOG_DB_PASSWORD"] == example["CATALOG_DB_PASSWORD"]
     assert "CATALOG_DB_PASSWORD:12" in services["preflight"]["command"]
