@@ -17,21 +17,28 @@ IDLE_S = float(os.environ.get("SPEEDPROFILE_PY_DAEMON_IDLE_S", "120"))
 POLL_S = min(5.0, max(0.2, IDLE_S / 10))
 
 
+def _live(pid: str) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def has_children(pid: int | None = None) -> bool:
-    """Whether the process has a live child (its worker processes)."""
+    """Whether the process has a live (not zombie) child: its worker processes."""
     pid = os.getpid() if pid is None else pid
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-        return any(open(f"/proc/{pid}/task/{t}/children").read().strip() for t in tasks)
+        return any(_live(c) for t in tasks for c in open(f"/proc/{pid}/task/{t}/children").read().split())
     except FileNotFoundError:
         pass
     for entry in os.listdir("/proc"):  # kernels without /proc/<pid>/task/<tid>/children
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            if int(fields[1]) == pid and fields[0] != "Z":
                 return True
     return False
 

@@ -1,31 +1,30 @@
-"""The Connect server's Python worker daemon ends itself once it has had no worker for its idle time."""
+"""The Connect server's Python worker daemon ends itself once it has had no worker for its idle time.
+
+Each check runs in a fresh interpreter: the test process itself has children (a JVM, servers)."""
 
 import subprocess
 import sys
-import threading
 import time
 
-from speedprofile import pydaemon
+CHILD = 'subprocess.Popen([sys.executable, "-c", "import time; time.sleep({})"])'
+
+
+def run(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import subprocess, sys\nfrom speedprofile import pydaemon\n" + code],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_has_children_sees_a_live_child_only():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        assert pydaemon.has_children()
-    finally:
-        child.kill()
-        child.wait()
-    assert not pydaemon.has_children()
+    proc = run(f"c = {CHILD.format(30)}\nalive = pydaemon.has_children()\nc.kill(); c.wait()\n"
+               "print(alive, pydaemon.has_children())")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]
 
 
 def test_watch_exits_after_the_idle_time_and_not_while_a_worker_lives():
-    exits: list[float] = []
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     t0 = time.monotonic()
-    watcher = threading.Thread(target=pydaemon.watch, kwargs={"idle_s": 1.0, "poll_s": 0.1,
-                                                             "exit": lambda code: exits.append(time.monotonic())})
-    watcher.start()
-    child.wait()
-    watcher.join(timeout=10)
-    assert exits, "the idle daemon did not exit"
-    assert exits[0] - t0 >= 2.4  # 1.5 s with a worker, then 1 s idle
+    proc = run(f"c = {CHILD.format(1.5)}\npydaemon.watch(idle_s=1.0, poll_s=0.1)\nprint('not reached')")
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "not reached" not in proc.stdout
+    assert elapsed >= 2.4  # 1.5 s with a worker, then 1 s idle
