@@ -27,10 +27,11 @@ def test_server_binds_loopback_and_status_answers(connect_url, capsys):
     assert "answering" in capsys.readouterr().out
 
 
-def test_run_remote_writes_the_same_tables_as_spark_submit(airflow_warehouse, tmp_path, connect_url):
+def test_run_remote_writes_the_same_tables_as_a_local_run(airflow_warehouse, tmp_path, connect_url):
+    # the local side runs the same apps in this process (test_dags runs them through spark-submit)
     remote_wh = copy_warehouse(airflow_warehouse, tmp_path / "remote")
     args = ["run", "--date", SIM_DAYS[0], "--to-date", SIM_DAYS[1], "--all"]
-    assert sp([*args, "--warehouse", str(airflow_warehouse)]) == 0
+    assert sp([*args, "--warehouse", str(airflow_warehouse), "--in-process"]) == 0
     assert sp([*args, "--warehouse", str(remote_wh), "--remote", connect_url]) == 0
     for table in TABLES:
         local, remote = table_rows(airflow_warehouse, table), table_rows(remote_wh, table)
