@@ -578,8 +578,8 @@ def _jvm_passfile(spark: SparkSession, cat: Catalog) -> None:
     environment is fixed at its start). A Spark Connect server reads its own, $PGPASSFILE of its environment."""
     from speedprofile.spark import is_connect
 
-    path = cat.passfile()
     if not is_connect(spark):
+        path = cat.passfile()
         spark.sparkContext._jvm.java.lang.System.setProperty(PGPASSFILE_PROPERTY, str(path))  # type: ignore[union-attr]
 
 
