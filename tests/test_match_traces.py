@@ -343,6 +343,47 @@ def test_spark_matching_runs_once_per_job(spark, match_warehouse, match_probes):
         network[1].destroy()
 
 
+def test_spark_matching_in_small_chunks_equals_one_pass(spark, match_warehouse):
+    """A task that matches its pieces a few rows at a time (bounded memory) writes the rows and counts of one pass."""
+    from speedprofile.matching import transforms as T
+    from speedprofile.spark import read_table
+
+    probes = read_table(spark, match_warehouse, "probes", dates=[FIXTURE_DT], partitions=T.read_cells([FIXTURE_CELL]))
+    network = T.network_broadcast(spark, match_warehouse, [FIXTURE_CELL])
+    got = {}
+    try:
+        for chunk in (T.MATCH_CHUNK_ROWS, 7):
+            result = probes.transform(T.match_traces, network=network, partitions=[FIXTURE_CELL], chunk_rows=chunk)
+            try:
+                rows = result.transform(T.traversal_rows).toPandas()
+                got[chunk] = (T.result_counts(result),
+                              rows.sort_values(["trace_id", "piece", "seq"]).astype(str).values.tolist())
+            finally:
+                result.unpersist()
+    finally:
+        network[1].destroy()
+    assert got[7][0][(FIXTURE_DT, FIXTURE_CELL)]["pieces"] == 10
+    assert len(got[7][1]) > 0
+    assert got[7] == got[T.MATCH_CHUNK_ROWS]
+
+
+def test_last_piece_start_finds_the_suffix_of_the_last_piece():
+    import pyarrow as pa
+
+    from speedprofile.matching import transforms as T
+
+    def table(pieces, partitions=None):
+        n = len(pieces)
+        return pa.table({"dt": pa.array([0] * n, pa.int32()).cast(pa.date32()),
+                         "partition": partitions or ["p"] * n, "trace_id": ["a"] * n,
+                         "piece": pa.array(pieces, pa.int32())})
+
+    assert T.last_piece_start(table([0, 0, 1, 1, 1])) == 2
+    assert T.last_piece_start(table([3, 3, 3])) == 0
+    assert T.last_piece_start(table([0, None, None])) == 1
+    assert T.last_piece_start(table([1, 1, 1], ["p", "q", "q"])) == 1
+
+
 class _Net:
     """Stands in for the broadcast handle: `.value` holds the Arrow IPC bytes, as on a worker."""
 

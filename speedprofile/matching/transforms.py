@@ -55,6 +55,8 @@ RESULT_ARROW = pa.schema([
     ("speed_kph", pa.float64()), ("is_complete", pa.bool_()), ("n_fixes", pa.int32()), ("match_source", pa.string()),
     ("confidence", pa.float64()), ("reject_reason", pa.string()), ("stats", pa.map_(pa.string(), pa.int64())),
 ])
+PIECE_KEYS = ("dt", "partition", "trace_id", "piece")  # one trace piece: the unit the kernel matches
+MATCH_CHUNK_ROWS = 200_000  # a task matches the complete pieces of about this many fixes at a time (bounded memory)
 _PROBE_COLUMNS = ["dt", "partition", "trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "speed_kph",
                   "prematched_segment_id", "is_context", "source_file", "source_row"]
 
@@ -308,7 +310,7 @@ def match_tasks(spark: SparkSession) -> int:
 
 
 def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: Iterable[str],
-                 params: MatchParams | None = None) -> DataFrame:
+                 params: MatchParams | None = None, chunk_rows: int = MATCH_CHUNK_ROWS) -> DataFrame:
     """probes -> result rows (RESULT_DDL), persisted: one shuffle puts each piece's fixes in one task, which
     matches all its pieces in one Arrow pass. `network` comes from `network_broadcast` for the same partitions.
     The first action computes and caches the result (`result_counts`); later ones read the cache."""
@@ -318,16 +320,41 @@ def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: It
     bc = Network(token, net.value)  # a copy travels with the function (the caller's is destroyed after the job)
 
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # a task gets whole pieces (the repartition keys); pieces may span batches, so take the task's rows at once
-        got = list(batches)
-        if not got:
-            return
-        table = pa.Table.from_batches(got)
-        yield from match_table(table, token, bc, emit, params)
+        # a task gets whole pieces (the repartition keys), sorted by piece: it matches the complete pieces of every
+        # chunk_rows rows and carries the last, maybe incomplete, piece over, so its memory stays bounded
+        held: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in batches:
+            held.append(batch)
+            rows += batch.num_rows
+            if rows < chunk_rows:
+                continue
+            table = pa.Table.from_batches(held)
+            cut = last_piece_start(table)
+            if cut:
+                yield from match_table(table.slice(0, cut), token, bc, emit, params)
+                held = table.slice(cut).to_batches()
+                rows = table.num_rows - cut
+        if rows:
+            yield from match_table(pa.Table.from_batches(held), token, bc, emit, params)
 
-    keyed = probes.select(*_PROBE_COLUMNS).repartition(match_tasks(probes.sparkSession), "dt", "partition",
-                                                       "trace_id", "piece")
+    keyed = (probes.select(*_PROBE_COLUMNS)
+             .repartition(match_tasks(probes.sparkSession), *PIECE_KEYS)
+             .sortWithinPartitions(*PIECE_KEYS))
     return keyed.mapInArrow(fn, RESULT_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def last_piece_start(table: pa.Table) -> int:
+    """Row where the last piece of a table sorted by PIECE_KEYS begins (0 when the table holds one piece)."""
+    n = table.num_rows
+    same = np.ones(n, dtype=bool)
+    for key in PIECE_KEYS:
+        col = table.column(key)
+        last = col[n - 1]
+        eq = pc.equal(col, last) if last.is_valid else pc.is_null(col)
+        same &= pc.fill_null(eq, False).to_numpy(zero_copy_only=False)
+    other = np.flatnonzero(~same)
+    return int(other[-1]) + 1 if len(other) else 0
 
 
 def result_counts(result: DataFrame) -> dict[tuple[str, str], dict[str, int]]:
