@@ -69,27 +69,40 @@ def _bucket(trav: pd.DataFrame, tz: dict[int, str]) -> pd.DataFrame:
     return ok
 
 
-def _estimates(trav: pd.DataFrame, tz: dict[int, str]) -> pd.DataFrame:
-    """Median speed per (segment, bucket) of bucketed traversals, through the pipeline's kernels."""
+def _estimates(trav: pd.DataFrame, tz: dict[int, str], kernel: tuple[int, ...] | None = None,
+               min_traces: int = 1) -> pd.DataFrame:
+    """Observed estimates per (segment, bucket) of bucketed traversals, through the pipeline's kernels
+    (`histogram_table`, then `estimate_segments` with the observed-bucket `kernel`, default the pipeline's): every
+    bucket with >= min_traces traces (default 1: every bucket with data), its median, p15/p85, confidence and
+    n (observations behind it)."""
+    import pyarrow as pa
+
     from speedprofile.aggregate import kernels as K
 
-    if trav.empty:
-        return pd.DataFrame(columns=["segment_id", "tow_bucket", "speed_kph_est", "n"])
-    b = _bucket(trav, tz)
+    empty = pd.DataFrame(columns=["segment_id", "tow_bucket", "speed_kph_est", "n", "p15_kph", "p85_kph",
+                                  "confidence"])
+    b = _bucket(trav, tz) if len(trav) else trav
     if b.empty:
-        return pd.DataFrame(columns=["segment_id", "tow_bucket", "speed_kph_est", "n"])
-    rows = []
-    for (sid, bucket), g in b.groupby(["segment_id", "tow_bucket"], sort=False):
-        v = g["speed_kph"].to_numpy(float)
-        counts = np.bincount(K.speed_bin(v), minlength=K.N_SPEED_BINS)
-        st = K.histogram_stats(counts, len(v), g["trace_id"].nunique(), v.sum(), g["duration_s"].sum(),
-                               g["traversed_m"].sum())
-        rows.append((sid, bucket, st.median, len(v)))
-    return pd.DataFrame(rows, columns=["segment_id", "tow_bucket", "speed_kph_est", "n"])
+        return empty
+    cols = ["segment_id", "tow_bucket", "trace_id", "speed_kph", "duration_s", "traversed_m"]
+    hist = K.histogram_table(pa.Table.from_pandas(b[cols], preserve_index=False), ("segment_id", "tow_bucket"))
+    hist = hist.to_pandas()
+    priors = {int(s): K.class_prior("unknown", None, min_traces) for s in hist["segment_id"].unique()}
+    est = K.estimate_segments(hist, priors, min_traces, kernel=kernel or K.OBSERVED_KERNEL)
+    est = est[est["source"] == "observed"]
+    return est.rename(columns={"speed_kph": "speed_kph_est", "n_obs": "n"})[list(empty.columns)]
 
 
-def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, days: int, work: str) -> dict:
+def _mean(x) -> float | None:
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return round(float(x.mean()), 3) if len(x) else None
+
+
+def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, days: int, work: str,
+                 kernels: list[tuple[int, ...]]) -> dict:
     from schemas.segment_traversals import MIN_CONFIDENCE
+    from schemas.speed_estimates import MIN_TRACES
     from speedprofile.matching.kernel import Matcher
     from speedprofile.network.graph import load_road_segments_table
     from speedprofile.simulate.fleet import simulate
@@ -146,7 +159,8 @@ def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, d
 
     # matching error: kept traversals on segments the trace never drove, vs the truth of their bucket
     wrong = j[kept & ~driven]
-    wb = _estimates(wrong.drop(columns=["true_kph"]).assign(is_complete=True), tz) if len(wrong) else pd.DataFrame()
+    wb = (_estimates(wrong.drop(columns=["true_kph"]).assign(is_complete=True), tz, kernel=(1,)) if len(wrong)
+          else pd.DataFrame())
     wrong_err = wb.merge(truth, on=["segment_id", "tow_bucket"]) if len(wb) else pd.DataFrame(
         columns=["speed_kph_est", "speed_kph_true"])
 
@@ -166,11 +180,25 @@ def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, d
                                                 / max((j["is_complete"].astype(bool) & mask_j).sum(), 1)), 4),
         }
 
+    # the observed-bucket kernel: every bucket with data (k = 1) and the published observed buckets (k = MIN_TRACES)
+    by_kernel = {}
+    for kern in kernels:
+        row = {}
+        for k, tag in ((1, "all"), (MIN_TRACES, "published")):
+            ek = _estimates(j[kept].drop(columns=["true_kph"]), tz, kernel=kern, min_traces=k)
+            ek = ek.merge(truth, on=["segment_id", "tow_bucket"])
+            etk = _estimates(perfect, tz, kernel=kern, min_traces=k).merge(truth, on=["segment_id", "tow_bucket"])
+            row[tag] = {"buckets": len(ek), "end_to_end_mae_kph": _mae(ek["speed_kph_est"], ek["speed_kph_true"]),
+                        "estimation_mae_kph": _mae(etk["speed_kph_est"], etk["speed_kph_true"]),
+                        "p85_minus_p15_kph": _mean(ek["p85_kph"] - ek["p15_kph"]),
+                        "confidence": _mean(ek["confidence"])}
+        by_kernel["-".join(map(str, kern))] = row
+
     result = {"interval_s": interval_s, "vehicles": vehicles, "days": days, "fixes": len(probes),
               "match_cpu_s": round(cpu, 2), **block(np.ones(len(e), bool), np.ones(len(et), bool),
                                                     np.ones(len(j), bool)),
               "matching_mae_kph": _mae(wrong_err["speed_kph_est"], wrong_err["speed_kph_true"]),
-              "by_road_class": {}}
+              "by_kernel": by_kernel, "by_road_class": {}}
     for c in sorted(set(e["road_class"].dropna())):
         result["by_road_class"][c] = block((e["road_class"] == c).to_numpy(), (et["road_class"] == c).to_numpy(),
                                            (j["road_class"] == c).to_numpy())
@@ -182,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intervals", default="1,5,10,30", help="sampling intervals, seconds (default %(default)s)")
     ap.add_argument("--vehicles", type=int, default=60, help="vehicles per fleet (default %(default)s)")
     ap.add_argument("--days", type=int, default=1)
+    ap.add_argument("--kernels", default="1;1-2-1;1-2-3-2-1;1-1-1-1-1",
+                    help="observed-bucket kernels to compare, ';'-separated weights (default %(default)s)")
     ap.add_argument("--osm", default=str(DATA / "osm_porto" / "porto.osm.pbf"))
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON result file (default %(default)s)")
     args = ap.parse_args(argv)
@@ -189,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         intervals = [float(x) for x in args.intervals.split(",") if x.strip()]
     except ValueError:
         print(f"error: --intervals {args.intervals}: expected comma-separated seconds", file=sys.stderr)
+        return 2
+    from speedprofile.aggregate.kernels import check_kernel
+
+    try:
+        kernels = [check_kernel(tuple(int(w) for w in k.split("-"))) for k in args.kernels.split(";") if k.strip()]
+    except ValueError as e:
+        print(f"error: --kernels {args.kernels}: {e}", file=sys.stderr)
         return 2
     if not intervals or min(intervals) <= 0 or args.vehicles < 1 or args.days < 1:
         print("error: --intervals must be positive seconds, --vehicles and --days >= 1", file=sys.stderr)
@@ -207,11 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         build(wh, osm=args.osm)
         seg = load_road_segments_table(wh).select(["segment_id", "length_m", "road_class", "timezone"]).to_pandas()
         for iv in intervals:
-            r = one_interval(wh, seg, iv, args.vehicles, args.days, work)
+            r = one_interval(wh, seg, iv, args.vehicles, args.days, work, kernels)
             results.append(r)
             print(f"{iv:>5g} s  buckets {r['buckets']:>6}  end-to-end {r['end_to_end_mae_kph']}  estimation "
                   f"{r['estimation_mae_kph']}  wrong segment {r['matching_wrong_share']:.2%} ({r['matching_mae_kph']})  "
                   f"timing {r['timing_mae_kph']}  partial {r['partial_share']:.1%} ({r['partial_mae_kph']})", flush=True)
+            for name, kr in r["by_kernel"].items():
+                a, p = kr["all"], kr["published"]
+                print(f"        kernel {name:<11} all {a['buckets']:>6} e2e {a['end_to_end_mae_kph']} est "
+                      f"{a['estimation_mae_kph']} | published (k>=3) {p['buckets']:>5} e2e {p['end_to_end_mae_kph']} est "
+                      f"{p['estimation_mae_kph']} p85-p15 {p['p85_minus_p15_kph']} conf {p['confidence']}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "speed_error", "osm": args.osm, "noise_m": 5.0,

@@ -2,7 +2,9 @@
 
 from schemas._base import Column, Table
 
-# Back-off chain for buckets with fewer than MIN_TRACES distinct traces, in order.
+# Back-off chain for buckets with fewer than MIN_TRACES distinct traces, in order. An 'observed' bucket (own histogram
+# >= MIN_TRACES traces) is estimated from its own and its neighbours' histograms b-2..b+2 weighted 1-2-3-2-1 (the
+# temporal kernel, docs/estimation.md); every other level from the pooled histogram of the level.
 SOURCES = ("observed", "neighbour_buckets", "hour_daytype", "segment_week", "road_class_prior")
 MIN_TRACES = 3  # privacy / reliability threshold (k distinct traces)
 
@@ -13,13 +15,13 @@ SPEED_ESTIMATES = Table(
     columns=(
         Column("segment_id", "int64", "road segment"),
         Column("tow_bucket", "int16", "local time-of-week bucket 0..2015, Sunday 00:00 = 0"),
-        Column("speed_kph", "float64", "expected speed (median of the histogram used), km/h"),
-        Column("p15_kph", "float64", "15th percentile speed, km/h", required=False),
-        Column("p85_kph", "float64", "85th percentile speed, km/h", required=False),
-        Column("mean_kph", "float64", "arithmetic mean speed, km/h", required=False),
+        Column("speed_kph", "float64", "expected speed (median of the histogram used; observed: kernel-weighted), km/h"),
+        Column("p15_kph", "float64", "15th percentile speed of the same histogram, km/h", required=False),
+        Column("p85_kph", "float64", "85th percentile speed of the same histogram, km/h", required=False),
+        Column("mean_kph", "float64", "arithmetic mean speed of the same histogram, km/h", required=False),
         Column("harmonic_mean_kph", "float64", "space-mean speed (total metres / total time), km/h", required=False),
-        Column("n_obs", "int64", "observations behind the estimate"),
-        Column("n_traces", "int64", "distinct traces behind the estimate"),
+        Column("n_obs", "int64", "observations behind the estimate (observed: in the b-2..b+2 window, unweighted)"),
+        Column("n_traces", "int64", "traces behind the estimate (observed: sum of the window buckets' distinct traces)"),
         Column("confidence", "float64", "0..1, grows with n_traces, shrinks with spread and back-off depth"),
         Column("free_flow_kph", "float64", "segment free-flow speed (85th pct of night-time speeds, else prior)"),
         Column("source", "string", "one of SOURCES: 'observed' or the back-off level used"),

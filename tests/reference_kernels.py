@@ -20,6 +20,7 @@ from speedprofile.aggregate.kernels import (
     LEVELS,
     NEIGHBOUR_RADIUS,
     NIGHT_HOURS,
+    OBSERVED_KERNEL,
     SOURCE_WEIGHT,
     Prior,
     bucket_instant,
@@ -139,13 +140,26 @@ _MEMBERS = _pool_members()
 _REPRESENTATIVE = _representatives()
 
 
-def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRACES) -> pd.DataFrame:
+def _kernel_window(ext: dict[str, np.ndarray], buckets: np.ndarray, kernel: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per bucket, the kernel-weighted sum of its window's histograms and sums (b-r..b+r, wrapping), with n_obs and
+    n_traces the window's unweighted totals (under the keys "n_obs_window", "n_traces_window")."""
+    r = len(kernel) // 2
+    out = {k: sum(w * v[(buckets + o) % N_BUCKETS] for o, w in zip(range(-r, r + 1), kernel, strict=True))
+           for k, v in ext.items()}
+    for k in ("n_obs", "n_traces"):
+        out[f"{k}_window"] = sum(ext[k][(buckets + o) % N_BUCKETS] for o in range(-r, r + 1))
+    return out
+
+
+def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRACES,
+                     kernel: tuple[int, ...] = OBSERVED_KERNEL) -> pd.DataFrame:
     """Reference estimator: all 2016 bucket estimates of one segment from its window histograms (rows: tow_bucket +
     HIST columns), each level pooled member by member (production: kernels.estimate_segments, blocks of segments).
 
-    A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; otherwise the first
-    level of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram (sum of the member
-    buckets' histograms) has >= min_traces traces is used, else the road-class prior.
+    A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; its statistics are then
+    those of the `kernel`-weighted histograms of buckets b-r..b+r (wrapping), its n_obs/n_traces the window's
+    totals. Otherwise the first level of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled
+    histogram (sum of the member buckets' histograms) has >= min_traces traces is used, else the road-class prior.
     """
     d = _dense(hist)
     ext = {k: np.concatenate([v, np.zeros((1, *v.shape[1:]), dtype=v.dtype)]) for k, v in d.items()}
@@ -168,8 +182,13 @@ def estimate_segment(hist: pd.DataFrame, prior: Prior, min_traces: int = MIN_TRA
         idx = np.flatnonzero(use)
         # pooled levels repeat one histogram over many buckets: compute each distinct pool once
         reps, inverse = np.unique(_REPRESENTATIVE[name][idx], return_inverse=True)
-        pooled = {k: v[members[reps]].sum(axis=1) for k, v in ext.items()}
+        if name == "observed":
+            pooled = _kernel_window(d, reps, kernel)
+        else:
+            pooled = {k: v[members[reps]].sum(axis=1) for k, v in ext.items()}
         st = stats_rows(pooled["counts"], *(pooled[c] for c in HIST_SUMS))
+        if name == "observed":
+            st["n_obs"], st["n_traces"] = (pooled[f"{c}_window"].astype(np.int64) for c in ("n_obs", "n_traces"))
         st["confidence"] = confidence_rows(np.full(len(reps), SOURCE_WEIGHT[name]), st["n_traces"], st["p15"],
                                            st["median"], st["p85"])
         for c in cols:

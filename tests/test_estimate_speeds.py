@@ -91,6 +91,35 @@ def test_min_traces_is_configurable_and_privacy_holds():
         assert sum(v >= k for v in own.values()) == len(observed)
 
 
+def test_observed_bucket_pools_its_kernel_window():
+    """An observed bucket's statistics come from b-2..b+2 weighted 1-2-3-2-1: a linear trend cancels, n_traces is the
+    window's, and a bucket is still observed only from its own traces."""
+    b = 2 * 288 + 96  # Tuesday 08:00
+    trend = {b + o: [(40.0 + 4 * o + d, f"t{o}{i}") for i, d in enumerate((-1.0, 0.0, 1.0))] for o in range(-2, 3)}
+    est = estimate_one(hist_rows(trend), PRIOR).set_index("tow_bucket")
+    own = estimate_one(hist_rows({b: trend[b]}), PRIOR).set_index("tow_bucket")
+    assert est.loc[b, "source"] == "observed" and est.loc[b, "n_traces"] == 15 and est.loc[b, "n_obs"] == 15
+    assert est.loc[b, "speed_kph"] == pytest.approx(41.0, abs=1.0)   # the centre bucket's bin: 40-42
+    assert est.loc[b, "mean_kph"] == pytest.approx(40.0)              # the trend cancels exactly in the sums
+    assert est.loc[b, "p85_kph"] - est.loc[b, "p15_kph"] > own.loc[b, "p85_kph"] - own.loc[b, "p15_kph"]
+    assert est.loc[b, "confidence"] > 0 and own.loc[b, "n_traces"] == 3
+    # the window's edge bucket b+2 pools b..b+4 (b+3, b+4 empty): weights 3, 2, 1 over b+2, b+1, b
+    edge = est.loc[b + 2]
+    assert edge["n_traces"] == 9 and edge["mean_kph"] == pytest.approx((3 * 48 + 2 * 44 + 40) / 6)
+    # wraps around the week: Saturday 23:55 pools Sunday 00:00 and 00:05
+    wrap = estimate_one(hist_rows({2015: [(30.0, "a"), (30.0, "b"), (30.0, "c")], 0: [(50.0, "d")],
+                                   1: [(50.0, "e")]}), PRIOR).set_index("tow_bucket")
+    assert wrap.loc[2015, "n_traces"] == 5 and wrap.loc[2015, "mean_kph"] == pytest.approx((3 * 90 + 2 * 50 + 50) / 12)
+    assert wrap.loc[0, "source"] == "neighbour_buckets"                # own traces decide 'observed'
+    # kernel (1,) is the bucket's own histogram alone
+    alone = K.estimate_segments(hist_rows(trend).assign(segment_id=1), {1: PRIOR}, kernel=(1,)).set_index("tow_bucket")
+    assert alone.loc[b, "n_traces"] == 3 and alone.loc[b, "mean_kph"] == pytest.approx(40.0)
+    assert alone.loc[b, "p85_kph"] - alone.loc[b, "p15_kph"] < 4
+    for bad in ((1, 2), (1, 2, 3), (0, 1, 0), (1.5,)):
+        with pytest.raises(ValueError, match="kernel"):
+            K.estimate_segments(hist_rows(trend).assign(segment_id=1), {1: PRIOR}, kernel=bad)
+
+
 def test_parked_car_does_not_drag_the_estimate():
     b = 2 * 288 + 96
     clean = estimate_one(hist_rows({b: [(30, "a"), (32, "b"), (34, "c"), (31, "d")]}), PRIOR)
@@ -199,10 +228,12 @@ def test_vectorised_estimates_equal_the_per_segment_kernel():
     h = random_partition_histograms(3, 12)
     priors = {int(s): (PRIOR if s % 2 else K.Prior(speed=35.0, p15=25.0, p85=45.0, mean=35.5, harmonic_mean=33.0,
                                                    free_flow=50.0, n_obs=40, n_traces=9)) for s in h["segment_id"]}
-    for k in (1, 3, 5):
-        ref = pd.concat([R.estimate_segment(g, priors[int(s)], k).assign(segment_id=s)
+    for k, kernel in ((1, K.OBSERVED_KERNEL), (3, K.OBSERVED_KERNEL), (5, K.OBSERVED_KERNEL), (3, (1,)),
+                      (2, (1, 1, 1))):
+        ref = pd.concat([R.estimate_segment(g, priors[int(s)], k, kernel).assign(segment_id=s)
                          for s, g in h.groupby("segment_id")], ignore_index=True)
-        got = K.estimate_segments(h.sample(frac=1.0, random_state=k), priors, k, chunk=5)  # row order must not matter
+        got = K.estimate_segments(h.sample(frac=1.0, random_state=k), priors, k, chunk=5,  # row order must not matter
+                                  kernel=kernel)
         ref = ref[got.columns]
         assert len(got) == 12 * 2016 and {"observed", "neighbour_buckets", "hour_daytype"} <= set(got["source"])
         for c in got.columns:

@@ -28,6 +28,11 @@ if not np.allclose(np.diff(EDGES), BIN_WIDTH):  # the Spark transform computes b
 
 # Back-off and estimator parameters (docs/estimation.md explains each one).
 NEIGHBOUR_RADIUS = 2  # level 1 pools buckets b-2..b+2 (25 minutes), wrapping around the week
+# An observed bucket's statistics come from its histogram and its neighbours' b-2..b+2 weighted 1-2-3-2-1 (wrapping
+# around the week): traffic varies smoothly at the 5-minute scale and a symmetric kernel cancels a linear trend, so
+# the extra traversals cut the noise of a few drivers' median without shifting it (docs/estimation.md, "Temporal
+# kernel"). Integer weights keep the pooled counts exact. (1,) is a bucket's own histogram alone.
+OBSERVED_KERNEL = (1, 2, 3, 2, 1)
 NIGHT_HOURS = (22, 23, 0, 1, 2, 3, 4)  # local hours whose speeds define free flow (22:00-05:00)
 FREE_FLOW_QUANTILE = 0.85
 OUTLIER_FACTOR = 3.0  # bins entirely below median/3 or above median*3 are dropped before the statistics
@@ -428,8 +433,34 @@ def _group_sum(key: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray
     return out
 
 
+def check_kernel(kernel: tuple[int, ...]) -> tuple[int, ...]:
+    """The observed-bucket kernel, validated: odd length, symmetric, positive integer weights."""
+    k = tuple(int(w) for w in kernel)
+    if len(k) % 2 != 1 or k != k[::-1] or min(k) < 1 or any(w != v for w, v in zip(k, kernel, strict=True)) \
+            or len(k) > N_BUCKETS:
+        raise ValueError(f"observed kernel {kernel!r}: need an odd number of symmetric positive integer weights")
+    return k
+
+
+def _kernel_pool(ext: dict[str, np.ndarray], idx: np.ndarray, si: np.ndarray, bi: np.ndarray,
+                 kernel: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Kernel-weighted histograms and sums of buckets bi-r..bi+r of segments si (wrapping around the week), and the
+    window's unweighted n_obs/n_traces (what the estimate reports)."""
+    r = len(kernel) // 2
+    weighted: dict[str, np.ndarray] = {}
+    counted: dict[str, np.ndarray] = {}
+    for o, w in zip(range(-r, r + 1), kernel, strict=True):
+        rows = idx[si, (bi + o) % N_BUCKETS]
+        for k, v in ext.items():
+            x = v[rows]
+            weighted[k] = x * w if k not in weighted else weighted[k] + x * w
+        for k in ("n_obs", "n_traces"):
+            counted[k] = ext[k][rows] if k not in counted else counted[k] + ext[k][rows]
+    return weighted, counted
+
+
 def _estimate_block(local: np.ndarray, b: np.ndarray, rows: dict[str, np.ndarray], priors: list[Prior],
-                    min_traces: int) -> dict[str, np.ndarray]:
+                    min_traces: int, kernel: tuple[int, ...] = OBSERVED_KERNEL) -> dict[str, np.ndarray]:
     """Back-off chain for S segments at once. local/b: segment index 0..S-1 and bucket of each histogram row;
     rows: counts (rows, bins) and HIST_SUMS (rows,). Returns (S, 2016) arrays per output column + free_flow (S,)."""
     s = len(priors)
@@ -454,16 +485,20 @@ def _estimate_block(local: np.ndarray, b: np.ndarray, rows: dict[str, np.ndarray
     cols = ("median", "p15", "p85", "mean", "harmonic_mean", "n_obs", "n_traces", "confidence")
     out = {c: np.full((s, N_BUCKETS), np.nan) for c in cols}
 
-    def put(li: int, pooled: dict[str, np.ndarray], where: tuple[np.ndarray, np.ndarray], pick: np.ndarray) -> None:
+    def put(li: int, pooled: dict[str, np.ndarray], where: tuple[np.ndarray, np.ndarray], pick: np.ndarray,
+            counted: dict[str, np.ndarray] | None = None) -> None:
         st = stats_rows(pooled["counts"], *(pooled[c] for c in HIST_SUMS))
+        for c, v in (counted or {}).items():  # weighted statistics, unweighted window counts
+            st[c] = v.astype(np.int64)
         st["confidence"] = confidence_rows(np.full(len(st["median"]), SOURCE_WEIGHT[LEVELS[li]]), st["n_traces"],
                                            st["p15"], st["median"], st["p85"])
         for c in cols:
             out[c][where] = st[c][pick]
 
-    si, bi = np.nonzero(level == 0)  # observed: the bucket's own row
+    si, bi = np.nonzero(level == 0)  # observed: the bucket's own row and its kernel neighbours
     if len(si):
-        put(0, {k: ext[k][idx[si, bi]] for k in keys}, (si, bi), np.arange(len(si)))
+        weighted, counted = _kernel_pool(ext, idx, si, bi, kernel)
+        put(0, weighted, (si, bi), np.arange(len(si)), counted)
     si, bi = np.nonzero(level == 1)  # neighbours b-R..b+R, wrapping around the week
     if len(si):
         pooled = {k: sum(ext[k][idx[si, (bi + o) % N_BUCKETS]] for o in range(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1))
@@ -499,27 +534,32 @@ ESTIMATE_OUTPUT_COLUMNS = ("segment_id", "tow_bucket", "speed_kph", "p15_kph", "
 
 
 def estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
-                      counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS) -> pd.DataFrame:
+                      counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS,
+                      kernel: tuple[int, ...] = OBSERVED_KERNEL) -> pd.DataFrame:
     """All 2016 bucket estimates of every segment in `hist` (iter_estimate_segments, concatenated)."""
-    frames = list(iter_estimate_segments(hist, priors, min_traces, counts, chunk))
+    frames = list(iter_estimate_segments(hist, priors, min_traces, counts, chunk, kernel))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(ESTIMATE_OUTPUT_COLUMNS))
 
 
 def iter_estimate_segments(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
-                           counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS):
+                           counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS,
+                           kernel: tuple[int, ...] = OBSERVED_KERNEL):
     """All 2016 bucket estimates of every segment in `hist`, one DataFrame (ESTIMATE_OUTPUT_COLUMNS) per block of
     `chunk` segments (iter_estimate_columns with `source` as its name)."""
     sources = np.asarray(SOURCES, dtype=object)
-    for cols in iter_estimate_columns(hist, priors, min_traces, counts, chunk):
+    for cols in iter_estimate_columns(hist, priors, min_traces, counts, chunk, kernel):
         cols["source"] = sources[cols.pop("source_code")].astype(str)
         yield pd.DataFrame(cols)
 
 
 def iter_estimate_columns(hist: pd.DataFrame, priors: dict[int, Prior], min_traces: int = MIN_TRACES,
-                          counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS):
+                          counts: np.ndarray | None = None, chunk: int = ESTIMATE_CHUNK_SEGMENTS,
+                          kernel: tuple[int, ...] = OBSERVED_KERNEL):
     """All 2016 bucket estimates of every segment in `hist`, a block of segments per numpy pass.
 
-    A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; otherwise the first level
+    A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; its statistics are those of
+    the `kernel`-weighted histograms of its window (OBSERVED_KERNEL: b-2..b+2 weighted 1-2-3-2-1), its n_obs/n_traces
+    the window's. Otherwise the first level
     of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram (sum of the member
     buckets' histograms) has >= min_traces traces is used, else the road-class prior.
     hist: one row per (segment_id, tow_bucket) with bin_ids/bin_counts (or `counts`, the dense (rows, bins) array) and
@@ -527,6 +567,7 @@ def iter_estimate_columns(hist: pd.DataFrame, priors: dict[int, Prior], min_trac
     numpy arrays ordered by segment_id, tow_bucket, with `source_code` (index into SOURCES) instead of `source`.
     (tests/reference_kernels.estimate_segment is the one-segment reference it is tested against.)
     """
+    kernel = check_kernel(kernel)
     seg = hist["segment_id"].to_numpy(dtype=np.int64)
     b = hist["tow_bucket"].to_numpy(dtype=np.int64)
     if ((b < 0) | (b >= N_BUCKETS)).any():
@@ -543,7 +584,7 @@ def iter_estimate_columns(hist: pd.DataFrame, priors: dict[int, Prior], min_trac
         ids = seg_ids[lo:lo + chunk]
         r0, r1 = np.searchsorted(seg_idx, [lo, lo + chunk])
         rows = {"counts": counts[r0:r1], **{c: v[r0:r1] for c, v in sums.items()}}
-        r = _estimate_block(seg_idx[r0:r1] - lo, b[r0:r1], rows, [priors[int(i)] for i in ids], min_traces)
+        r = _estimate_block(seg_idx[r0:r1] - lo, b[r0:r1], rows, [priors[int(i)] for i in ids], min_traces, kernel)
         n = len(ids) * N_BUCKETS
         yield {
             "segment_id": np.repeat(ids, N_BUCKETS),
