@@ -367,23 +367,6 @@ def test_spark_matching_in_small_chunks_equals_one_pass(spark, match_warehouse):
     assert got[7] == got[T.MATCH_CHUNK_ROWS]
 
 
-def test_last_piece_start_finds_the_suffix_of_the_last_piece():
-    import pyarrow as pa
-
-    from speedprofile.matching import transforms as T
-
-    def table(pieces, partitions=None):
-        n = len(pieces)
-        return pa.table({"dt": pa.array([0] * n, pa.int32()).cast(pa.date32()),
-                         "partition": partitions or ["p"] * n, "trace_id": ["a"] * n,
-                         "piece": pa.array(pieces, pa.int32())})
-
-    assert T.last_piece_start(table([0, 0, 1, 1, 1])) == 2
-    assert T.last_piece_start(table([3, 3, 3])) == 0
-    assert T.last_piece_start(table([0, None, None])) == 1
-    assert T.last_piece_start(table([1, 1, 1], ["p", "q", "q"])) == 1
-
-
 class _Net:
     """Stands in for the broadcast handle: `.value` holds the Arrow IPC bytes, as on a worker."""
 

@@ -15,6 +15,7 @@ from schemas.bucketed_traversals import BUCKET_MINUTES, BUCKETED_TRAVERSALS, N_B
 from schemas.segment_traversals import MAX_PLAUSIBLE_KPH, MIN_CONFIDENCE, MIN_PLAUSIBLE_KPH
 from schemas.speed_estimates import MIN_TRACES, SOURCES, SPEED_ESTIMATES
 from speedprofile.aggregate import kernels as K
+from speedprofile.grouped import whole_groups
 
 HIST_KEYS = ("partition", "segment_id", "tow_bucket")
 SUM_COLUMNS = ("n_obs", "n_traces", "sum_speed_kph", "sum_duration_s", "sum_traversed_m")
@@ -157,6 +158,7 @@ def merge_histograms(hist: DataFrame, keys: Sequence[str] = HIST_KEYS) -> DataFr
 
 # ---------------------------------------------------------------- estimate_speeds
 
+ESTIMATE_CHUNK_ROWS = 50_000  # histogram rows a task estimates at a time (about 40 MB of dense bins)
 ESTIMATE_COLUMNS = [c for c in SPEED_ESTIMATES.names if c not in ("window",)]
 
 
@@ -175,12 +177,13 @@ def class_priors(hist: DataFrame, segments: DataFrame, min_traces: int = MIN_TRA
 
 
 def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str], K.Prior], window: str,
-             min_traces: int = MIN_TRACES, n_tasks: int | None = None) -> DataFrame:
+             min_traces: int = MIN_TRACES, n_tasks: int | None = None,
+             chunk_rows: int = ESTIMATE_CHUNK_ROWS) -> DataFrame:
     """All 2016 bucket estimates of every segment with any histogram row.
 
-    Rows are hash-distributed by (partition, segment_id) into n_tasks (default: sized by adaptive execution); each
-    task gathers its Arrow batches and runs the vectorised kernels.iter_estimate_segments on whole blocks of
-    segments (one numpy pass per block, not one Python call per segment).
+    Rows are hash-distributed by (partition, segment_id) into n_tasks (default: sized by adaptive execution) and
+    sorted by segment; each task runs the vectorised kernels.iter_estimate_columns on whole segments of about
+    chunk_rows histogram rows at a time (one numpy pass per block of segments, not one Python call per segment).
     """
     import numpy as np
     import pyarrow as pa
@@ -195,29 +198,30 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
     sources = pa.array(SOURCES, pa.string())
 
     def run(batches):
-        batches = [b for b in batches if b.num_rows]
-        if not batches:
-            return
-        table = pa.Table.from_batches(batches).combine_chunks()
-        counts = K.dense_from_flat(*K.sparse_entries(table), table.num_rows)
-        pdf = table.drop(["bin_ids", "bin_counts"]).to_pandas()
-        for part, idx in pdf.groupby("partition", sort=True).indices.items():
-            g = pdf.iloc[idx]
-            classes = dict(zip(g["segment_id"], g["road_class"], strict=True))
-            seg_priors = {int(s): priors.get((part, rc)) or K.class_prior(rc, None, min_traces)
-                          for s, rc in classes.items()}
-            for cols in K.iter_estimate_columns(g, seg_priors, min_traces, counts=counts[idx]):
-                n = len(cols["segment_id"])
-                arrays = []
-                for f in arrow_schema:
-                    if f.name in ("window", "partition"):
-                        arrays.append(pa.repeat(pa.scalar(window if f.name == "window" else part, pa.string()), n))
-                    elif f.name == "source":
-                        arrays.append(pa.DictionaryArray.from_arrays(cols["source_code"], sources).cast(pa.string()))
-                    else:
-                        v = cols[f.name]
-                        arrays.append(pa.array(v, f.type, mask=np.isnan(v) if f.name in nullable else None))
-                yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+        # rows sorted by segment: whole segments of about chunk_rows histogram rows at a time (bounded memory)
+        for table in whole_groups(batches, ("partition", "segment_id"), chunk_rows):
+            table = table.combine_chunks()
+            counts = K.dense_from_flat(*K.sparse_entries(table), table.num_rows)
+            pdf = table.drop(["bin_ids", "bin_counts"]).to_pandas()
+            for part, idx in pdf.groupby("partition", sort=True).indices.items():
+                g = pdf.iloc[idx]
+                classes = dict(zip(g["segment_id"], g["road_class"], strict=True))
+                seg_priors = {int(s): priors.get((part, rc)) or K.class_prior(rc, None, min_traces)
+                              for s, rc in classes.items()}
+                for cols in K.iter_estimate_columns(g, seg_priors, min_traces, counts=counts[idx]):
+                    n = len(cols["segment_id"])
+                    arrays = []
+                    for f in arrow_schema:
+                        if f.name in ("window", "partition"):
+                            value = window if f.name == "window" else part
+                            arrays.append(pa.repeat(pa.scalar(value, pa.string()), n))
+                        elif f.name == "source":
+                            codes = cols["source_code"]
+                            arrays.append(pa.DictionaryArray.from_arrays(codes, sources).cast(pa.string()))
+                        else:
+                            v = cols[f.name]
+                            arrays.append(pa.array(v, f.type, mask=np.isnan(v) if f.name in nullable else None))
+                    yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
-    return df.mapInArrow(run, schema=out_schema)
+    return df.sortWithinPartitions("partition", "segment_id").mapInArrow(run, schema=out_schema)
 

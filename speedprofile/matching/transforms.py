@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from schemas.segment_traversals import SEGMENT_TRAVERSALS
+from speedprofile.grouped import whole_groups
 from speedprofile.matching.kernel import _NAT, FIX_STATUSES, Matcher, MatchParams
 
 HALO_K = 2        # network halo around a piece's home cell, in H3 grid steps
@@ -320,41 +321,15 @@ def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: It
     bc = Network(token, net.value)  # a copy travels with the function (the caller's is destroyed after the job)
 
     def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # a task gets whole pieces (the repartition keys), sorted by piece: it matches the complete pieces of every
-        # chunk_rows rows and carries the last, maybe incomplete, piece over, so its memory stays bounded
-        held: list[pa.RecordBatch] = []
-        rows = 0
-        for batch in batches:
-            held.append(batch)
-            rows += batch.num_rows
-            if rows < chunk_rows:
-                continue
-            table = pa.Table.from_batches(held)
-            cut = last_piece_start(table)
-            if cut:
-                yield from match_table(table.slice(0, cut), token, bc, emit, params)
-                held = table.slice(cut).to_batches()
-                rows = table.num_rows - cut
-        if rows:
-            yield from match_table(pa.Table.from_batches(held), token, bc, emit, params)
+        # a task gets whole pieces (the repartition keys), sorted by piece: it matches the complete pieces of about
+        # chunk_rows fixes at a time, so its memory does not grow with its input
+        for table in whole_groups(batches, PIECE_KEYS, chunk_rows):
+            yield from match_table(table, token, bc, emit, params)
 
     keyed = (probes.select(*_PROBE_COLUMNS)
              .repartition(match_tasks(probes.sparkSession), *PIECE_KEYS)
              .sortWithinPartitions(*PIECE_KEYS))
     return keyed.mapInArrow(fn, RESULT_DDL).persist(StorageLevel.MEMORY_AND_DISK)
-
-
-def last_piece_start(table: pa.Table) -> int:
-    """Row where the last piece of a table sorted by PIECE_KEYS begins (0 when the table holds one piece)."""
-    n = table.num_rows
-    same = np.ones(n, dtype=bool)
-    for key in PIECE_KEYS:
-        col = table.column(key)
-        last = col[n - 1]
-        eq = pc.equal(col, last) if last.is_valid else pc.is_null(col)
-        same &= pc.fill_null(eq, False).to_numpy(zero_copy_only=False)
-    other = np.flatnonzero(~same)
-    return int(other[-1]) + 1 if len(other) else 0
 
 
 def result_counts(result: DataFrame) -> dict[tuple[str, str], dict[str, int]]:
