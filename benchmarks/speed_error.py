@@ -1,13 +1,16 @@
 """Speed error of observed estimates against the simulator's truth, by road class and sampling interval, with the
 error attributed to matching, partial traversals and estimation.
 
-    .venv/bin/python benchmarks/speed_error.py [--intervals 1,5,10,30] [--vehicles 60] [--days 1] [--out FILE]
+    .venv/bin/python benchmarks/speed_error.py [--intervals 1,5,10,30] [--vehicles 60] [--days 1] [--kernels K;K]
+        [--out FILE]
 
 For each sampling interval a Porto fleet is simulated (`speedprofile simulate`, 5 m GPS noise, same seed), every
 trace is matched with the kernel the `match_traces` app runs (`Matcher.match`), and the traversals go through the
 same rules and kernels as the pipeline: complete, plausible, confident traversals are bucketed by their local
-midpoint (`aggregate.kernels.bucket_instant`) and each segment x bucket estimate is the median of its histogram
-(`aggregate.kernels.histogram_stats`; no minimum trace count, no back-off, so every observed bucket is scored).
+midpoint (`aggregate.kernels.bucket_instant`), turned into histograms (`histogram_table`) and estimated with the
+pipeline's estimator (`estimate_segments`, observed temporal kernel included) with k = 1, so every bucket with data
+is scored (no minimum trace count, no back-off). `by_kernel` compares observed-bucket kernels (--kernels) on every
+bucket with data and on the buckets the pipeline publishes as observed (>= MIN_TRACES own traces).
 Truth: the simulator's per segment x bucket model speed (`truth/`), and per trace the time it really entered and
 left each segment (`truth_paths/`).
 

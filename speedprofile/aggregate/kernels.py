@@ -559,9 +559,9 @@ def iter_estimate_columns(hist: pd.DataFrame, priors: dict[int, Prior], min_trac
 
     A bucket is 'observed' only when its own histogram has >= min_traces distinct traces; its statistics are those of
     the `kernel`-weighted histograms of its window (OBSERVED_KERNEL: b-2..b+2 weighted 1-2-3-2-1), its n_obs/n_traces
-    the window's. Otherwise the first level
-    of the chain neighbour_buckets -> hour_daytype -> segment_week whose pooled histogram (sum of the member
-    buckets' histograms) has >= min_traces traces is used, else the road-class prior.
+    the window's. Otherwise the first level of the chain neighbour_buckets -> hour_daytype -> segment_week whose
+    pooled histogram (sum of the member buckets' histograms) has >= min_traces traces is used, else the road-class
+    prior.
     hist: one row per (segment_id, tow_bucket) with bin_ids/bin_counts (or `counts`, the dense (rows, bins) array) and
     HIST_SUMS; priors: Prior per segment_id. Yields, per block of `chunk` segments, the ESTIMATE_OUTPUT_COLUMNS as
     numpy arrays ordered by segment_id, tow_bucket, with `source_code` (index into SOURCES) instead of `source`.
