@@ -2,7 +2,7 @@
 error attributed to matching, partial traversals and estimation.
 
     .venv/bin/python benchmarks/speed_error.py [--intervals 1,5,10,30] [--vehicles 60] [--days 1] [--kernels K;K]
-        [--out FILE]
+        [--timing expected,distance] [--out FILE]
 
 For each sampling interval a Porto fleet is simulated (`speedprofile simulate`, 5 m GPS noise, same seed), every
 trace is matched with the kernel the `match_traces` app runs (`Matcher.match`), and the traversals go through the
@@ -21,9 +21,12 @@ Attribution (mean absolute errors, km/h):
 - `matching`: kept traversals on a segment the trace never drove (error vs the truth speed of that bucket), with
   their share of all kept traversals;
 - `timing`: kept traversals on a driven segment vs the true speed of that same traversal (interpolation of
-  enter/exit times between fixes);
+  enter/exit times between fixes), also signed (`timing_bias_kph`) and by segment length (`by_length`);
 - `partial`: partial traversals on driven segments vs their true traversal speed: what using them would cost
   (the pipeline does not bucket them), with their share of all traversals on driven segments.
+
+`--timing` matches the same fleet once per way of timing traversals between fixes (`MatchParams.expected_time`:
+`expected` shares the time by the segments' expected travel time, `distance` by length) and scores each.
 
 Writes JSON to --out (default: a scratch folder under the system temp dir, never the repository).
 """
@@ -31,6 +34,7 @@ Writes JSON to --out (default: a scratch folder under the system temp dir, never
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -102,12 +106,13 @@ def _mean(x) -> float | None:
     return round(float(x.mean()), 3) if len(x) else None
 
 
+LENGTH_BANDS_M = (0.0, 20.0, 40.0, 80.0, 160.0, np.inf)
+TIMINGS = {"expected": True, "distance": False}  # --timing name -> MatchParams.expected_time
+
+
 def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, days: int, work: str,
-                 kernels: list[tuple[int, ...]]) -> dict:
-    from schemas.segment_traversals import MIN_CONFIDENCE
-    from schemas.speed_estimates import MIN_TRACES
-    from speedprofile.matching.kernel import Matcher
-    from speedprofile.network.graph import load_road_segments_table
+                 kernels: list[tuple[int, ...]], timings: list[str]) -> list[dict]:
+    """Simulate one fleet at interval_s and score it once per way of timing traversals (`timings`)."""
     from speedprofile.simulate.fleet import simulate
 
     out = os.path.join(work, f"sim_{interval_s:g}s")
@@ -118,7 +123,18 @@ def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, d
     paths = pd.read_parquet(os.path.join(out, "truth_paths"))
     truth = pd.read_parquet(os.path.join(out, "truth"))[["segment_id", "tow_bucket", "speed_kph"]]
     truth = truth.rename(columns={"speed_kph": "speed_kph_true"})
-    matcher = Matcher(load_road_segments_table(wh))
+    return [score(wh, seg, probes, paths, truth, interval_s, vehicles, days, kernels, timing) for timing in timings]
+
+
+def score(wh: str, seg: pd.DataFrame, probes: pd.DataFrame, paths: pd.DataFrame, truth: pd.DataFrame,
+          interval_s: float, vehicles: int, days: int, kernels: list[tuple[int, ...]], timing: str) -> dict:
+    """Match the fleet's probes with the given timing and score the traversals and estimates against the truth."""
+    from schemas.segment_traversals import MIN_CONFIDENCE
+    from schemas.speed_estimates import MIN_TRACES
+    from speedprofile.matching.kernel import Matcher, MatchParams
+    from speedprofile.network.graph import load_road_segments_table
+
+    matcher = Matcher(load_road_segments_table(wh), MatchParams(expected_time=TIMINGS[timing]))
     c0 = time.process_time()
     frames = []
     for tid, g in probes.groupby("trace_id", sort=False):
@@ -177,6 +193,7 @@ def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, d
             "kept_traversals": int((kept & mask_j).sum()),
             "matching_wrong_share": round(float((kept & ~driven & mask_j).sum() / max((kept & mask_j).sum(), 1)), 4),
             "timing_mae_kph": _mae(j.loc[kept & ok, "speed_kph"], j.loc[kept & ok, "true_kph"]),
+            "timing_bias_kph": _mean(j.loc[kept & ok, "speed_kph"] - j.loc[kept & ok, "true_kph"]),
             "partial_share": round(float(part.sum() / max((driven & mask_j).sum(), 1)), 4),
             "partial_mae_kph": _mae(j.loc[part, "speed_kph"], j.loc[part, "true_kph"]),
             "low_confidence_share": round(float((j["is_complete"].astype(bool) & ~confident & mask_j).sum()
@@ -197,15 +214,36 @@ def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, d
                         "confidence": _mean(ek["confidence"])}
         by_kernel["-".join(map(str, kern))] = row
 
-    result = {"interval_s": interval_s, "vehicles": vehicles, "days": days, "fixes": len(probes),
+    result = {"interval_s": interval_s, "timing": timing, "vehicles": vehicles, "days": days, "fixes": len(probes),
               "match_cpu_s": round(cpu, 2), **block(np.ones(len(e), bool), np.ones(len(et), bool),
                                                     np.ones(len(j), bool)),
               "matching_mae_kph": _mae(wrong_err["speed_kph_est"], wrong_err["speed_kph_true"]),
-              "by_kernel": by_kernel, "by_road_class": {}}
+              "by_kernel": by_kernel, "by_road_class": {}, "by_length": {}}
     for c in sorted(set(e["road_class"].dropna())):
         result["by_road_class"][c] = block((e["road_class"] == c).to_numpy(), (et["road_class"] == c).to_numpy(),
                                            (j["road_class"] == c).to_numpy())
+    lengths = {name: frame["segment_id"].map(seg_len).to_numpy() for name, frame in (("e", e), ("et", et), ("j", j))}
+    for lo, hi in itertools.pairwise(LENGTH_BANDS_M):
+        band = {k: (v >= lo) & (v < hi) for k, v in lengths.items()}
+        result["by_length"][f"{lo:g}-{hi:g} m"] = block(band["e"], band["et"], band["j"])
     return result
+
+
+def _print(r: dict) -> None:
+    print(f"{r['interval_s']:>5g} s  {r['timing']:<8}  buckets {r['buckets']:>6}  end-to-end {r['end_to_end_mae_kph']}  "
+          f"estimation {r['estimation_mae_kph']}  wrong segment {r['matching_wrong_share']:.2%} "
+          f"({r['matching_mae_kph']})  timing {r['timing_mae_kph']} (bias {r['timing_bias_kph']})  "
+          f"partial {r['partial_share']:.1%} ({r['partial_mae_kph']})  match {r['match_cpu_s']} CPU-s", flush=True)
+    for name, kr in r["by_kernel"].items():
+        a, p = kr["all"], kr["published"]
+        print(f"        kernel {name:<11} all {a['buckets']:>6} e2e {a['end_to_end_mae_kph']} est "
+              f"{a['estimation_mae_kph']} | published (k>=3) {p['buckets']:>5} e2e {p['end_to_end_mae_kph']} est "
+              f"{p['estimation_mae_kph']} p85-p15 {p['p85_minus_p15_kph']} conf {p['confidence']}", flush=True)
+    for group in ("by_road_class", "by_length"):
+        for name, b in r[group].items():
+            print(f"        {name:<15} buckets {b['buckets']:>6} e2e {b['end_to_end_mae_kph']} est "
+                  f"{b['estimation_mae_kph']} timing {b['timing_mae_kph']} (bias {b['timing_bias_kph']}) "
+                  f"kept {b['kept_traversals']}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=int, default=1)
     ap.add_argument("--kernels", default="1;1-2-1;1-2-3-2-1;1-1-1-1-1",
                     help="observed-bucket kernels to compare, ';'-separated weights (default %(default)s)")
+    ap.add_argument("--timing", default="expected,distance",
+                    help="ways of timing traversals between fixes to compare: expected, distance (default %(default)s)")
     ap.add_argument("--osm", default=str(DATA / "osm_porto" / "porto.osm.pbf"))
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON result file (default %(default)s)")
     args = ap.parse_args(argv)
@@ -229,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         kernels = [check_kernel(tuple(int(w) for w in k.split("-"))) for k in args.kernels.split(";") if k.strip()]
     except ValueError as e:
         print(f"error: --kernels {args.kernels}: {e}", file=sys.stderr)
+        return 2
+    timings = [x.strip() for x in args.timing.split(",") if x.strip()]
+    if not timings or set(timings) - set(TIMINGS):
+        print(f"error: --timing {args.timing}: expected a comma-separated subset of {', '.join(TIMINGS)}",
+              file=sys.stderr)
         return 2
     if not intervals or min(intervals) <= 0 or args.vehicles < 1 or args.days < 1:
         print("error: --intervals must be positive seconds, --vehicles and --days >= 1", file=sys.stderr)
@@ -247,16 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         build(wh, osm=args.osm)
         seg = load_road_segments_table(wh).select(["segment_id", "length_m", "road_class", "timezone"]).to_pandas()
         for iv in intervals:
-            r = one_interval(wh, seg, iv, args.vehicles, args.days, work, kernels)
-            results.append(r)
-            print(f"{iv:>5g} s  buckets {r['buckets']:>6}  end-to-end {r['end_to_end_mae_kph']}  estimation "
-                  f"{r['estimation_mae_kph']}  wrong segment {r['matching_wrong_share']:.2%} ({r['matching_mae_kph']})  "
-                  f"timing {r['timing_mae_kph']}  partial {r['partial_share']:.1%} ({r['partial_mae_kph']})", flush=True)
-            for name, kr in r["by_kernel"].items():
-                a, p = kr["all"], kr["published"]
-                print(f"        kernel {name:<11} all {a['buckets']:>6} e2e {a['end_to_end_mae_kph']} est "
-                      f"{a['estimation_mae_kph']} | published (k>=3) {p['buckets']:>5} e2e {p['end_to_end_mae_kph']} est "
-                      f"{p['estimation_mae_kph']} p85-p15 {p['p85_minus_p15_kph']} conf {p['confidence']}", flush=True)
+            for r in one_interval(wh, seg, iv, args.vehicles, args.days, work, kernels, timings):
+                results.append(r)
+                _print(r)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "speed_error", "osm": args.osm, "noise_m": 5.0,

@@ -383,11 +383,12 @@ def _probe_table(match_probes):
 
 
 def _ipc(table) -> bytes:
+    """The network as the broadcast carries it: the columns the matcher reads (road class and limit included)."""
     import pyarrow as pa
 
-    from speedprofile.matching import transforms as T
+    from speedprofile.matching.network import NETWORK_COLUMNS
 
-    table = table.select(T.NETWORK_COLUMNS).sort_by([("partition", "ascending"), ("segment_id", "ascending")])
+    table = table.select(NETWORK_COLUMNS).sort_by([("partition", "ascending"), ("segment_id", "ascending")])
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
@@ -443,3 +444,57 @@ def test_task_counts_a_failing_piece_as_kernel_error(match_probes):
     owned = int((~match_probes["is_context"]).sum())
     assert stats["fixes_in"] == stats["fixes_kernel_error"] == owned
     assert stats["pieces_kernel_error"] == stats["pieces"] == match_probes.groupby(["trace_id", "piece"]).ngroups
+
+
+def _line_network(classes: list[str], maxspeed: list[float | None], lengths_m: list[float]) -> pd.DataFrame:
+    """road_segments rows of one-way segments end to end along the equator (segment k: node k -> k + 1)."""
+    m_per_deg = 111_195.0
+    x = np.concatenate([[0.0], np.cumsum(lengths_m)]) / m_per_deg
+    n = len(lengths_m)
+    return pd.DataFrame({
+        "segment_id": np.arange(1, n + 1), "from_node_id": np.arange(n), "to_node_id": np.arange(1, n + 1),
+        "length_m": lengths_m, "road_class": classes, "maxspeed_kph": pd.array(maxspeed, dtype="Float64"),
+        "geom_lon_deg": [[x[k], x[k + 1]] for k in range(n)], "geom_lat_deg": [[0.0, 0.0] for _ in range(n)],
+    })
+
+
+def _two_fix_traversal(segments: pd.DataFrame, expected_time: bool) -> pd.DataFrame:
+    """Two fixes 30 s apart, halfway along the first and the last segment; the traversals between them."""
+    from speedprofile.matching import Matcher, MatchParams
+
+    lengths = segments["length_m"].to_numpy()
+    at = np.array([lengths[0] / 2, lengths.sum() - lengths[-1] / 2]) / 111_195.0
+    fixes = pd.DataFrame({"timestamp_utc": [T0, T0 + pd.Timedelta(seconds=30)], "lon_deg": at, "lat_deg": [0.0, 0.0]})
+    return Matcher(segments, MatchParams(expected_time=expected_time)).match(fixes).traversals
+
+
+def test_time_between_fixes_is_shared_by_expected_travel_time():
+    # 100 m of a 50 km/h road, a 100 m ramp (class default 35 km/h when untagged, here tagged 25), 100 m at 50:
+    # expected 7.2 + 14.4 + 7.2 s, so the ramp gets half of the 30 s, not a third as by distance
+    segs = _line_network(["primary", "primary_link", "primary"], [None, 25.0, 50.0], [200.0, 100.0, 200.0])
+    tr = _two_fix_traversal(segs, expected_time=True)
+    assert tr["segment_id"].tolist() == [1, 2, 3] and tr["is_complete"].tolist() == [False, True, False]
+    np.testing.assert_allclose(tr["duration_s"], [7.5, 15.0, 7.5], atol=1e-3)
+    np.testing.assert_allclose(tr["speed_kph"].iloc[1], 24.0, atol=0.01)
+    by_distance = _two_fix_traversal(segs, expected_time=False)
+    np.testing.assert_allclose(by_distance["duration_s"], [10.0, 10.0, 10.0], atol=1e-3)
+
+
+def test_untagged_network_shares_time_by_distance():
+    # one class and no limits: every segment has the same expected speed, so the times are those by distance
+    from speedprofile.matching.network import network_from_table
+
+    segs = _line_network(["unknown"] * 3, [None] * 3, [200.0, 100.0, 200.0])
+    assert network_from_table(segs).seg_pace is None
+    np.testing.assert_allclose(_two_fix_traversal(segs, expected_time=True)["duration_s"], [10.0, 10.0, 10.0],
+                               atol=1e-3)
+
+
+def test_expected_speed_is_the_tagged_limit_else_the_class_default():
+    from speedprofile.aggregate.kernels import DEFAULT_CLASS_SPEED_KPH
+    from speedprofile.matching.network import expected_speed_kph
+
+    got = expected_speed_kph(["primary", "secondary_link", "no_such_class", "residential"],
+                             np.array([70.0, np.nan, np.nan, 1.0]))
+    np.testing.assert_allclose(got, [70.0, DEFAULT_CLASS_SPEED_KPH["secondary_link"],
+                                     DEFAULT_CLASS_SPEED_KPH["unknown"], DEFAULT_CLASS_SPEED_KPH["residential"]])

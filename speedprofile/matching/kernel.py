@@ -54,6 +54,7 @@ class MatchParams:
     skip_max_s: float = 30.0     # fixes that connect to nothing are skipped as outliers for up to this long
     gap_join_m: float = 100.0    # a time gap does not break the path when the fixes are this close (a pause)
     smooth_s: float = 2.0        # traversal timing: path positions averaged over fixes within +- this (dense data)
+    expected_time: bool = True   # traversal timing: share the time between fixes by expected travel time, not distance
     offroad_m: float = 25.0      # a piece of path whose fixes are on average farther than this is off the map
     uturn_penalty_m: float = 100.0  # extra metres charged for turning round (mid-segment or at a node)
     back_tol_m: float = 10.0     # backward jitter along one segment treated as standing still
@@ -197,7 +198,8 @@ class Matcher:
         chain = k_chain[anchor]
         ppos = k_pos[anchor]
         breaks = {"time_gap": int(np.sum(brk == 1)), "no_transition": int(np.sum(brk == 2))}
-        legs = self._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, p.smooth_s)
+        pace = net.seg_pace[lseg] if net.seg_pace is not None and p.expected_time else None
+        legs = self._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, p.smooth_s, pace)
         margin = _core.point_margin(order, chosen, score, cnt, cseg, pchain, lseg, lchain, net.n_segments)
         legs["confidence"] = self._leg_confidence(lseg, lo0, lo1, lchain, ls0, order, pos, pchain, margin, brk)
         legs["segment_id"] = net.segment_id[lseg] if len(lseg) else np.zeros(0, np.int64)
@@ -215,8 +217,13 @@ class Matcher:
         return _core.leg_confidence(x0, x0 + (lo1 - lo0), lchain, s, pchain, conf)
 
     @staticmethod
-    def _leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, smooth_s: float = 0.0) -> dict:
-        """Enter/exit seconds per leg, interpolated along the path from the fixes' (position, time) anchors."""
+    def _leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, smooth_s: float = 0.0,
+                   pace: np.ndarray | None = None) -> dict:
+        """Enter/exit seconds per leg, interpolated along the path from the fixes' (position, time) anchors.
+
+        With `pace` (expected seconds per metre of each leg's segment) the time between two anchors is shared in
+        proportion to the expected travel time of the path between them, not its length: a slow ramp between two
+        faster roads gets more of the time. None = by distance (a constant speed between two fixes)."""
         nl = len(lseg)
         enter = np.full(nl, np.nan)
         exit_ = np.full(nl, np.nan)
@@ -229,8 +236,19 @@ class Matcher:
             s = np.maximum.accumulate(s)
             x0 = lchain * _BIG_M + ls0
             x1 = x0 + (lo1 - lo0)
-            enter = _interp_leave(x0, s, tt)
-            exit_ = _interp_leave(x1, s, tt)
+            if pace is None:
+                enter = _interp_leave(x0, s, tt)
+                exit_ = _interp_leave(x1, s, tt)
+            else:
+                # the same on the path's expected-time axis (monotone in position, chains apart); the fixes are
+                # smoothed there, so the window does not mix a slow segment's position with a fast one's
+                # (every position goes through the same map, so a fix exactly at a leg's end stays exactly there)
+                e0 = _expected_time_axis(x0, lo1 - lo0, lchain, pace)
+                c = chain[ok]
+                e_fix = _expected_time_at(c * _BIG_M + ppos[ok], x0, e0, pace) - c * _BIG_M
+                es = np.maximum.accumulate(c * _BIG_M + _smooth_positions(e_fix, c, tt, smooth_s))
+                enter = _interp_leave(_expected_time_at(x0, x0, e0, pace), es, tt)
+                exit_ = _interp_leave(_expected_time_at(x1, x0, e0, pace), es, tt)
             lo = np.searchsorted(s, x0, side="left")
             hi = np.searchsorted(s, x1, side="left")
             last = np.ones(nl, bool)
@@ -445,6 +463,25 @@ def _smooth_positions(pos: np.ndarray, chain: np.ndarray, t: np.ndarray, half_s:
     hi = np.searchsorted(key, key + w, side="right")
     c = np.concatenate([[0.0], np.cumsum(pos)])
     return (c[hi] - c[lo]) / (hi - lo)
+
+
+def _expected_time_axis(x0: np.ndarray, length: np.ndarray, lchain: np.ndarray, pace: np.ndarray) -> np.ndarray:
+    """Expected time (s) at the start of each leg along its chain's path (legs are contiguous within a chain, in
+    path order), as one monotone axis: chain * _BIG_M + seconds since the chain's start."""
+    dt = np.maximum(length, 0.0) * pace
+    cum = np.cumsum(dt)
+    start = cum - dt
+    first = np.ones(len(x0), bool)
+    first[1:] = lchain[1:] != lchain[:-1]
+    base = np.maximum.accumulate(np.where(first, np.arange(len(x0)), 0))  # each leg's chain's first leg
+    return lchain * _BIG_M + (start - start[base])
+
+
+def _expected_time_at(s: np.ndarray, x0: np.ndarray, e0: np.ndarray, pace: np.ndarray) -> np.ndarray:
+    """Expected time at path positions s (the combined chain axis): in the leg that starts at or before s, at
+    that leg's pace (past a chain's last leg, at its pace)."""
+    k = np.clip(np.searchsorted(x0, s, side="right") - 1, 0, len(x0) - 1)
+    return e0[k] + (s - x0[k]) * pace[k]
 
 
 def _floats(*values) -> tuple[float, ...]:

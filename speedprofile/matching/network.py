@@ -12,6 +12,27 @@ import numpy as np
 
 EARTH_RADIUS_M = 6_371_008.8
 _DEG = np.pi / 180.0
+# road_segments columns the matcher reads (what a job must send its workers); road_class and maxspeed_kph are
+# optional: without them every segment has the same expected speed and times are shared by distance.
+NETWORK_COLUMNS = ["segment_id", "from_node_id", "to_node_id", "reverse_segment_id", "length_m", "geom_lon_deg",
+                   "geom_lat_deg", "partition", "road_class", "maxspeed_kph"]
+MIN_EXPECTED_KPH = 5.0  # a tagged limit below this (a typo, "walk") is not a driving speed
+
+
+def expected_speed_kph(road_class, maxspeed_kph=None) -> np.ndarray:
+    """Per segment, the speed a vehicle is expected to drive (km/h): the posted limit when tagged, else the class's
+    typical speed (aggregate.kernels.DEFAULT_CLASS_SPEED_KPH, 'unknown' for a class not in it). Only the ratios
+    between segments matter: the matcher shares the time between two fixes along the path in proportion to it."""
+    from speedprofile.aggregate.kernels import DEFAULT_CLASS_SPEED_KPH
+
+    classes = np.asarray(road_class, dtype=object)
+    default = DEFAULT_CLASS_SPEED_KPH["unknown"]
+    kph = np.array([DEFAULT_CLASS_SPEED_KPH.get(c, default) for c in classes.tolist()], np.float64)
+    if maxspeed_kph is not None:
+        ms = np.asarray(maxspeed_kph, np.float64)
+        tagged = np.isfinite(ms) & (ms >= MIN_EXPECTED_KPH)
+        kph[tagged] = ms[tagged]
+    return kph
 
 
 def _unique(a: np.ndarray) -> np.ndarray:
@@ -65,6 +86,8 @@ class RoutingNetwork:
     grid_keys: np.ndarray
     grid_ptr: np.ndarray
     grid_items: np.ndarray
+    # expected seconds per metre of each segment (1 / expected speed); None when all segments are alike
+    seg_pace: np.ndarray | None = None
 
     @property
     def n_segments(self) -> int:
@@ -94,12 +117,13 @@ class RoutingNetwork:
 
 def build_network(
     segment_id, from_node_id, to_node_id, length_m, geom_offsets, geom_lon, geom_lat,
-    reverse_segment_id=None, partition=None, cell_m: float = 100.0, reverse_valid=None,
+    reverse_segment_id=None, partition=None, cell_m: float = 100.0, reverse_valid=None, expected_kph=None,
 ) -> RoutingNetwork:
     """Routing structures from flat columns; geometry as vertex arrays with offsets (segment k = [off[k], off[k+1])).
 
     Reverse twins come from `reverse_segment_id` (int64; `reverse_valid` masks nulls, else negative = none) or,
-    when it is None, from the (to, from) node pairs.
+    when it is None, from the (to, from) node pairs. `expected_kph` (per segment, see `expected_speed_kph`) shares
+    the time between fixes along the path; None = the same everywhere (by distance).
     """
     seg_ids = np.asarray(segment_id, np.int64)
     n = len(seg_ids)
@@ -202,13 +226,20 @@ def build_network(
         grid_ptr = np.zeros(1, np.int64)
         items = np.zeros(0, np.int64)
     seg_part = np.asarray(partition, dtype=object) if partition is not None else np.full(n, "", dtype=object)
+    pace = None
+    if expected_kph is not None and n:
+        kph = np.asarray(expected_kph, np.float64)
+        kph = np.where(np.isfinite(kph) & (kph >= MIN_EXPECTED_KPH), kph, np.nan)
+        kph = np.where(np.isnan(kph), np.nanmedian(kph) if np.isfinite(kph).any() else 1.0, kph)
+        if kph.min() < kph.max():
+            pace = 3.6 / kph
     return RoutingNetwork(
         segment_id=seg_ids, seg_from=seg_from, seg_to=seg_to, seg_len=seg_len, seg_rev=seg_rev,
         seg_scale=seg_scale, seg_partition=seg_part, n_nodes=n_nodes, out_ptr=out_ptr, out_seg=out_seg,
         lon0=lon0, lat0=lat0, kx=kx, ky=ky,
         pc_seg=pc_seg.astype(np.int64), pc_x0=pc_x0, pc_y0=pc_y0, pc_x1=pc_x1, pc_y1=pc_y1, pc_off0=pc_off0,
         cell_m=float(cell_m), gx0=gx0, gy0=gy0, ncy=ncy,
-        grid_keys=grid_keys.astype(np.int64), grid_ptr=grid_ptr, grid_items=items.astype(np.int64),
+        grid_keys=grid_keys.astype(np.int64), grid_ptr=grid_ptr, grid_items=items.astype(np.int64), seg_pace=pace,
     )
 
 
@@ -237,12 +268,17 @@ def network_from_table(table, cell_m: float = 100.0) -> RoutingNetwork:
         rev_np = np.asarray(rev.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), np.int64)
     part = (np.asarray(col("partition").to_pylist(), dtype=object)
             if "partition" in table.column_names else None)
+    kph = None
+    if "road_class" in table.column_names:
+        ms = (col("maxspeed_kph").cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+              if "maxspeed_kph" in table.column_names else None)
+        kph = expected_speed_kph(col("road_class").to_pylist(), ms)
     return build_network(
         col("segment_id").to_numpy(zero_copy_only=False), col("from_node_id").to_numpy(zero_copy_only=False),
         col("to_node_id").to_numpy(zero_copy_only=False), col("length_m").to_numpy(zero_copy_only=False),
         offs - offs[0] if len(offs) else offs, lon[offs[0]:] if len(offs) else lon,
         lat[offs[0]:] if len(offs) else lat, reverse_segment_id=rev_np, partition=part, cell_m=cell_m,
-        reverse_valid=rev_ok,
+        reverse_valid=rev_ok, expected_kph=kph,
     )
 
 
@@ -260,6 +296,11 @@ def _arrow_from_pandas(df):
         cols["reverse_segment_id"] = pa.array(vals, mask=mask, type=pa.int64())
     for c in ("geom_lon_deg", "geom_lat_deg"):
         cols[c] = pa.array([np.asarray(v, np.float64) for v in df[c]], type=pa.list_(pa.float64()))
+    if "road_class" in df.columns:
+        cols["road_class"] = pa.array(df["road_class"].astype(object).where(df["road_class"].notna(), None),
+                                      type=pa.string())
+    if "maxspeed_kph" in df.columns:
+        cols["maxspeed_kph"] = pa.array(df["maxspeed_kph"].to_numpy(np.float64, na_value=np.nan), type=pa.float64(), from_pandas=True)
     if "partition" in df.columns:
         cols["partition"] = pa.array(df["partition"].astype(object).where(df["partition"].notna(), None), type=pa.string())
     return pa.table(cols)
