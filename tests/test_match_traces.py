@@ -498,3 +498,21 @@ def test_expected_speed_is_the_tagged_limit_else_the_class_default():
                              np.array([70.0, np.nan, np.nan, 1.0]))
     np.testing.assert_allclose(got, [70.0, DEFAULT_CLASS_SPEED_KPH["secondary_link"],
                                      DEFAULT_CLASS_SPEED_KPH["unknown"], DEFAULT_CLASS_SPEED_KPH["residential"]])
+
+
+def test_dense_fixes_are_smoothed_on_the_expected_time_axis():
+    # 1 Hz fixes of a vehicle at 50, 25 (the ramp) and 50 km/h: on the expected-time axis its progress is linear,
+    # so averaging the fixes within +-smooth_s leaves the times exact; by distance the ramp reads 26.5 km/h
+    from speedprofile.matching import Matcher, MatchParams
+
+    segs = _line_network(["primary", "primary_link", "primary"], [None, 25.0, 50.0], [200.0, 100.0, 200.0])
+    bounds_s = np.cumsum([0.0, 14.4, 14.4, 14.4])
+    t = np.arange(0.0, bounds_s[-1], 1.0)
+    x = np.interp(t, bounds_s, [0.0, 200.0, 300.0, 500.0])
+    fixes = pd.DataFrame({"timestamp_utc": T0 + pd.to_timedelta(t, unit="s"), "lon_deg": x / 111_195.0,
+                          "lat_deg": 0.0})
+    tr = Matcher(segs, MatchParams(thin_m=0.0)).match(fixes).traversals
+    assert tr["segment_id"].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(tr["speed_kph"].iloc[:2], [50.0, 25.0], atol=1e-6)
+    by_distance = Matcher(segs, MatchParams(thin_m=0.0, expected_time=False)).match(fixes).traversals
+    assert by_distance["speed_kph"].iloc[1] > 26.0
