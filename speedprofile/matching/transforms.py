@@ -57,7 +57,7 @@ RESULT_ARROW = pa.schema([
     ("confidence", pa.float64()), ("reject_reason", pa.string()), ("stats", pa.map_(pa.string(), pa.int64())),
 ])
 PIECE_KEYS = ("dt", "partition", "trace_id", "piece")  # one trace piece: the unit the kernel matches
-MATCH_CHUNK_ROWS = 200_000  # a task matches the complete pieces of about this many fixes at a time (bounded memory)
+MATCH_CHUNK_ROWS = 50_000  # a task matches the complete pieces of about this many fixes at a time (bounded memory)
 _PROBE_COLUMNS = ["dt", "partition", "trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "speed_kph",
                   "prematched_segment_id", "is_context", "source_file", "source_row"]
 
