@@ -42,6 +42,31 @@ SP = [sys.executable, "-m", "speedprofile.cli"]
 DATE = "2026-11-03"  # a Tuesday
 STAGES = ("match_traces", "bucket_traversals", "build_histograms", "estimate_speeds")
 PORT = 15012
+SPLIT_BYTES = 1 << 30  # the simulated day goes to ingest in files of at most about 1 GiB
+
+
+def split_files(folder: Path, max_bytes: int) -> int:
+    """Cut every CSV over max_bytes into parts of about max_bytes (whole lines, header repeated), as a fleet
+    delivers a large day in several files (ingest refuses files over its max_file_bytes). Returns the file count."""
+    for path in sorted(folder.glob("*.csv")):
+        if path.stat().st_size <= max_bytes:
+            continue
+        with open(path, "rb") as src:
+            header = src.readline()
+            part, out, size = 0, None, 0
+            for line in src:
+                if out is None or size >= max_bytes:
+                    if out:
+                        out.close()
+                    out = open(path.with_name(f"{path.stem}-part{part:03d}.csv"), "wb")
+                    out.write(header)
+                    part, size = part + 1, len(header)
+                out.write(line)
+                size += len(line)
+            if out:
+                out.close()
+        path.unlink()
+    return len(list(folder.glob("*.csv")))
 
 
 class TreeSampler:
@@ -268,6 +293,7 @@ def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: l
                    capture_output=True)
     res["simulate_s"] = round(time.time() - t0, 1)
     res["vehicles"] = vehicles
+    res["input_files"] = split_files(sim / "probes", SPLIT_BYTES)
     logs = work / f"logs_{n}"
     logs.mkdir(exist_ok=True)
     step = run_step([*SP, "ingest", str(sim / "probes"), "--warehouse", str(wh), *remote], env, logs / "ingest.log",
