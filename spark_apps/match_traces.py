@@ -15,6 +15,7 @@ STAGE = "match_traces"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from speedprofile import tables
     from speedprofile.matching import transforms as T
     from speedprofile.matching.kernel import FIX_STATUSES
     from speedprofile.spark import get_session, read_table, write_metrics, write_table
@@ -23,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_session(STAGE)
     probes = read_table(spark, args.warehouse, "probes", dates=args.dates, partitions=T.read_cells(args.partitions))
     network = T.network_broadcast(spark, args.warehouse, args.partitions)
-    result = probes.transform(T.match_traces, network=network, partitions=args.partitions)
+    # tasks sized by the fixes read (the manifests' row counts), so a task's share stays bounded at any input size
+    fixes = tables.count_rows(args.warehouse, "probes", dates=args.dates, partitions=T.read_cells(args.partitions))
+    result = probes.transform(T.match_traces, network=network, partitions=args.partitions,
+                              n_tasks=T.match_tasks(spark, fixes))
     try:
         # one action computes (and caches) the matching; the write then reads the cached result
         counts = T.result_counts(result)

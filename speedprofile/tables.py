@@ -514,6 +514,19 @@ def has_rows(warehouse: str, table: str | Table, dates: Sequence[date | str] | N
     return any(task.file.record_count for task in tbl.scan(row_filter=flt).plan_files())
 
 
+def count_rows(warehouse: str, table: str | Table, dates: Sequence[date | str] | None = None,
+               partitions: Sequence[str] | None = None, extra_keys: Mapping[str, Sequence[object]] | None = None
+               ) -> int:
+    """Committed rows of `table` in the data files that hold the given dt values, partitions and key values, from
+    the manifests (no data file is opened); 0 for a table never written."""
+    t = _table(table)
+    tbl = committed_table(warehouse, t)
+    if tbl is None:
+        return 0
+    flt = _py_filter(t, _key_values(t, dates, partitions, extra_keys))
+    return sum(task.file.record_count for task in tbl.scan(row_filter=flt).plan_files())
+
+
 def read_pandas(warehouse: str, table: str | Table, **kw):
     return read_arrow(warehouse, table, **kw).to_pandas()
 

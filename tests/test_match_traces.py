@@ -343,6 +343,22 @@ def test_spark_matching_runs_once_per_job(spark, match_warehouse, match_probes):
         network[1].destroy()
 
 
+def test_matching_tasks_follow_the_fixes_read(spark, match_warehouse):
+    """The job sizes its tasks by the probes the manifests count for its dates and cells: two per core for a small
+    day, one per MATCH_TASK_FIXES for a large one."""
+    from speedprofile import tables
+    from speedprofile.matching import transforms as T
+    from speedprofile.spark import read_table
+
+    cells = T.read_cells([FIXTURE_CELL])
+    n = tables.count_rows(match_warehouse, "probes", dates=[FIXTURE_DT], partitions=cells)
+    assert n == read_table(spark, match_warehouse, "probes", dates=[FIXTURE_DT], partitions=cells).count() > 0
+    assert tables.count_rows(match_warehouse, "probes", dates=["1999-01-01"]) == 0
+    small = T.match_tasks(spark, n)
+    assert small == T.match_tasks(spark, 0) >= 1
+    assert T.match_tasks(spark, 40 * T.MATCH_TASK_FIXES + 1) == max(small, 41)
+
+
 def test_spark_matching_in_small_chunks_equals_one_pass(spark, match_warehouse):
     """A task that matches its pieces a few rows at a time (bounded memory) writes the rows and counts of one pass."""
     from speedprofile.matching import transforms as T

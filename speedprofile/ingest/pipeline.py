@@ -283,12 +283,12 @@ def _write_dt_metrics(spark: SparkSession, warehouse: str, dts: set[str]) -> Non
 
 def _trace_partitions(spark: SparkSession, files: list[InputFile]) -> int:
     """Shuffle partitions for the per-trace step: one per BYTES_PER_TRACE_PARTITION of input, at least the
-    default parallelism (every core busy), at most spark.sql.shuffle.partitions (the cached result keeps this
-    partitioning, so it must not be 200 for a tiny batch)."""
-    cap = int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
-    floor = min(cap, sp.default_parallelism(spark))
+    default parallelism (every core busy). Not capped by spark.sql.shuffle.partitions: the step's result is
+    cached, and a cached partition read back from disk is loaded whole into the JVM heap, so a large input needs
+    more, not larger, partitions."""
+    floor = sp.default_parallelism(spark)
     total = sum(max(f.data_bytes, f.size) for f in files)
-    return max(floor, min(cap, -(-total // BYTES_PER_TRACE_PARTITION)))
+    return max(floor, -(-total // BYTES_PER_TRACE_PARTITION))
 
 
 @dataclass

@@ -57,6 +57,7 @@ RESULT_ARROW = pa.schema([
     ("confidence", pa.float64()), ("reject_reason", pa.string()), ("stats", pa.map_(pa.string(), pa.int64())),
 ])
 PIECE_KEYS = ("dt", "partition", "trace_id", "piece")  # one trace piece: the unit the kernel matches
+MATCH_TASK_FIXES = 1_000_000  # input fixes per matching task beyond two tasks per core (match_tasks)
 MATCH_CHUNK_ROWS = 50_000  # a task matches the complete pieces of about this many fixes at a time (bounded memory)
 _PROBE_COLUMNS = ["dt", "partition", "trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "speed_kph",
                   "prematched_segment_id", "is_context", "source_file", "source_row"]
@@ -299,19 +300,21 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
     return batches
 
 
-def match_tasks(spark: SparkSession) -> int:
-    """Tasks of the matching stage: two per core (load balance), at most spark.sql.shuffle.partitions.
+def match_tasks(spark: SparkSession, fixes: int = 0) -> int:
+    """Tasks of the matching stage: two per core (load balance), and one per MATCH_TASK_FIXES of input beyond that.
 
     Each task pays a fixed cost (a Python round trip, one cached block, one output file per partition written),
-    while matching a piece costs milliseconds; the result is cached, so adaptive execution cannot coalesce it."""
-    shuffle = int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
+    while matching a piece costs milliseconds; the result is cached, so adaptive execution cannot coalesce it. A
+    task's cached block must stay small: a block read back from disk is loaded whole into the JVM heap."""
     from speedprofile.spark import default_parallelism
 
-    return max(1, min(shuffle, 2 * default_parallelism(spark)))
+    floor = min(int(spark.conf.get("spark.sql.shuffle.partitions") or 200), 2 * default_parallelism(spark))
+    return max(1, floor, -(-fixes // MATCH_TASK_FIXES))
 
 
 def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: Iterable[str],
-                 params: MatchParams | None = None, chunk_rows: int = MATCH_CHUNK_ROWS) -> DataFrame:
+                 params: MatchParams | None = None, chunk_rows: int = MATCH_CHUNK_ROWS,
+                 n_tasks: int | None = None) -> DataFrame:
     """probes -> result rows (RESULT_DDL), persisted: one shuffle puts each piece's fixes in one task, which
     matches all its pieces in one Arrow pass. `network` comes from `network_broadcast` for the same partitions.
     The first action computes and caches the result (`result_counts`); later ones read the cache."""
@@ -327,7 +330,7 @@ def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: It
             yield from match_table(table, token, bc, emit, params)
 
     keyed = (probes.select(*_PROBE_COLUMNS)
-             .repartition(match_tasks(probes.sparkSession), *PIECE_KEYS)
+             .repartition(n_tasks or match_tasks(probes.sparkSession), *PIECE_KEYS)
              .sortWithinPartitions(*PIECE_KEYS))
     return keyed.mapInArrow(fn, RESULT_DDL).persist(StorageLevel.MEMORY_AND_DISK)
 
