@@ -205,6 +205,9 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/speedprofile-bench/scale")
     ap.add_argument("--out", default="/tmp/speedprofile-bench/scale.json")
     ap.add_argument("--keep", action="store_true", help="keep each size's warehouse and probes")
+    ap.add_argument("--resume", default=None, metavar="JSON",
+                    help="a previous run's JSON: sizes whose ingest completed there, and whose warehouse is still in "
+                         "--work, keep that ingest (figures copied, marked resumed) and run only the stages")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the Spark Connect server is stopped on the way out
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
@@ -272,6 +275,14 @@ def main() -> int:
 def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: list[int], remote: list[str]) -> dict:
     wh = work / f"wh_{n}"
     sim = work / f"sim_{n}"
+    before = resumable(args.resume, n, wh)
+    if before is not None:
+        res = {k: before[k] for k in ("fixes", "segments", "partitions", "vehicles", "simulate_s", "raw_rows")
+               if k in before}
+        res.update(ok=False, resumed_from=args.resume, steps={"ingest": {**before["steps"]["ingest"], "resumed": True}})
+        logs = work / f"logs_{n}"
+        logs.mkdir(exist_ok=True)
+        return run_stages(n, res, env, logs, wh, server_pid, event_dir, remote)
     shutil.rmtree(wh, ignore_errors=True)
     shutil.rmtree(sim, ignore_errors=True)
     res: dict = {"fixes": n, "steps": {}, "ok": False}
@@ -306,6 +317,26 @@ def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: l
     res["steps"]["ingest"] = step
     if not step["ok"]:
         return res
+    res = run_stages(n, res, env, logs, wh, server_pid, event_dir, remote)
+    if res["ok"] and not args.keep:
+        shutil.rmtree(sim, ignore_errors=True)
+        shutil.rmtree(wh, ignore_errors=True)
+    return res
+
+
+def resumable(path: str | None, n: int, wh: Path) -> dict | None:
+    """The run of size n in a previous JSON whose ingest completed, when its warehouse is still there."""
+    if not path or not (wh / "probes").exists():
+        return None
+    for run in json.loads(Path(path).read_text()).get("runs", []):
+        if run.get("fixes") == n and run.get("steps", {}).get("ingest", {}).get("ok"):
+            return run
+    return None
+
+
+def run_stages(n: int, res: dict, env: dict, logs: Path, wh: Path, server_pid: list[int], event_dir: Path,
+               remote: list[str]) -> dict:
+    """Every stage over all partitions, one `speedprofile run --all` each, after an ingest that completed."""
     for stage in STAGES:
         st = run_step([*SP, "run", "--all", "--date", DATE, "--stages", stage, "--warehouse", str(wh),
                        "--log-dir", str(logs), *remote], env, logs / f"run_{stage}.log", server_pid, event_dir)
@@ -319,9 +350,6 @@ def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: l
                              "fixes_per_s": round(res["raw_rows"] / total)}
     res["table_rows"] = table_rows(wh)
     res["ok"] = True
-    if not args.keep:
-        shutil.rmtree(sim, ignore_errors=True)
-        shutil.rmtree(wh, ignore_errors=True)
     return res
 
 
