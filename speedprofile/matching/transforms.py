@@ -33,14 +33,13 @@ from pyspark.sql import functions as F
 from schemas.segment_traversals import SEGMENT_TRAVERSALS
 from speedprofile.grouped import whole_groups
 from speedprofile.matching.kernel import _NAT, FIX_STATUSES, Matcher, MatchParams
+from speedprofile.matching.network import NETWORK_COLUMNS
 
 HALO_K = 2        # network halo around a piece's home cell, in H3 grid steps
 READ_RING = 1     # pieces homed this many grid steps away can traverse a partition's segments
 _CACHE_SIZE = 16  # home-cell matchers kept per Python worker
 _MATCHERS: OrderedDict = OrderedDict()
 _TABLES: OrderedDict = OrderedDict()  # broadcast token -> decoded network table (latest two)
-NETWORK_COLUMNS = ["segment_id", "from_node_id", "to_node_id", "reverse_segment_id", "length_m", "geom_lon_deg",
-                   "geom_lat_deg", "partition"]
 
 RESULT_DDL = (
     "kind STRING, trace_id STRING, piece INT, dt DATE, home_partition STRING, partition STRING, seq INT, "
