@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_job_args(argv, __doc__.splitlines()[0])
     spark = get_session(STAGE)
-    probes = read_table(spark, args.warehouse, "probes", dates=args.dates, partitions=T.read_cells(args.partitions))
+    cells = T.read_cells(args.partitions)
+    probes = read_table(spark, args.warehouse, "probes", dates=args.dates, partitions=cells)
     network = T.network_broadcast(spark, args.warehouse, args.partitions)
     # tasks sized by the fixes read (the manifests' row counts), so a task's share stays bounded at any input size
-    fixes = tables.count_rows(args.warehouse, "probes", dates=args.dates, partitions=T.read_cells(args.partitions))
+    fixes = tables.count_rows(args.warehouse, "probes", dates=args.dates, partitions=cells)
     result = probes.transform(T.match_traces, network=network, partitions=args.partitions,
                               n_tasks=T.match_tasks(spark, fixes))
     try:

@@ -25,7 +25,7 @@ import stat
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
@@ -511,7 +511,12 @@ def has_rows(warehouse: str, table: str | Table, dates: Sequence[date | str] | N
     for key, vals in (excluding or {}).items():
         if vals:
             flt = And(flt, Not(_py_filter(t, [(key, [str(v) for v in vals])])))
-    return any(task.file.record_count for task in tbl.scan(row_filter=flt).plan_files())
+    return any(_file_rows(tbl, flt))
+
+
+def _file_rows(tbl, flt) -> Iterator[int]:
+    """Record counts of the data files a scan with filter `flt` would read, from the manifests."""
+    return (task.file.record_count for task in tbl.scan(row_filter=flt).plan_files())
 
 
 def count_rows(warehouse: str, table: str | Table, dates: Sequence[date | str] | None = None,
@@ -523,8 +528,7 @@ def count_rows(warehouse: str, table: str | Table, dates: Sequence[date | str] |
     tbl = committed_table(warehouse, t)
     if tbl is None:
         return 0
-    flt = _py_filter(t, _key_values(t, dates, partitions, extra_keys))
-    return sum(task.file.record_count for task in tbl.scan(row_filter=flt).plan_files())
+    return sum(_file_rows(tbl, _py_filter(t, _key_values(t, dates, partitions, extra_keys))))
 
 
 def read_pandas(warehouse: str, table: str | Table, **kw):

@@ -501,8 +501,7 @@ def _estimate_block(local: np.ndarray, b: np.ndarray, rows: dict[str, np.ndarray
         put(0, weighted, (si, bi), np.arange(len(si)), counted)
     si, bi = np.nonzero(level == 1)  # neighbours b-R..b+R, wrapping around the week
     if len(si):
-        pooled = {k: sum(ext[k][idx[si, (bi + o) % N_BUCKETS]] for o in range(-NEIGHBOUR_RADIUS, NEIGHBOUR_RADIUS + 1))
-                  for k in keys}
+        pooled, _ = _kernel_pool(ext, idx, si, bi, (1,) * (2 * NEIGHBOUR_RADIUS + 1))
         put(1, pooled, (si, bi), np.arange(len(si)))
     si, bi = np.nonzero(level == 2)  # (segment, day type, hour) pools: one statistic per pool used
     if len(si):
