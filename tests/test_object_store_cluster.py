@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from tests.plugins.objectstore import NODES, MinioCluster
 
@@ -24,11 +25,23 @@ def table_for(n: int) -> pa.Table:
                      "speed_kph": pa.array([n + j / 10 for j in range(50)], pa.float64())})
 
 
+def unavailable(exc: BaseException) -> bool:
+    """MinIO answers 503 (SlowDown/SlowDownWrite) while it has, for a moment, fewer drives than its quorum, e.g.
+    before the nodes agree that a peer is gone. Clients retry it with back-off (S3A: fs.s3a.retry.throttle.*)."""
+    return isinstance(exc, OSError) and "HTTP status 503" in str(exc)
+
+
+@retry(retry=retry_if_exception(unavailable), wait=wait_exponential(multiplier=0.5, max=8),
+       stop=stop_after_delay(120), reraise=True)
+def write_object(fs: pafs.S3FileSystem, path: str, table: pa.Table) -> None:
+    pq.write_table(table, path, filesystem=fs)
+
+
 def write_objects(fs: pafs.S3FileSystem, bucket: str, prefix: str, numbers: range) -> dict[str, pa.Table]:
     written = {}
     for n in numbers:
         key = f"{prefix}/partition={n % 3}/part-{n:03d}.parquet"
-        pq.write_table(table_for(n), f"{bucket}/{key}", filesystem=fs)
+        write_object(fs, f"{bucket}/{key}", table_for(n))
         written[key] = table_for(n)
     return written
 
@@ -87,6 +100,7 @@ def test_one_storage_node_killed_reads_and_writes_go_on_and_it_heals_on_return(m
     down = 3
     minio_cluster.kill(down)
     minio_cluster.wait_write_quorum(1, timeout=60)  # 3 of 4 drives: still write quorum
+    minio_cluster.wait_write_quorum(2, timeout=60)  # also as seen by the node the writes go through
     assert_all_readable(minio_cluster, 1, "faults", before)  # reads go on
     during = write_objects(minio_cluster.fs(2), minio_cluster.bucket, "faults", range(10, 20))  # writes go on
     assert not any(minio_cluster.on_disk(down, key) for key in during)  # they really missed the dead node
