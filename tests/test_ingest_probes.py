@@ -174,7 +174,8 @@ def test_spark_sql_validation_agrees_with_the_kernel(spark):
 
 
 def test_traces_split_over_arrow_batches_give_the_kernel_result(spark):
-    """Tiny Arrow batches: a trace straddling batches is carried over, so pieces equal the one-trace kernel's."""
+    """Tiny Arrow batches and chunks: a trace straddling batches is held for the next chunk, so pieces equal the
+    one-trace kernel's."""
     from speedprofile.ingest import transforms
 
     names = ["bad_rows.csv", "border.csv", "midnight.csv"]
@@ -182,7 +183,7 @@ def test_traces_split_over_arrow_batches_give_the_kernel_result(spark):
     old = spark.conf.get(key)
     spark.conf.set(key, "3")
     try:
-        out = transforms.split_into_pieces(_spark_parsed(spark, names), 9, num_partitions=1).toPandas()
+        out = transforms.split_into_pieces(_spark_parsed(spark, names), 9, num_partitions=1, chunk_rows=4).toPandas()
     finally:
         spark.conf.set(key, old)
     expected = pd.concat([_kernel_run(n) for n in names], ignore_index=True)

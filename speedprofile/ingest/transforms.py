@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from schemas.probes import CONTEXT_FIXES, MAX_GAP_S
 from schemas.rejected_probes import SPIKE_KPH
+from speedprofile.grouped import whole_groups
 from speedprofile.ingest import kernel
 from speedprofile.ingest.formats import InputFile
 
@@ -38,6 +39,7 @@ TRACE_OUT_DDL = (
     "heading_deg DOUBLE, accuracy_m DOUBLE, prematched_segment_id BIGINT, is_context BOOLEAN, "
     "source_file STRING, source_row BIGINT, dt DATE, partition STRING, raw STRING, reason STRING, detail STRING"
 )
+TRACE_CHUNK_ROWS = 100_000  # rows per call of the per-trace kernel (whole traces; bounds a worker's memory)
 MIDPOINTS_DDL = "segment_id BIGINT, mid_lon_deg DOUBLE, mid_lat_deg DOUBLE"
 _PARSED_NAMES = [c.split()[0] for c in PARSED_DDL.split(", ")]
 # A UTC offset (or Z) ends an ISO-8601 time whose instant is known; same rule as kernel._OFFSET_RE.
@@ -328,41 +330,25 @@ def split_into_pieces(
     spike_kph: float = SPIKE_KPH,
     num_partitions: int | None = None,
     network: np.ndarray | None = None,
+    chunk_rows: int = TRACE_CHUNK_ROWS,
 ) -> DataFrame:
     """Parsed records -> trace rows (TRACE_OUT_DDL): per-trace dedupe, spikes and border cutting of the valid
     records, rejects passed through with their fix date as dt; valid fixes outside `network` (sorted uint64 H3
     cells, `kernel.network_area`) are rejected as `outside_network`.
 
     One shuffle by trace_id (into `num_partitions` partitions when given), sorted by trace, time and source
-    order; each partition then streams through `kernel.trace_rows_arrow` in Arrow batches, a trace that
-    straddles two batches being carried over to the next one (a trace must fit in a worker's memory).
+    order; each partition then streams through `kernel.trace_rows_arrow` in chunks of about `chunk_rows` rows
+    holding whole traces (`grouped.whole_groups`; a trace must fit in a worker's memory).
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     rules = {"max_gap_s": max_gap_s, "context_fixes": context_fixes, "spike_kph": spike_kph}
     schema = kernel.trace_out_arrow_schema()
 
     def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        carry: pa.Table | None = None
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            table = pa.Table.from_batches([batch])
-            if carry is not None:
-                table = pa.concat_tables([carry, table])
-            # Rows of the last trace may continue in the next batch: hold them back (rejects go out now).
-            valid = pc.is_null(table.column("reason"))
-            last = table.filter(valid).column("trace_id")
-            if len(last):
-                held = pc.and_kleene(valid, pc.equal(table.column("trace_id"), last[-1]))
-                carry, table = table.filter(held), table.filter(pc.invert(held))
-            else:
-                carry = None
-            if table.num_rows:
-                yield from kernel.trace_rows_arrow(table, h3_res, network, **rules).cast(schema).to_batches()
-        if carry is not None and carry.num_rows:
-            yield from kernel.trace_rows_arrow(carry, h3_res, network, **rules).cast(schema).to_batches()
+        # whole traces only: the rows of the last trace of a chunk may continue in the next batch
+        for table in whole_groups(batches, ("trace_id",), chunk_rows):
+            yield from kernel.trace_rows_arrow(table, h3_res, network, **rules).cast(schema).to_batches()
 
     shuffled = (parsed.repartition(num_partitions, "trace_id") if num_partitions
                 else parsed.repartition("trace_id"))
