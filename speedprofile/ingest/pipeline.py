@@ -281,11 +281,11 @@ def _write_dt_metrics(spark: SparkSession, warehouse: str, dts: set[str]) -> Non
         sp.write_metrics(spark, warehouse, STAGE, dt, None, total)
 
 
-def _trace_partitions(spark: SparkSession, files: list[InputFile]) -> int:
-    """Shuffle partitions for the per-trace step and the write of `probes`: one per BYTES_PER_TRACE_PARTITION of
-    input, at least the default parallelism (every core busy). Not capped by spark.sql.shuffle.partitions: the step's result is
-    cached, and a cached partition read back from disk is loaded whole into the JVM heap, so a large input needs
-    more, not larger, partitions."""
+def _ingest_tasks(spark: SparkSession, files: list[InputFile]) -> int:
+    """Tasks of the per-trace step and of the write of `probes`: one per BYTES_PER_TRACE_PARTITION of input, at
+    least the default parallelism (every core busy). Not capped by spark.sql.shuffle.partitions: the step's
+    result is cached, and a cached partition read back from disk is loaded whole into the JVM heap, so a large
+    input needs more, not larger, partitions."""
     floor = sp.default_parallelism(spark)
     total = sum(max(f.data_bytes, f.size) for f in files)
     return max(floor, -(-total // BYTES_PER_TRACE_PARTITION))
@@ -457,7 +457,7 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
     if any(f.format == "trips-json" for f in files):
         segments = sp.read_table(spark, warehouse, "road_segments")
         parsed = transforms.fill_link_coordinates(parsed, transforms.link_midpoints(segments))
-    n_tasks = _trace_partitions(spark, files)
+    n_tasks = _ingest_tasks(spark, files)
     pieces = transforms.split_into_pieces(parsed, prep.h3_res, num_partitions=n_tasks, network=prep.network)
     rows = _with_src(pieces, files).persist()
     try:
