@@ -14,7 +14,10 @@ all partitions (`speedprofile run --all`). Per step it reports:
   sizes, and the largest N that completed.
 
 Ingest and the stages run through a Spark Connect server (`--mode connect`, the default: one JVM for all steps) or
-each in its own JVM (`--mode submit`: ingest on a local session, one spark-submit per stage). Memory is capped at `--memory` (JVM heap; default 2g, what a 4 GB
+each in its own JVM (`--mode submit`: ingest on a local session, one spark-submit per stage). A Connect server is
+long-lived: its first run pays the JVM's warm-up (class loading, JIT compilation), so with `--mode connect` a
+`--warmup` run (200 k fixes by default) goes first and is reported apart as the cold figure; the sizes then measure
+the server's steady state (`--warmup 0`: the first size carries the warm-up). Memory is capped at `--memory` (JVM heap; default 2g, what a 4 GB
 Raspberry Pi worker gives an executor: docs/deploy.md). Figures go to stdout and to `--out` (JSON; default
 /tmp/speedprofile-bench/scale.json); scratch data to `--work`.
 
@@ -205,6 +208,10 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/speedprofile-bench/scale")
     ap.add_argument("--out", default="/tmp/speedprofile-bench/scale.json")
     ap.add_argument("--keep", action="store_true", help="keep each size's warehouse and probes")
+    ap.add_argument("--warmup", default="2e5", metavar="N",
+                    help="with --mode connect, first run N fixes through every step on the fresh server and report "
+                         "them apart (`warmup`, not in the fit), so the sizes measure the long-lived server's steady "
+                         "state; 0: the first size carries the server's warm-up (default 2e5)")
     ap.add_argument("--resume", default=None, metavar="JSON",
                     help="a previous run's JSON: sizes whose ingest completed there, and whose warehouse is still in "
                          "--work, keep that ingest (figures copied, marked resumed) and run only the stages")
@@ -248,6 +255,12 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        warmup = int(float(args.warmup)) if args.mode == "connect" else 0
+        if warmup:
+            res = one_size(warmup, args, env, work, event_dir, server_pid, remote, keep=False)
+            results["warmup"] = res
+            print(json.dumps({"warmup_fixes": warmup, **{k: v.get("wall_s") for k, v in res["steps"].items()}}),
+                  flush=True)
         for n in sizes:
             res = one_size(n, args, env, work, event_dir, server_pid, remote)
             results["runs"].append(res)
@@ -272,7 +285,8 @@ def main() -> int:
     return 0 if done and len(done) == len(results["runs"]) else 1
 
 
-def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: list[int], remote: list[str]) -> dict:
+def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: list[int], remote: list[str],
+             keep: bool | None = None) -> dict:
     wh = work / f"wh_{n}"
     sim = work / f"sim_{n}"
     before = resumable(args.resume, n, wh)
@@ -318,7 +332,7 @@ def one_size(n: int, args, env: dict, work: Path, event_dir: Path, server_pid: l
     if not step["ok"]:
         return res
     res = run_stages(n, res, env, logs, wh, server_pid, event_dir, remote)
-    if res["ok"] and not args.keep:
+    if res["ok"] and not (args.keep if keep is None else keep):
         shutil.rmtree(sim, ignore_errors=True)
         shutil.rmtree(wh, ignore_errors=True)
     return res
@@ -368,7 +382,11 @@ def report(results: dict) -> None:
     print(f"\nscale benchmark ({results['mode']}, {results['master']}, heap {results['memory']}, "
           f"network {results['network']})")
     print(f"{'fixes':>10} {'step':<18} {'wall s':>8} {'cpu s':>8} {'rows/s':>9} {'jvm MB':>7} {'py MB':>6} {'spill MB':>8}")
-    for r in results["runs"]:
+    for r in ([results["warmup"]] if "warmup" in results else []) + results["runs"]:
+        if r is results.get("warmup"):
+            print("(warm-up run on the fresh server, not in the fit)")
+        elif "warmup" in results and r is results["runs"][0]:
+            print("(on the warm server)")
         for name, s in r["steps"].items():
             rate = s.get("rows_per_s") or s.get("fixes_per_s") or 0
             spill = (s.get("memory_bytes_spilled", 0) + s.get("disk_bytes_spilled", 0)) / 2**20

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 
 from pyspark.sql import DataFrame, SparkSession
@@ -70,6 +71,31 @@ def default_parallelism(spark: SparkSession) -> int:
         if value:
             return int(value)
     return max(2, os.cpu_count() or 2)
+
+
+def whole_waves(spark: SparkSession, tasks: int) -> int:
+    """`tasks` rounded up to a whole number of waves over the cluster's task slots (default parallelism).
+
+    Tasks of one stage take about as long as each other, so a stage of 3 such tasks on 2 cores runs 2 waves, the
+    second on one core; 4 smaller tasks finish in about 3/4 of that time."""
+    slots = max(1, default_parallelism(spark))
+    return max(1, -(-tasks // slots) * slots)
+
+
+@contextmanager
+def session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """Set session confs for a block and restore the earlier values (or unset them) afterwards."""
+    old = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 def exists(spark: SparkSession | None, path: str) -> bool:

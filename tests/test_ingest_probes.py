@@ -177,15 +177,15 @@ def test_traces_split_over_arrow_batches_give_the_kernel_result(spark):
     """Tiny Arrow batches and chunks: a trace straddling batches is held for the next chunk, so pieces equal the
     one-trace kernel's."""
     from speedprofile.ingest import transforms
+    from speedprofile.spark import session_conf
 
     names = ["bad_rows.csv", "border.csv", "midnight.csv"]
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     old = spark.conf.get(key)
-    spark.conf.set(key, "3")
-    try:
+    with session_conf(spark, {key: "3"}):
+        assert spark.conf.get(key) == "3"
         out = transforms.split_into_pieces(_spark_parsed(spark, names), 9, num_partitions=1, chunk_rows=4).toPandas()
-    finally:
-        spark.conf.set(key, old)
+    assert spark.conf.get(key) == old
     expected = pd.concat([_kernel_run(n) for n in names], ignore_index=True)
 
     def rows(df: pd.DataFrame) -> list[tuple]:
@@ -711,3 +711,30 @@ def test_a_correction_same_trace_and_time_new_position_is_rejected_and_the_store
         before[["trace_id", "timestamp_utc", "lon_deg", "lat_deg"]].values.tolist()
     rej = read_table(spark, ingest_warehouse, "rejected_probes").where("reason = 'conflicting_fix'").first()
     assert rej["source_file"] == fix and "lon=-8.6094" in rej["detail"]
+
+
+def test_ingest_tasks_and_read_splits_fill_whole_waves(spark):
+    """Ingest's tasks and text read splits come in whole waves over the task slots, and a split stays at most
+    128 MB (and at least 1 MB): 3 splits of an input on 2 cores would leave a core idle for a third of the parse."""
+    from speedprofile.ingest import pipeline
+    from speedprofile.ingest.formats import InputFile
+    from speedprofile.spark import default_parallelism
+
+    slots = default_parallelism(spark)
+    mb = 1 << 20
+
+    def files(*sizes_mb, fmt="csv"):
+        return [InputFile(path=f"/in/{i}.csv", format=fmt, sha=f"{i:016x}", size=int(m * mb),
+                          data_bytes=int(m * mb)) for i, m in enumerate(sizes_mb)]
+
+    assert pipeline._split_bytes(spark, files(1)) == mb
+    for sizes in [(70,), (345,), (1000,) * 7, (0.5, 300, 129)]:
+        fs = files(*sizes)
+        total = sum(f.size for f in fs)
+        split = pipeline._split_bytes(spark, fs)
+        n_splits = -(-total // split)
+        assert split <= pipeline.BYTES_PER_TRACE_PARTITION and n_splits % slots == 0, (sizes, split)
+        tasks = pipeline._ingest_tasks(spark, fs)
+        assert tasks % slots == 0 and tasks * pipeline.BYTES_PER_TRACE_PARTITION >= total, (sizes, tasks)
+    assert pipeline._split_bytes(spark, files(345)) == -(-345 * mb // 4)  # 4 splits of 86 MB, not 128+128+89
+    assert pipeline._ingest_tasks(spark, files(345)) == 4

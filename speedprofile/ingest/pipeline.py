@@ -282,13 +282,21 @@ def _write_dt_metrics(spark: SparkSession, warehouse: str, dts: set[str]) -> Non
 
 
 def _ingest_tasks(spark: SparkSession, files: list[InputFile]) -> int:
-    """Tasks of the per-trace step and of the write of `probes`: one per BYTES_PER_TRACE_PARTITION of input, at
-    least the default parallelism (every core busy). Not capped by spark.sql.shuffle.partitions: the step's
-    result is cached, and a cached partition read back from disk is loaded whole into the JVM heap, so a large
-    input needs more, not larger, partitions."""
-    floor = sp.default_parallelism(spark)
+    """Tasks of the per-trace step and of the write of `probes`: one per BYTES_PER_TRACE_PARTITION of input, in
+    whole waves over the cores (every core busy to the end). Not capped by spark.sql.shuffle.partitions: the
+    step's result is cached, and a cached partition read back from disk is loaded whole into the JVM heap, so a
+    large input needs more, not larger, partitions."""
     total = sum(max(f.data_bytes, f.size) for f in files)
-    return max(floor, -(-total // BYTES_PER_TRACE_PARTITION))
+    return sp.whole_waves(spark, max(1, -(-total // BYTES_PER_TRACE_PARTITION)))
+
+
+def _split_bytes(spark: SparkSession, files: list[InputFile]) -> int:
+    """Largest read split of the text inputs: at most BYTES_PER_TRACE_PARTITION, and small enough that the splits
+    fill whole waves over the cores (3 splits of 128 MB on 2 cores would leave one core idle for a third of the
+    parse; 4 of 96 MB do not)."""
+    total = sum(f.size for f in files if f.format in formats.TEXT_FORMATS)
+    splits = sp.whole_waves(spark, max(1, -(-total // BYTES_PER_TRACE_PARTITION)))
+    return max(1 << 20, -(-total // splits))
 
 
 @dataclass
@@ -415,16 +423,10 @@ def ingest(
     record_refused(spark, warehouse, prep.refused, files + duplicates, now)
     if not files:
         raise refused_error(prep.refused)
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    old_batch = spark.conf.get(key, None)
-    spark.conf.set(key, str(ARROW_BATCH_ROWS))
-    try:
+    conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+            "spark.sql.files.maxPartitionBytes": str(_split_bytes(spark, files))}
+    with sp.session_conf(spark, conf):
         counts = _run(spark, warehouse, prep, now + pd.Timedelta(seconds=future_skew_s))
-    finally:
-        if old_batch is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, old_batch)
     dts: set[str] = set()
     for f in files:
         per_dt = counts.get(f.sha, {})
@@ -478,9 +480,10 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
         # One file per (folder, source file): fewer, larger files for the readers (per-file costs dominate at ~1k
         # rows per folder), and a later re-ingest of one source replaces whole files of it. As many tasks as the
         # per-trace step: each task sorts its rows by folder before writing, and 16 tasks (the shuffle default)
-        # at 85 M rows sorted 5.6 M rows each, spilling 21 GB.
+        # at 85 M rows sorted 5.6 M rows each, spilling 21 GB. By range, not hash: a few dozen folders of very
+        # different sizes hashed into as many tasks left some tasks with 5x the rows of others.
         replace = [{"src": f.sha} for f in files]
-        tables.write(probes.repartition(n_tasks, "dt", "partition", "src"), warehouse, PROBES, replace)
+        tables.write(probes.repartitionByRange(n_tasks, "dt", "partition", "src"), warehouse, PROBES, replace)
         tables.write(rejected.repartition("dt", "src"), warehouse, REJECTED_PROBES, replace)
     finally:
         rows.unpersist()

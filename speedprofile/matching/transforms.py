@@ -300,15 +300,16 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
 
 
 def match_tasks(spark: SparkSession, fixes: int = 0) -> int:
-    """Tasks of the matching stage: two per core (load balance), and one per MATCH_TASK_FIXES of input beyond that.
+    """Tasks of the matching stage: two per core (load balance), and one per MATCH_TASK_FIXES of input beyond that,
+    rounded up to whole waves over the cores.
 
     Each task pays a fixed cost (a Python round trip, one cached block, one output file per partition written),
     while matching a piece costs milliseconds; the result is cached, so adaptive execution cannot coalesce it. A
     task's cached block must stay small: a block read back from disk is loaded whole into the JVM heap."""
-    from speedprofile.spark import default_parallelism
+    from speedprofile.spark import default_parallelism, whole_waves
 
     floor = min(int(spark.conf.get("spark.sql.shuffle.partitions") or 200), 2 * default_parallelism(spark))
-    return max(1, floor, -(-fixes // MATCH_TASK_FIXES))
+    return whole_waves(spark, max(1, floor, -(-fixes // MATCH_TASK_FIXES)))
 
 
 def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: Iterable[str],
