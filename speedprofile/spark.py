@@ -91,11 +91,11 @@ def session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
+        for k, before in old.items():
+            if before is None:
                 spark.conf.unset(k)
             else:
-                spark.conf.set(k, v)
+                spark.conf.set(k, before)
 
 
 def exists(spark: SparkSession | None, path: str) -> bool:
