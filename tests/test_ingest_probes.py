@@ -738,3 +738,32 @@ def test_ingest_tasks_and_read_splits_fill_whole_waves(spark):
         assert tasks % slots == 0 and tasks * pipeline.BYTES_PER_TRACE_PARTITION >= total, (sizes, tasks)
     assert pipeline._split_bytes(spark, files(345)) == -(-345 * mb // 4)  # 4 splits of 86 MB, not 128+128+89
     assert pipeline._ingest_tasks(spark, files(345)) == 4
+
+
+def test_probe_folders_are_packed_into_balanced_write_tasks(spark):
+    """Each (dt, partition, src) folder goes whole to one write task, that task is the bin it was packed into, and
+    no task holds more than the mean plus one folder; hashing the same 13 folders into 4 tasks is less even."""
+    from datetime import date
+
+    from pyspark.sql import functions as F
+
+    from speedprofile.ingest import pipeline
+
+    sizes = {(date(2026, 11, 3), f"cell{i:02d}", "a" if i % 3 else "b"): n
+             for i, n in enumerate([900, 700, 650, 400, 390, 300, 250, 200, 120, 90, 60, 30, 10])}
+    n_tasks = 4
+    bins = pipeline.balanced_bins(spark, sizes, n_tasks)
+    assert bins.count() == len(sizes)
+    rows = spark.createDataFrame([(*k, j) for k, n in sizes.items() for j in range(n)],
+                                 "dt DATE, partition STRING, src STRING, j INT")
+    placed = (rows.join(F.broadcast(bins), ["dt", "partition", "src"], "left").repartition(n_tasks, "_bin")
+              .withColumn("task", F.spark_partition_id()))
+    per_folder = placed.groupBy("dt", "partition", "src").agg(F.countDistinct("task").alias("tasks")).collect()
+    assert len(per_folder) == len(sizes) and all(r["tasks"] == 1 for r in per_folder)
+    loads = [r["count"] for r in placed.groupBy("task").count().collect()]
+    assert len(loads) == n_tasks and sum(loads) == sum(sizes.values())
+    assert max(loads) <= sum(sizes.values()) / n_tasks + max(sizes.values())
+    assert max(loads) - min(loads) <= max(sizes.values())
+    hashed = [r["count"] for r in rows.repartition(n_tasks, "dt", "partition", "src").groupBy(
+        F.spark_partition_id()).count().collect()]
+    assert max(loads) <= max(hashed)

@@ -234,14 +234,18 @@ def _with_src(df: DataFrame, files: list[InputFile]) -> DataFrame:
     return df.join(F.broadcast(srcs), "source_file", "left")
 
 
-def _count_rows(rows: DataFrame) -> dict[str, dict[str, dict]]:
-    """Counts per src and dt: rows_in, kept, context, rejected per reason, kept per partition."""
+def _count_rows(rows: DataFrame) -> tuple[dict[str, dict[str, dict]], dict[tuple, int]]:
+    """Counts per src and dt (rows_in, kept, context, rejected per reason, kept per partition), and the rows each
+    `probes` folder and source gets: {(dt, partition, src): rows, context copies included}."""
     agg = rows.groupBy("src", "dt", "partition", "reason", "is_context").count().collect()
     out: dict[str, dict[str, dict]] = defaultdict(dict)
+    folders: dict[tuple, int] = defaultdict(int)
     for r in agg:
         dt = str(r["dt"]) if r["dt"] is not None else UNKNOWN_DT
         c = out[r["src"]].setdefault(dt, _empty_counts())
         n = int(r["count"])
+        if r["reason"] is None:
+            folders[(r["dt"], r["partition"], r["src"])] += n
         if r["reason"] is not None:
             c["rejected"][r["reason"]] += n
             c["rows_rejected"] += n
@@ -252,7 +256,30 @@ def _count_rows(rows: DataFrame) -> dict[str, dict[str, dict]]:
             c["rows_kept"] += n
             c["rows_in"] += n
             c["kept_by_partition"][r["partition"]] = c["kept_by_partition"].get(r["partition"], 0) + n
-    return out
+    return out, dict(folders)
+
+
+def balanced_bins(spark: SparkSession, sizes: dict[tuple, int], n_tasks: int) -> DataFrame:
+    """(dt, partition, src, _bin) for the write of `probes`: the folders packed into n_tasks bins of about equal
+    rows (largest first, each into the emptiest bin; no bin exceeds the mean by more than one folder).
+
+    `_bin` is a number whose Spark hash (Murmur3, the hash of `repartition`) falls on its bin, so
+    `repartition(n_tasks, "_bin")` puts each bin in its own task. Hashing the folder keys themselves instead left
+    some of a few dozen folders' tasks with several times the rows of others; sampled ranges
+    (`repartitionByRange`) balanced them but read the cached rows twice more to sample them (86 s at 85 M)."""
+    import heapq
+
+    slots: dict[int, int] = {}
+    for r in spark.range(0, 64 * n_tasks).select(
+            "id", F.pmod(F.hash("id"), F.lit(n_tasks)).alias("p")).collect():  # each id lands in a random task
+        slots.setdefault(int(r["p"]), int(r["id"]))
+    heap = [(0, b) for b in range(n_tasks)]
+    rows = []
+    for key, n in sorted(sizes.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+        load, b = heapq.heappop(heap)
+        rows.append((*key, slots.get(b, b)))  # a bin without a number (never seen: 64 draws per task) shares one
+        heapq.heappush(heap, (load + n, b))
+    return spark.createDataFrame(rows, "dt DATE, partition STRING, src STRING, _bin BIGINT")
 
 
 def _empty_counts() -> dict:
@@ -463,7 +490,7 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
     pieces = transforms.split_into_pieces(parsed, prep.h3_res, num_partitions=n_tasks, network=prep.network)
     rows = _with_src(pieces, files).persist()
     try:
-        counts = _count_rows(rows)
+        counts, folders = _count_rows(rows)
         touched = {dt for per_dt in counts.values() for dt in per_dt}
         existing = _existing_fixes(spark, warehouse, touched, [f.sha for f in files])
         if existing is not None:
@@ -472,7 +499,7 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
             checked = mark_already_ingested(rows, existing).localCheckpoint(eager=True)
             rows.unpersist()
             rows = checked
-            counts = _count_rows(rows)
+            counts, folders = _count_rows(rows)
         probes = rows.where(F.col("reason").isNull()).select(
             *[F.col(c.name).cast(PROBES.spark_schema()[c.name].dataType) for c in PROBES.columns])
         rejected = rows.where(F.col("reason").isNotNull()).select(
@@ -480,10 +507,11 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
         # One file per (folder, source file): fewer, larger files for the readers (per-file costs dominate at ~1k
         # rows per folder), and a later re-ingest of one source replaces whole files of it. As many tasks as the
         # per-trace step: each task sorts its rows by folder before writing, and 16 tasks (the shuffle default)
-        # at 85 M rows sorted 5.6 M rows each, spilling 21 GB. By range, not hash: a few dozen folders of very
-        # different sizes hashed into as many tasks left some tasks with 5x the rows of others.
+        # at 85 M rows sorted 5.6 M rows each, spilling 21 GB. Folders packed into tasks by their counted rows.
         replace = [{"src": f.sha} for f in files]
-        tables.write(probes.repartitionByRange(n_tasks, "dt", "partition", "src"), warehouse, PROBES, replace)
+        bins = F.broadcast(balanced_bins(spark, folders, n_tasks))
+        probes = probes.join(bins, ["dt", "partition", "src"], "left").repartition(n_tasks, "_bin")
+        tables.write(probes, warehouse, PROBES, replace)
         tables.write(rejected.repartition("dt", "src"), warehouse, REJECTED_PROBES, replace)
     finally:
         rows.unpersist()
