@@ -720,6 +720,8 @@ def test_rendered_spark_defaults_point_at_the_master_and_the_s3a_warehouse(rende
     assert conf["spark.hadoop.fs.s3a.auth.profile.file"] == "/etc/spark/s3a-credentials"
     assert conf["spark.hadoop.fs.s3a.auth.profile.name"] == "default"
     assert conf["spark.pyspark.python"] == "/opt/speedprofile/venv/bin/python"
+    # the cluster's task slots, readable by Connect clients: 16 workers of the example inventory, one executor each
+    assert int(conf["spark.default.parallelism"]) == 16 * int(conf["spark.executor.cores"]) > 16
     assert not any("s3a" in k and ("secret" in k.lower() or "access.key" in k.lower()) for k in conf)
     assert SECRETS["vault_s3_secret_key"] not in (rendered / "pi-head/etc/spark/spark-defaults.conf").read_text()
 
