@@ -266,7 +266,7 @@ def balanced_bins(spark: SparkSession, sizes: dict[tuple, int], n_tasks: int) ->
     `_bin` is a number whose Spark hash (Murmur3, the hash of `repartition`) falls on its bin, so
     `repartition(n_tasks, "_bin")` puts each bin in its own task. Hashing the folder keys themselves instead left
     some of a few dozen folders' tasks with several times the rows of others; sampled ranges
-    (`repartitionByRange`) balanced them but read the cached rows twice more to sample them (86 s at 85 M)."""
+    (`repartitionByRange`) balanced them but read the cached rows once more to sample them (27 s at 85 M)."""
     import heapq
 
     slots: dict[int, int] = {}
