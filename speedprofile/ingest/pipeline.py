@@ -244,15 +244,15 @@ def _count_rows(rows: DataFrame) -> tuple[dict[str, dict[str, dict]], dict[tuple
         dt = str(r["dt"]) if r["dt"] is not None else UNKNOWN_DT
         c = out[r["src"]].setdefault(dt, _empty_counts())
         n = int(r["count"])
-        if r["reason"] is None:
-            folders[(r["dt"], r["partition"], r["src"])] += n
         if r["reason"] is not None:
             c["rejected"][r["reason"]] += n
             c["rows_rejected"] += n
             c["rows_in"] += n
         elif r["is_context"]:
             c["context_rows"] += n
+            folders[(r["dt"], r["partition"], r["src"])] += n
         else:
+            folders[(r["dt"], r["partition"], r["src"])] += n
             c["rows_kept"] += n
             c["rows_in"] += n
             c["kept_by_partition"][r["partition"]] = c["kept_by_partition"].get(r["partition"], 0) + n
@@ -269,17 +269,17 @@ def balanced_bins(spark: SparkSession, sizes: dict[tuple, int], n_tasks: int) ->
     (`repartitionByRange`) balanced them but read the cached rows once more to sample them (27 s at 85 M)."""
     import heapq
 
-    slots: dict[int, int] = {}
-    for r in spark.range(0, 64 * n_tasks).select(
-            "id", F.pmod(F.hash("id"), F.lit(n_tasks)).alias("p")).collect():  # each id lands in a random task
-        slots.setdefault(int(r["p"]), int(r["id"]))
     heap = [(0, b) for b in range(n_tasks)]
     rows = []
     for key, n in sorted(sizes.items(), key=lambda kv: (-kv[1], str(kv[0]))):
         load, b = heapq.heappop(heap)
-        rows.append((*key, slots.get(b, b)))  # a bin without a number (never seen: 64 draws per task) shares one
+        rows.append((*key, b))
         heapq.heappush(heap, (load + n, b))
-    return spark.createDataFrame(rows, "dt DATE, partition STRING, src STRING, _bin BIGINT")
+    packed = spark.createDataFrame(rows, "dt DATE, partition STRING, src STRING, _task INT")
+    # the smallest id hashing onto each task (64 ids per task: every task gets one), computed within the write's plan
+    numbers = spark.range(0, 64 * n_tasks).groupBy(F.pmod(F.hash("id"), F.lit(n_tasks)).alias("_task")).agg(
+        F.min("id").alias("_bin"))
+    return packed.join(numbers, "_task").drop("_task")
 
 
 def _empty_counts() -> dict:
@@ -308,13 +308,17 @@ def _write_dt_metrics(spark: SparkSession, warehouse: str, dts: set[str]) -> Non
         sp.write_metrics(spark, warehouse, STAGE, dt, None, total)
 
 
+def _waves_of(spark: SparkSession, total_bytes: int) -> int:
+    """One task per BYTES_PER_TRACE_PARTITION of `total_bytes`, in whole waves over the cores."""
+    return sp.whole_waves(spark, max(1, -(-total_bytes // BYTES_PER_TRACE_PARTITION)))
+
+
 def _ingest_tasks(spark: SparkSession, files: list[InputFile]) -> int:
     """Tasks of the per-trace step and of the write of `probes`: one per BYTES_PER_TRACE_PARTITION of input, in
     whole waves over the cores (every core busy to the end). Not capped by spark.sql.shuffle.partitions: the
     step's result is cached, and a cached partition read back from disk is loaded whole into the JVM heap, so a
     large input needs more, not larger, partitions."""
-    total = sum(max(f.data_bytes, f.size) for f in files)
-    return sp.whole_waves(spark, max(1, -(-total // BYTES_PER_TRACE_PARTITION)))
+    return _waves_of(spark, sum(max(f.data_bytes, f.size) for f in files))
 
 
 def _split_bytes(spark: SparkSession, files: list[InputFile]) -> int:
@@ -322,8 +326,7 @@ def _split_bytes(spark: SparkSession, files: list[InputFile]) -> int:
     fill whole waves over the cores (3 splits of 128 MB on 2 cores would leave one core idle for a third of the
     parse; 4 of 96 MB do not)."""
     total = sum(f.size for f in files if f.format in formats.TEXT_FORMATS)
-    splits = sp.whole_waves(spark, max(1, -(-total // BYTES_PER_TRACE_PARTITION)))
-    return max(1 << 20, -(-total // splits))
+    return max(1 << 20, -(-total // _waves_of(spark, total)))
 
 
 @dataclass
