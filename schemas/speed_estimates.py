@@ -1,4 +1,11 @@
-"""speed_estimates: the published expected speed per segment x 5-minute time-of-week bucket."""
+"""speed_estimates: the published expected speed per segment x 5-minute time-of-week bucket, stored as run-length rows.
+
+A row covers the buckets tow_bucket .. tow_bucket_end - 1 of one segment, which all have the same estimate; the rows
+of a segment cover its 2016 buckets exactly once. Back-off levels pool whole hours or the week, so a sparsely observed
+segment is a few dozen rows instead of 2016. Readers that want one row per bucket expand the runs
+(speedprofile.serve.data.load_estimates, aggregate.transforms.dense_estimates). A row without tow_bucket_end (written
+before runs) covers its one bucket.
+"""
 
 from schemas._base import Column, Table
 
@@ -10,11 +17,14 @@ MIN_TRACES = 3  # privacy / reliability threshold (k distinct traces)
 
 SPEED_ESTIMATES = Table(
     name="speed_estimates",
-    grain="one segment x tow_bucket (all 2016 buckets of every segment with any data or a prior)",
+    grain="one segment x run of consecutive tow_buckets with one estimate (the runs cover all 2016 buckets of every "
+          "segment with any data or a prior)",
     partition_by=("partition",),
     columns=(
         Column("segment_id", "int64", "road segment"),
-        Column("tow_bucket", "int16", "local time-of-week bucket 0..2015, Sunday 00:00 = 0"),
+        Column("tow_bucket", "int16", "first local time-of-week bucket of the run, 0..2015, Sunday 00:00 = 0"),
+        Column("tow_bucket_end", "int16", "bucket after the run's last, 1..2016 (null: a one-bucket row)",
+               required=False),
         Column("speed_kph", "float64", "expected speed (median of the histogram used; observed: kernel-weighted), km/h"),
         Column("p15_kph", "float64", "15th percentile speed of the same histogram, km/h", required=False),
         Column("p85_kph", "float64", "85th percentile speed of the same histogram, km/h", required=False),

@@ -1,6 +1,7 @@
 """estimate_speeds: speed_histograms (window 'w<N>-<end>') + road_segments -> speed_estimates, all 2016 buckets of
-every segment with any observation in the window; buckets with fewer than --min-traces distinct traces fall back
-along neighbour_buckets -> hour_daytype -> segment_week -> road_class_prior (see docs/estimation.md).
+every segment with any observation in the window, stored as run-length rows (one per run of buckets with one
+estimate); buckets with fewer than --min-traces distinct traces fall back along neighbour_buckets -> hour_daytype ->
+segment_week -> road_class_prior (see docs/estimation.md).
 
 The window ends at --to-date when given, else at --date. The partition's estimates are replaced.
 Run: spark-submit spark_apps/estimate_speeds.py --warehouse W --date D --partition A,B [--window-weeks 4]
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     write_table(est, args.warehouse, "speed_estimates", replace=[{"partition": p} for p in args.partitions])
 
     written = read_table(spark, args.warehouse, "speed_estimates", partitions=args.partitions)
-    by_source = {(r["partition"], r["source"]): r["count"]
-                 for r in written.groupBy("partition", "source").count().collect()}
+    covered = F.coalesce(F.col("tow_bucket_end").cast("int"), F.col("tow_bucket").cast("int") + 1) \
+        - F.col("tow_bucket").cast("int")
+    by_source = {(r["partition"], r["source"]): (r["rows"], r["buckets"]) for r in written.groupBy(
+        "partition", "source").agg(F.count(F.lit(1)).alias("rows"), F.sum(covered).alias("buckets")).collect()}
     hist_stats = {r["partition"]: (r["segments"], r["rows"], r["n_obs"] or 0) for r in hist.groupBy("partition").agg(
         F.countDistinct("segment_id").alias("segments"), F.count(F.lit(1)).alias("rows"),
         F.sum("n_obs").alias("n_obs")).collect()}
@@ -55,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         segs, rows, n_obs = hist_stats.get(p, (0, 0, 0))
         write_metrics(spark, args.warehouse, STAGE, end, p, {
             "window": window, "histogram_rows_in": rows, "n_obs_in": n_obs, "segments": segs,
-            "rows_out": sum(by_source.get((p, s), 0) for s in SOURCES), "expected_rows_out": segs * 2016,
-            "by_source": {s: by_source.get((p, s), 0) for s in SOURCES}, "min_traces": args.min_traces,
+            "rows_out": sum(by_source.get((p, s), (0, 0))[0] for s in SOURCES),
+            "buckets_out": sum(by_source.get((p, s), (0, 0))[1] for s in SOURCES), "expected_buckets_out": segs * 2016,
+            "by_source": {s: by_source.get((p, s), (0, 0))[1] for s in SOURCES}, "min_traces": args.min_traces,
         })
     return 0
 

@@ -101,7 +101,8 @@ def cli(args: argparse.Namespace) -> int:
         print(f"  match rate           {m.get('fixes_matched', 0) / m['fixes_in']:>10.1%} of owned fixes matched")
     est = published_share(warehouse, f"w1-{last}")
     if est:
-        print(f"  estimates            {est['rows']:>10,} rows; {est['observed']:,} of {est['with_data']:,} buckets with "
+        print(f"  estimates            {est['buckets']:>10,} buckets in {est['rows']:,} rows (runs); {est['observed']:,} of "
+              f"{est['with_data']:,} buckets with "
               f"observations ({est['observed_share']:.1%}) published from their own data (>= k traces), "
               f"the rest backed off")
     mae = truth_error(warehouse, sim / "truth")
@@ -115,16 +116,19 @@ def cli(args: argparse.Namespace) -> int:
 
 
 def published_share(warehouse: str, window: str) -> dict | None:
-    """Estimate rows, and how many of the buckets that had observations in the window were published as observed."""
+    """Estimate rows (runs) and buckets, and how many of the buckets that had observations in the window were
+    published as observed."""
     from speedprofile import tables
+    from speedprofile.serve.data import load_estimates
 
     if not tables.snapshots(warehouse, "speed_estimates") or not tables.snapshots(warehouse, "speed_histograms"):
         return None
-    source = tables.read_arrow(warehouse, "speed_estimates", columns=["source"]).column("source")
-    observed = sum(1 for v in source.to_pylist() if v == "observed")
+    rows = tables.count_rows(warehouse, "speed_estimates")
+    source = load_estimates(warehouse, columns=["source"])["source"]
+    observed = int((source == "observed").sum())
     with_data = tables.read_arrow(warehouse, "speed_histograms", extra_keys={"window": [window]},
                                   columns=["segment_id"]).num_rows
-    return {"rows": len(source), "observed": observed, "with_data": with_data,
+    return {"rows": rows, "buckets": len(source), "observed": observed, "with_data": with_data,
             "observed_share": observed / with_data if with_data else 0.0}
 
 
@@ -133,10 +137,11 @@ def truth_error(warehouse: str, truth_dir: Path) -> dict | None:
     import pandas as pd
 
     from speedprofile import tables
+    from speedprofile.serve.data import load_estimates
 
     if not tables.snapshots(warehouse, "speed_estimates") or not truth_dir.exists():
         return None
-    est = tables.read_pandas(warehouse, "speed_estimates", columns=["segment_id", "tow_bucket", "speed_kph", "source"])
+    est = load_estimates(warehouse, columns=["segment_id", "tow_bucket", "speed_kph", "source"])
     truth = pd.read_parquet(truth_dir)  # the simulator's truth: a plain file, not a warehouse table
     est = est[est["source"] == "observed"]
     j = est.merge(truth, on=["segment_id", "tow_bucket"], suffixes=("", "_true"))

@@ -276,9 +276,9 @@ def _estimate_speeds(r: _Rules, wh_: str, dt: str, p: str, th: Thresholds, weeks
     r.same("metrics histogram_rows_in", r.key("histogram_rows_in"), f"speed_histograms rows in window {wname}",
            hist.rows)
     rows_out = r.key("rows_out")
-    expected = r.key("expected_rows_out")
-    r.same("metrics rows_out", rows_out, "expected_rows_out (2016 buckets x segments with data)", expected)
-    r.same("metrics rows_out", rows_out, f"speed_estimates rows in partition {p}", out.rows)
+    r.same("metrics buckets_out", r.key("buckets_out"), "expected_buckets_out (2016 buckets x segments with data)",
+           r.key("expected_buckets_out"))
+    r.same("metrics rows_out", rows_out, f"speed_estimates rows (runs) in partition {p}", out.rows)
     if rows_out is not None:
         r.res.facts["rows_out"] = int(rows_out)
     r.not_empty(f"speed_histograms {wname}", hist.rows, "estimate_speeds", "speed_estimates", out.rows)

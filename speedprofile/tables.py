@@ -366,11 +366,29 @@ def _create_all(c, cat: Catalog) -> None:
     existing = {t[-1] for t in c.list_tables(NAMESPACE)}
     for t in TABLES.values():
         if t.name in existing:
+            _add_new_columns(c, t)
             continue
         try:
             _create(c, cat, t)
         except TableAlreadyExistsError:  # another process created it meanwhile
             pass
+
+
+def _add_new_columns(c, t: Table) -> None:
+    """Schema evolution of a table made by an older release: columns the schema has gained are added (nullable; the
+    rows already written read them as null). Iceberg adds columns by metadata alone, without rewriting data."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    tbl = c.load_table(identifier(t.name))
+    have = {f.name for f in tbl.schema().fields}
+    new = [f for f in iceberg_schema(t) if f.name not in have]
+    if not new:
+        return
+    try:
+        with tbl.update_schema() as update:
+            update.union_by_name(iceberg_schema(t))
+    except CommitFailedException:  # another process evolved it meanwhile
+        pass
 
 
 def iceberg_schema(t: Table):

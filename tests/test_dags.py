@@ -380,11 +380,13 @@ def test_estimate_gate_checks_full_week_of_buckets_and_speed_range(tmp_path):
     put_rows(wh, "speed_histograms", {"partition": CELL, "window": f"w4-{DT}"}, {"segment_id": [1, 2]})
     put_rows(wh, "speed_estimates", {"partition": CELL},
                 {"segment_id": [1, 1, 1], "speed_kph": [30.0, -1.0, 40.0], "confidence": [0.2, 0.5, 1.0]})
-    put_metrics(wh, "estimate_speeds", {"window": f"w4-{DT}", "histogram_rows_in": 2, "rows_out": 3,
-                                        "expected_rows_out": 2016})
+    put_metrics(wh, "estimate_speeds", {"window": f"w4-{DT}", "histogram_rows_in": 2, "rows_out": 4,
+                                        "buckets_out": 2015, "expected_buckets_out": 4032})
     with pytest.raises(QualityError) as err:
         gate("estimate_speeds", str(wh), DT, CELL)
-    assert "metrics rows_out is 3 but expected_rows_out (2016 buckets x segments with data) is 2016" in str(err.value)
+    assert ("metrics buckets_out is 2015 but expected_buckets_out (2016 buckets x segments with data) is 4032"
+            in str(err.value))
+    assert "metrics rows_out is 4 but speed_estimates rows (runs) in partition" in str(err.value)
     assert "out of range: speed_estimates.speed_kph spans -1.0..40.0, allowed (0.0, 200.0]" in str(err.value)
 
 

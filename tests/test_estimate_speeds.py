@@ -15,6 +15,7 @@ from schemas.speed_histograms import N_SPEED_BINS
 from spark_apps import bucket_traversals, build_histograms, estimate_speeds
 from speedprofile import tables
 from speedprofile.aggregate import kernels as K
+from speedprofile.aggregate import transforms as T
 from speedprofile.spark import read_table
 from tests import reference_kernels as R
 from tests.plugins.aggregation import check_estimates, seed_table
@@ -192,7 +193,7 @@ def test_estimates_match_simulator_truth(spark, tmp_path):
     assert build_histograms.main([*common, "--window-weeks", "1"]) == 0
     assert estimate_speeds.main([*common, "--window-weeks", "1"]) == 0
 
-    est = read_table(spark, str(wh), "speed_estimates").where(F.col("source") == "observed") \
+    est = T.dense_estimates(read_table(spark, str(wh), "speed_estimates")).where(F.col("source") == "observed") \
         .select("segment_id", "tow_bucket", "speed_kph", "n_traces").toPandas()
     truth = pd.read_parquet(sim / "truth")
     j = est.merge(truth, on=["segment_id", "tow_bucket"], suffixes=("", "_true"))
@@ -243,3 +244,37 @@ def test_vectorised_estimates_equal_the_per_segment_kernel():
                 assert (got[c].to_numpy() == ref[c].to_numpy()).all(), c
     with pytest.raises(ValueError, match="duplicate"):
         K.estimate_segments(pd.concat([h, h.head(1)]), priors)
+
+
+def test_run_length_rows_expand_back_to_every_bucket():
+    """What speed_estimates stores (runs of equal estimates) expands to exactly the dense estimates, all buckets or a
+    chosen few; a row without tow_bucket_end (written before runs) is one bucket."""
+    h = random_partition_histograms(7, 9)
+    priors = {int(s): PRIOR for s in h["segment_id"]}
+    for dense in K.iter_estimate_columns(h, priors, 3, chunk=4):
+        runs = K.estimate_runs(dense)
+        n = len(dense["segment_id"])
+        assert len(runs["segment_id"]) < n / 2
+        assert (runs["tow_bucket_end"] > runs["tow_bucket"]).all()
+        rows, bucket = K.run_buckets(runs["tow_bucket"], runs["tow_bucket_end"])
+        assert len(rows) == n and (bucket == dense["tow_bucket"]).all()
+        for c, v in dense.items():
+            if c != "tow_bucket":
+                np.testing.assert_array_equal(runs[c][rows], v, err_msg=c)  # NaN equals NaN here
+        # neighbouring buckets with different estimates are never merged
+        changes = np.flatnonzero((np.diff(dense["speed_kph"]) != 0) & (np.diff(dense["segment_id"]) == 0)) + 1
+        assert set(dense["tow_bucket"][changes].tolist()) <= set(runs["tow_bucket"].tolist())
+        pick = np.array([2015, 0, 700, 700, 12])
+        rows, bucket = K.run_buckets(runs["tow_bucket"], runs["tow_bucket_end"], pick)
+        seg = runs["segment_id"][rows]
+        assert len(rows) == 4 * len(np.unique(dense["segment_id"])) and set(bucket.tolist()) == {0, 12, 700, 2015}
+        for s, b, sp in zip(seg, bucket, runs["speed_kph"][rows], strict=True):
+            want = dense["speed_kph"][(dense["segment_id"] == s) & (dense["tow_bucket"] == b)]
+            np.testing.assert_array_equal(want, [sp])
+    rows, bucket = K.run_buckets(np.array([5, 7]), np.array([-1, 10]))
+    assert rows.tolist() == [0, 1, 1, 1] and bucket.tolist() == [5, 7, 8, 9]
+    # a row that is no run inside the week is passed through as its own bucket (for the reader's checks), not lost
+    rows, bucket = K.run_buckets(np.array([2016, 3, -1]), np.array([-1, 2, 0]))
+    assert rows.tolist() == [0, 1, 2] and bucket.tolist() == [2016, 3, -1]
+    rows, bucket = K.run_buckets(np.array([2016, 3]), np.array([-1, 2]), [3])
+    assert rows.tolist() == [1] and bucket.tolist() == [3]

@@ -47,7 +47,7 @@ def test_whole_groups_of_nothing_is_nothing():
 
 
 def test_estimates_in_small_chunks_equal_one_pass(spark, agg_fixtures, tmp_path):
-    """estimate_speeds' tasks estimate a few segments at a time (bounded memory) and write the rows of one pass."""
+    """estimate_speeds' tasks estimate a few segments at a time (bounded memory) and write the rows (runs of buckets) of one pass."""
     from speedprofile.aggregate import transforms as T
     from speedprofile.spark import read_table
     from tests.plugins.aggregation import seed_table
@@ -63,5 +63,6 @@ def test_estimates_in_small_chunks_equal_one_pass(spark, agg_fixtures, tmp_path)
         est = T.estimate(hist, segments, priors, "w1-2026-03-31", n_tasks=2, chunk_rows=chunk).toPandas()
         got[chunk] = est.sort_values(["partition", "segment_id", "tow_bucket"]).reset_index(drop=True)
     assert got[2]["segment_id"].nunique() > 2
-    assert len(got[2]) == 2016 * got[2]["segment_id"].nunique()
+    covered = (got[2]["tow_bucket_end"].astype(int) - got[2]["tow_bucket"].astype(int)).groupby(got[2]["segment_id"])
+    assert (covered.sum() == 2016).all() and len(got[2]) < 2016 * got[2]["segment_id"].nunique()
     pd.testing.assert_frame_equal(got[2], got[T.ESTIMATE_CHUNK_ROWS])

@@ -37,6 +37,13 @@ def _table(wh: str, name: str) -> pd.DataFrame:
     return tables.read_pandas(wh, name)
 
 
+def _estimates(wh: str) -> pd.DataFrame:
+    """speed_estimates one row per segment x bucket (the table stores runs of buckets)."""
+    from speedprofile.serve.data import load_estimates
+
+    return load_estimates(wh)
+
+
 def _metrics(wh: str, stage: str) -> list[dict]:
     return [json.load(open(f)) for f in sorted(glob.glob(os.path.join(wh, "_metrics", stage, "*", "*.json")))]
 
@@ -59,7 +66,7 @@ def pipeline(tmp_path_factory, data_dir, spark):
 
 
 def test_observed_estimates_are_close_to_the_simulator_truth(pipeline):
-    est = _table(pipeline["wh"], "speed_estimates")
+    est = _estimates(pipeline["wh"])
     truth = pd.read_parquet(pipeline["truth"])
     observed = est[(est["source"] == "observed") & (est["n_traces"] >= MIN_TRACES)]
     joined = observed.merge(truth, on=["segment_id", "tow_bucket"], suffixes=("", "_true"))
@@ -69,7 +76,7 @@ def test_observed_estimates_are_close_to_the_simulator_truth(pipeline):
 
 
 def test_no_bucket_below_the_trace_threshold_is_published_as_observed(pipeline):
-    est = _table(pipeline["wh"], "speed_estimates")
+    est = _estimates(pipeline["wh"])
     observed = est[est["source"] == "observed"]
     assert len(observed) >= 50
     # n_traces of an observed row counts its b-2..b+2 window: the rule is on the bucket's own distinct traces
@@ -181,7 +188,7 @@ def _run_cli(wh: str, cells: list[str], stages: tuple[str, ...] | list[str], log
 
 
 def _busy_cells(pipeline, n: int) -> list[str]:
-    est = _table(pipeline["wh"], "speed_estimates")
+    est = _estimates(pipeline["wh"])
     observed = est[est["source"] == "observed"].groupby("partition").size().sort_values(ascending=False)
     return list(observed.index[:n])
 

@@ -82,3 +82,32 @@ def test_the_maintenance_dag_expires_on_its_schedule(history_warehouse):
     out = maintain_warehouse(history_warehouse, retention_days=0, keep_last=2)
     assert out["expired"]["speed_estimates"] == n - 2
     assert len(tables.snapshots(history_warehouse, "speed_estimates")) == 2
+
+
+def test_a_table_from_before_a_new_column_gains_it_and_keeps_its_rows(tmp_path):
+    """speed_estimates written by a release without tow_bucket_end: opening the warehouse adds the column (metadata
+    only), the old rows read as one bucket each, and new run-length rows are written beside them."""
+    from speedprofile.serve.data import load_estimates
+
+    wh = str(tmp_path / "wh")
+    with tables.load(wh, "speed_estimates").update_schema() as update:
+        update.delete_column("tow_bucket_end")
+    old_table = tables.load(wh, "speed_estimates")
+    old_table.append(_rows("A", 10.0).drop_columns(["tow_bucket_end"]).cast(old_table.schema().as_arrow()))
+    tables._py_catalogs.clear()  # a new process opens the warehouse
+
+    assert "tow_bucket_end" in {f.name for f in tables.load(wh, "speed_estimates").schema().fields}
+    runs = _rows("B", 30.0, n=2)
+    runs = runs.set_column(runs.schema.get_field_index("tow_bucket"), "tow_bucket", pa.array([0, 700], pa.int16()))
+    runs = runs.set_column(runs.schema.get_field_index("tow_bucket_end"), "tow_bucket_end",
+                           pa.array([700, 2016], pa.int16()))
+    tables.write_arrow(wh, "speed_estimates", runs, [{"partition": "B"}])
+    got = load_estimates(wh)
+    a = got[got["partition"] == "A"]
+    assert a["tow_bucket"].tolist() == [0, 1, 2, 3] and a["tow_bucket_end"].tolist() == [1, 2, 3, 4]
+    assert (a["speed_kph"] == 10.0).all()
+    b = got[got["partition"] == "B"]
+    assert len(b) == 2016 and b["tow_bucket"].tolist() == list(range(2016))
+    assert b.groupby("segment_id")["tow_bucket"].agg(["min", "max", "size"]).values.tolist() == [[0, 699, 700],
+                                                                                                 [700, 2015, 1316]]
+    assert load_estimates(wh, ["B"], buckets=[5, 699, 700, 2015])["segment_id"].tolist() == [0, 0, 1, 1]

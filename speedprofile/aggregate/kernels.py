@@ -594,3 +594,56 @@ def iter_estimate_columns(hist: pd.DataFrame, priors: dict[int, Prior], min_trac
             "confidence": r["confidence"].reshape(n), "free_flow_kph": np.repeat(r["free_flow"], N_BUCKETS),
             "source_code": r["level"].reshape(n).astype(np.int8),
         }
+
+
+# -- run-length rows: what speed_estimates stores ---------------------------------------------------------------------
+
+RUN_VALUE_COLUMNS = ("speed_kph", "p15_kph", "p85_kph", "mean_kph", "harmonic_mean_kph", "n_obs", "n_traces",
+                     "confidence", "free_flow_kph", "source_code")
+
+
+def estimate_runs(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Dense estimate columns (iter_estimate_columns: whole segments, ordered by segment_id, tow_bucket) as run-length
+    rows: one row per run of consecutive buckets of a segment whose RUN_VALUE_COLUMNS are all equal (NaN equal to
+    NaN), with the run's first bucket as `tow_bucket` and the bucket after its last as `tow_bucket_end`.
+
+    Back-off levels pool whole hours or the whole week, so their buckets repeat one estimate; only observed and
+    neighbour-bucket estimates change from bucket to bucket."""
+    seg = cols["segment_id"]
+    n = len(seg)
+    start = np.ones(n, dtype=bool)
+    if n > 1:
+        start[1:] = seg[1:] != seg[:-1]
+        for name in RUN_VALUE_COLUMNS:
+            v = cols[name]
+            differs = v[1:] != v[:-1]
+            if v.dtype.kind == "f":
+                differs &= ~(np.isnan(v[1:]) & np.isnan(v[:-1]))
+            start[1:] |= differs
+    first = np.flatnonzero(start)
+    last = np.append(first[1:], n) - 1
+    b = cols["tow_bucket"]
+    out = {k: v[first] for k, v in cols.items()}
+    out["tow_bucket_end"] = (b[last].astype(np.int32) + 1).astype(np.int16)
+    return out
+
+
+def run_buckets(first: np.ndarray, end: np.ndarray, buckets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Expand run-length rows to buckets: (row, tow_bucket) pairs, row-major, for every bucket in [first, end) of each
+    row (end missing (-1 or NaN): a one-bucket row, as stored before runs), or only those in `buckets`.
+
+    A row that is not a run inside the week (first outside 0..2015, end <= first or > 2016) is passed through once as
+    its own first bucket, so that the checks of whoever reads it see it rather than losing it here."""
+    first = np.asarray(first, dtype=np.int64)
+    end = np.asarray(end, dtype=float)
+    end = np.where(np.isnan(end) | (end < 0), first + 1, end).astype(np.int64)
+    valid = (first >= 0) & (first < N_BUCKETS) & (end > first) & (end <= N_BUCKETS)
+    grid = np.arange(N_BUCKETS, dtype=np.int64) if buckets is None else np.unique(np.asarray(buckets, dtype=np.int64))
+    lo = np.searchsorted(grid, first, "left")
+    n = np.where(valid, np.searchsorted(grid, end, "left") - lo, 0)
+    n += ~valid & (True if buckets is None else np.isin(first, grid))
+    rows = np.repeat(np.arange(len(first)), n)
+    offsets = np.cumsum(n) - n
+    at = np.minimum(lo[rows] + (np.arange(len(rows)) - offsets[rows]), max(len(grid) - 1, 0))
+    bucket = np.where(valid[rows], grid[at] if len(grid) else first[rows], first[rows])
+    return rows, bucket

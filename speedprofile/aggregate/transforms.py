@@ -179,7 +179,8 @@ def class_priors(hist: DataFrame, segments: DataFrame, min_traces: int = MIN_TRA
 def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str], K.Prior], window: str,
              min_traces: int = MIN_TRACES, n_tasks: int | None = None,
              chunk_rows: int = ESTIMATE_CHUNK_ROWS) -> DataFrame:
-    """All 2016 bucket estimates of every segment with any histogram row.
+    """All 2016 bucket estimates of every segment with any histogram row, as run-length rows (kernels.estimate_runs:
+    one row per run of consecutive buckets with one estimate).
 
     Rows are hash-distributed by (partition, segment_id) into n_tasks (default: sized by adaptive execution) and
     sorted by segment; each task runs the vectorised kernels.iter_estimate_columns on whole segments of about
@@ -208,7 +209,8 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
                 classes = dict(zip(g["segment_id"], g["road_class"], strict=True))
                 seg_priors = {int(s): priors.get((part, rc)) or K.class_prior(rc, None, min_traces)
                               for s, rc in classes.items()}
-                for cols in K.iter_estimate_columns(g, seg_priors, min_traces, counts=counts[idx]):
+                for dense in K.iter_estimate_columns(g, seg_priors, min_traces, counts=counts[idx]):
+                    cols = K.estimate_runs(dense)
                     n = len(cols["segment_id"])
                     arrays = []
                     for f in arrow_schema:
@@ -225,3 +227,11 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
 
     return df.sortWithinPartitions("partition", "segment_id").mapInArrow(run, schema=out_schema)
 
+
+def dense_estimates(est: DataFrame) -> DataFrame:
+    """speed_estimates rows (runs) as one row per segment x tow_bucket (each a run of one bucket)."""
+    end = F.coalesce(F.col("tow_bucket_end").cast("int"), F.col("tow_bucket").cast("int") + 1)
+    buckets = F.sequence(F.col("tow_bucket").cast("short"), (end - 1).cast("short"))
+    return (est.withColumn("tow_bucket", F.explode(buckets))
+            .withColumn("tow_bucket_end", (F.col("tow_bucket") + 1).cast("short"))
+            .select(*est.columns))

@@ -1,6 +1,7 @@
 """Warehouse reads for serving: speed_estimates and road_segments through speedprofile.tables (no Spark).
 
-Grain: speed_estimates is one segment x tow_bucket; road_segments one directed segment with its polyline
+Grain: speed_estimates is stored as runs of buckets (schemas.speed_estimates) and read here as one segment x
+tow_bucket; road_segments one directed segment with its polyline
 (WGS84 degrees). Missing tables are a one-line UserError.
 """
 
@@ -50,8 +51,8 @@ def estimate_partitions(warehouse: str) -> list[str]:
 def load_estimates(warehouse: str, partitions: Sequence[str] | None = None,
                    buckets: Sequence[int] | None = None, segment_ids: Sequence[int] | None = None,
                    columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """speed_estimates rows (optionally only some partitions / tow_buckets / segments) as pandas, ordered by
-    partition, segment_id, tow_bucket."""
+    """speed_estimates as one row per segment x tow_bucket (optionally only some partitions / tow_buckets / segments)
+    as pandas, ordered by partition, segment_id, tow_bucket."""
     from speedprofile import tables
 
     cells = estimate_partitions(warehouse)
@@ -64,13 +65,29 @@ def load_estimates(warehouse: str, partitions: Sequence[str] | None = None,
     if not cells:
         return SPEED_ESTIMATES.arrow_schema().empty_table().select(names).to_pandas()
     extra: dict[str, list[int]] = {}
-    if buckets is not None:
-        extra["tow_bucket"] = sorted({int(b) for b in buckets})
     if segment_ids is not None:
         extra["segment_id"] = [int(s) for s in segment_ids]
-    t = tables.read_arrow(warehouse, SPEED_ESTIMATES, partitions=cells, extra_keys=extra)
-    t = t.sort_by([("partition", "ascending"), ("segment_id", "ascending"), ("tow_bucket", "ascending")])
-    return t.select(names).to_pandas()
+    read = list(dict.fromkeys([*names, "partition", "segment_id", "tow_bucket", "tow_bucket_end"]))
+    t = tables.read_arrow(warehouse, SPEED_ESTIMATES, partitions=cells, extra_keys=extra, columns=read)
+    return dense_rows(t, buckets).select(names).to_pandas()
+
+
+def dense_rows(runs, buckets: Sequence[int] | None = None):
+    """speed_estimates rows (an Arrow table of runs) as one row per segment x tow_bucket (optionally only the listed
+    buckets), ordered by partition, segment_id, tow_bucket; each row's tow_bucket_end is its bucket + 1."""
+    import pyarrow as pa
+
+    from speedprofile.aggregate.kernels import run_buckets
+
+    end = runs.column("tow_bucket_end").fill_null(-1).to_numpy()
+    rows, bucket = run_buckets(runs.column("tow_bucket").to_numpy(), end,
+                               None if buckets is None else [int(b) for b in buckets])
+    t = runs.take(pa.array(rows, pa.int64()))
+    i = t.column_names.index("tow_bucket")
+    t = t.set_column(i, t.schema.field(i), pa.array(bucket, t.schema.field(i).type))
+    j = t.column_names.index("tow_bucket_end")
+    t = t.set_column(j, t.schema.field(j), pa.array(bucket + 1, t.schema.field(j).type))
+    return t.sort_by([("partition", "ascending"), ("segment_id", "ascending"), ("tow_bucket", "ascending")])
 
 
 def load_segments(warehouse: str, partitions: Sequence[str] | None = None,
