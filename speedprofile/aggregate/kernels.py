@@ -8,6 +8,7 @@ local = bucket 0. Speeds in km/h, durations in seconds, lengths in metres.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -628,7 +629,8 @@ def estimate_runs(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def run_buckets(first: np.ndarray, end: np.ndarray, buckets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_buckets(first: np.ndarray, end: np.ndarray, buckets: Sequence[int] | np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Expand run-length rows to buckets: (row, tow_bucket) pairs, row-major, for every bucket in [first, end) of each
     row (end missing (-1 or NaN): a one-bucket row, as stored before runs), or only those in `buckets`.
 
