@@ -767,3 +767,45 @@ def test_probe_folders_are_packed_into_balanced_write_tasks(spark):
     hashed = [r["count"] for r in rows.repartition(n_tasks, "dt", "partition", "src").groupBy(
         F.spark_partition_id()).count().collect()]
     assert max(loads) <= max(hashed)
+
+
+def test_cells_of_gives_h3s_cell_for_every_position(data_dir):
+    """cells_of calls H3 for a few positions and tests the rest against their neighbours' cells: the result is H3's
+    own cell for every position, on real traces (Hof floating-car data, Kubička tracks) at the partition resolution
+    and around it, and on clusters all over the globe (poles, the antimeridian, pentagons) at every resolution."""
+    import gzip
+    from unittest import mock
+
+    import numpy as np
+    from h3.api import basic_int
+
+    def h3_cells(lon, lat, res):
+        return np.array([basic_int.latlng_to_cell(a, o, res) for a, o in zip(lat.tolist(), lon.tolist(), strict=True)],
+                        dtype="uint64")
+
+    hof = pd.read_csv(data_dir / "hof_fcd" / "points.csv")
+    xy = hof["geometry"].str.extract(r"POINT \(([-0-9.]+) ([-0-9.]+)\)").astype(float)
+    traces = [(xy[0].to_numpy(), xy[1].to_numpy())]
+    for track in ("00000000", "00000008", "00000032"):
+        with gzip.open(data_dir / "kubicka2015" / track / f"{track}.track.gz", "rt") as fh:
+            t = np.loadtxt(fh, usecols=(0, 1))
+        traces.append((t[:, 0], t[:, 1]))  # lon, lat
+    rng = np.random.default_rng(7)
+    for lon, lat in traces:
+        for res in (6, 7, 8, 9):
+            assert (kernel.cells_of(lon, lat, res) == h3_cells(lon, lat, res)).all(), res
+    for res in range(0, 13):
+        z, th = rng.uniform(-1, 1, 300), rng.uniform(-np.pi, np.pi, 300)
+        centre_lat = np.r_[np.degrees(np.arcsin(z)), 89.99, -89.99, 0.0, 10.0]
+        centre_lon = np.r_[np.degrees(th), 0.0, 0.0, 179.999, -179.999]
+        scale = 1.0 / 2.65 ** res  # about a cell's width
+        lat = np.clip(np.repeat(centre_lat, 60) + rng.normal(0, scale, 60 * len(centre_lat)), -89.999, 89.999)
+        lon = (np.repeat(centre_lon, 60) + rng.normal(0, scale, 60 * len(centre_lat)) + 180) % 360 - 180
+        order = np.lexsort((lat, np.repeat(np.arange(len(centre_lat)), 60)))  # clustered, as a trace is
+        for la, lo in ((lat, lon), (lat[order], lon[order])):
+            assert (kernel.cells_of(lo, la, res) == h3_cells(lo, la, res)).all(), res
+    # a 1 Hz drive: most positions fall inside a neighbour's cell and need no call of their own
+    lon, lat = traces[1]
+    with mock.patch.object(basic_int, "latlng_to_cell", wraps=basic_int.latlng_to_cell) as calls:
+        kernel.cells_of(lon, lat, 7)
+    assert calls.call_count < 0.15 * len(lon)
