@@ -159,7 +159,11 @@ def _finite(x: Column) -> Column:
 
 
 def _number(text: Column) -> Column:
-    return F.trim(text).try_cast("double")
+    # Spark turns a string into a double through Java's parser, which throws on text that is not a number, and an
+    # exception per row costs about 1.5 CPU-µs (an ISO time tried as epoch seconds on every row of a file). Text
+    # that cannot be a number (empty, or with a ':' as a time has) is not tried: it is null either way.
+    t = F.trim(text)
+    return F.when((t != "") & ~t.contains(":"), t.try_cast("double"))
 
 
 def validate_records(records: DataFrame, max_time_utc: pd.Timestamp | None = None) -> DataFrame:
@@ -182,7 +186,10 @@ def validate_records(records: DataFrame, max_time_utc: pd.Timestamp | None = Non
     # Time: a finite number is epoch seconds (< 1e11) or milliseconds; otherwise ISO-8601 with an offset.
     numeric = _finite(F.col("t_num"))
     text = F.col("ts_text")
-    norm = F.regexp_replace(F.regexp_replace(text, "z$", "Z"), "([+-][0-9][0-9])$", "$1:00")
+    # Spells a lower-case z and an hours-only offset as the cast expects; a time ending in Z (the common case) is
+    # cast as it is, which is three times cheaper than casting the regexes' result.
+    norm = F.when(text.endswith("Z"), text).otherwise(
+        F.regexp_replace(F.regexp_replace(text, "z$", "Z"), "([+-][0-9][0-9])$", "$1:00"))
     timed = typed.select(
         *[c for c in typed.columns if c != "t_num"],
         numeric.alias("numeric"),
