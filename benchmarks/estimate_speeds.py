@@ -134,7 +134,7 @@ def spark_plans(hist: pd.DataFrame, n_segments: int) -> dict:
         out[name] = {"wall_s": round(wall, 3), "segments_per_s": round(n_segments / wall, 1)}
         print(f"spark {name:30s} {wall:7.2f} s  {n_segments / wall:7.1f} segments/s")
     a = R.estimate_per_segment(h, segs, priors, "w1-x").drop("window")
-    b = T.estimate(h, segs, priors, "w1-x").drop("window")
+    b = T.dense_estimates(T.estimate(h, segs, priors, "w1-x")).drop("window")
     out["rows_differing"] = a.select("segment_id", "tow_bucket", "source", "n_obs", "n_traces").exceptAll(
         b.select("segment_id", "tow_bucket", "source", "n_obs", "n_traces")).count()
     best = {k: min(out[k]["wall_s"], out[k + "_2"]["wall_s"]) for k in ("per_segment_applyInPandas",

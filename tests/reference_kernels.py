@@ -226,6 +226,7 @@ def estimate_per_segment(hist, segments, priors: dict[tuple[str, str], Prior], w
         prior = priors.get((part, rc)) or class_prior(rc, None, min_traces)
         est = estimate_segment(pdf, prior, min_traces)
         est.insert(0, "segment_id", seg)
+        est["tow_bucket_end"] = est["tow_bucket"] + 1  # one row per bucket: each a run of one
         est["window"] = window
         est["partition"] = part
         for c in ("p15_kph", "p85_kph", "mean_kph", "harmonic_mean_kph"):
