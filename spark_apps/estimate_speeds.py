@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     write_table(est, args.warehouse, "speed_estimates", replace=[{"partition": p} for p in args.partitions])
 
     written = read_table(spark, args.warehouse, "speed_estimates", partitions=args.partitions)
-    covered = F.coalesce(F.col("tow_bucket_end").cast("int"), F.col("tow_bucket").cast("int") + 1) \
-        - F.col("tow_bucket").cast("int")
+    covered = T.run_end() - F.col("tow_bucket").cast("int")
     by_source = {(r["partition"], r["source"]): (r["rows"], r["buckets"]) for r in written.groupBy(
         "partition", "source").agg(F.count(F.lit(1)).alias("rows"), F.sum(covered).alias("buckets")).collect()}
     hist_stats = {r["partition"]: (r["segments"], r["rows"], r["n_obs"] or 0) for r in hist.groupBy("partition").agg(

@@ -380,13 +380,12 @@ def _add_new_columns(c, t: Table) -> None:
     from pyiceberg.exceptions import CommitFailedException
 
     tbl = c.load_table(identifier(t.name))
-    have = {f.name for f in tbl.schema().fields}
-    new = [f for f in iceberg_schema(t) if f.name not in have]
-    if not new:
+    schema = iceberg_schema(t)
+    if set(schema.names) <= {f.name for f in tbl.schema().fields}:
         return
     try:
         with tbl.update_schema() as update:
-            update.union_by_name(iceberg_schema(t))
+            update.union_by_name(schema)
     except CommitFailedException:  # another process evolved it meanwhile
         pass
 

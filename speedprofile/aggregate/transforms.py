@@ -228,10 +228,15 @@ def estimate(hist: DataFrame, segments: DataFrame, priors: dict[tuple[str, str],
     return df.sortWithinPartitions("partition", "segment_id").mapInArrow(run, schema=out_schema)
 
 
+def run_end() -> Column:
+    """The bucket after a speed_estimates row's run (a row written before runs, without tow_bucket_end: its bucket
+    + 1)."""
+    return F.coalesce(F.col("tow_bucket_end").cast("int"), F.col("tow_bucket").cast("int") + 1)
+
+
 def dense_estimates(est: DataFrame) -> DataFrame:
     """speed_estimates rows (runs) as one row per segment x tow_bucket (each a run of one bucket)."""
-    end = F.coalesce(F.col("tow_bucket_end").cast("int"), F.col("tow_bucket").cast("int") + 1)
-    buckets = F.sequence(F.col("tow_bucket").cast("short"), (end - 1).cast("short"))
+    buckets = F.sequence(F.col("tow_bucket").cast("short"), (run_end() - 1).cast("short"))
     return (est.withColumn("tow_bucket", F.explode(buckets))
             .withColumn("tow_bucket_end", (F.col("tow_bucket") + 1).cast("short"))
             .select(*est.columns))
