@@ -393,12 +393,19 @@ class MinioCluster:
 
     def wait_finds(self, i: int, keys, timeout: float = 60) -> None:
         """/minio/health/ready answers before a (re)started node has connected to its peers; for that moment it
-        answers "no such key" for objects its own drive lacks. Wait until node i finds every key."""
+        answers "no such key" (or HTTP 503) for objects its own drive lacks. Wait until node i finds every key."""
         deadline = time.monotonic() + timeout
         fs = self.fs(i)
         unseen = list(keys)
+
+        def found(key: str) -> bool:
+            try:
+                return fs.get_file_info(f"{self.bucket}/{key}").type == pafs.FileType.File
+            except OSError:  # HTTP 503 while the node has not joined its peers yet (seen on a loaded box)
+                return False
+
         while unseen and time.monotonic() < deadline:
-            unseen = [k for k in unseen if fs.get_file_info(f"{self.bucket}/{k}").type != pafs.FileType.File]
+            unseen = [k for k in unseen if not found(k)]
             if unseen:
                 time.sleep(0.2)
         assert not unseen, f"node {i} still does not find {len(unseen)} objects after {timeout:.0f} s"
