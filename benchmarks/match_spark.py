@@ -1,13 +1,16 @@
 """Spark match_traces throughput vs the kernel's raw-array rate on the same fixes (one simulated Porto day).
 
-    .venv/bin/python benchmarks/match_spark.py [--vehicles 300] [--interval-s 10] [--reuse] [--keep-output DIR]
+    .venv/bin/python benchmarks/match_spark.py [--vehicles 300] [--interval-s 10] [--osm FILE] [--reuse]
+        [--keep-output DIR] [--out FILE]
 
-Builds the Porto network, simulates `--vehicles` x 1 day, ingests it, then times `spark_apps/match_traces.main`
+Builds the network (Porto by default; the scale benchmark's fleet is `--osm .../baltimore.osm.pbf --vehicles 2900
+--interval-s 1`, about 5.3 M fixes), simulates `--vehicles` x 1 day, ingests it, then times `spark_apps/match_traces.main`
 over all partitions of the day in one call (local[2], the repo's conf/spark-defaults.conf settings; JVM start-up
 and ingest excluded), twice: cold (first run in the JVM, what one spark-submit pays) and warm (run again). The Spark
 figure is owned fixes per CPU second of the whole Spark process tree (JVM + Python workers, from /proc), and per
 wall second per core (inflated when the machine is shared). The baseline, in the same run, is `Matcher.match_points` on the
-usable fixes of every piece (one process, the whole network, CPU seconds). Writes benchmarks/results/match_spark.json.
+usable fixes of every piece (one process, the whole network, CPU seconds). Writes benchmarks/results/match_spark.json
+(or --out).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import numpy as np  # noqa: E402
 
 DATA = Path(os.environ.get("SPEEDPROFILE_DATA", REPO.parent / "shared" / "data"))
 OUT = REPO / "benchmarks" / "results" / "match_spark.json"
-WORK = REPO / "benchmarks" / "work" / "match_spark"
+WORK = Path(os.environ.get("SPEEDPROFILE_BENCH_WORK", REPO / "benchmarks" / "work")) / "match_spark"
+PORTO = str(DATA / "osm_porto" / "porto.osm.pbf")
 DAY = "2026-11-02"  # the simulator's default start date (a Monday)
 
 
@@ -61,20 +65,24 @@ def _tree_cpu_s(root_pid: int) -> float:
 def _spark_session():
     from pyspark.sql import SparkSession
 
+    from speedprofile import tables
+
     conf = {}
     for line in (REPO / "conf" / "spark-defaults.conf").read_text().splitlines():
         parts = line.split(None, 1)
         if len(parts) == 2 and not parts[0].startswith("#"):
             conf[parts[0]] = parts[1].strip()
-    b = SparkSession.builder.master("local[2]").appName("bench-match-spark").config("spark.ui.enabled", "false")
+    b = (SparkSession.builder.master("local[2]").appName("bench-match-spark").config("spark.ui.enabled", "false")
+         .config("spark.jars", tables.spark_jars()))
     for k, v in conf.items():
         b = b.config(k, v)
     return b.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS").getOrCreate()
 
 
-def prepare(vehicles: int, interval_s: float, reuse: bool) -> tuple[str, str]:
+def prepare(vehicles: int, interval_s: float, reuse: bool, osm: str = PORTO) -> tuple[str, str]:
     """Network + simulated day + ingested probes under benchmarks/work/match_spark (kept with --reuse)."""
-    wh, sim = str(WORK / f"wh_v{vehicles}_i{int(interval_s)}"), str(WORK / f"sim_v{vehicles}_i{int(interval_s)}")
+    tag = f"{Path(osm).name.split('.')[0]}_v{vehicles}_i{int(interval_s)}"
+    wh, sim = str(WORK / f"wh_{tag}"), str(WORK / f"sim_{tag}")
     if reuse and os.path.isdir(os.path.join(wh, "probes")):
         return wh, sim
     shutil.rmtree(wh, ignore_errors=True)
@@ -83,30 +91,37 @@ def prepare(vehicles: int, interval_s: float, reuse: bool) -> tuple[str, str]:
     from speedprofile.network.build import build
     from speedprofile.simulate.fleet import simulate
 
-    build(wh, osm=str(DATA / "osm_porto" / "porto.osm.pbf"))
+    build(wh, osm=osm)
     simulate(wh, sim, days=1, vehicles=vehicles, interval_s=interval_s, noise_m=5.0, seed=7)
     ingest(_spark_session(), wh, [os.path.join(sim, "probes")])
     return wh, sim
 
 
 def kernel_rate(wh: str) -> dict:
-    """Matcher.match_points over every piece's usable fixes (time order, strictly increasing), CPU seconds."""
+    """Matcher.match_points over the pieces the Spark run matches (the day's pieces, context fixes included), in
+    time order, CPU seconds; fixes counted as the Spark run counts them (owned fixes)."""
+    import pyarrow.compute as pc
+
     from speedprofile import tables
     from speedprofile.matching.kernel import Matcher, warm_up
     from speedprofile.network.graph import load_road_segments_table
 
     warm_up()
     m = Matcher(load_road_segments_table(wh))
-    t = tables.read_arrow(wh, "probes", columns=["trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "source_row"])
+    t = tables.read_arrow(wh, "probes", columns=["dt", "trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg",
+                                                 "is_context"])
+    t = t.filter(pc.equal(t.column("dt").cast("string"), DAY))
     tid = np.asarray(t.column("trace_id").to_numpy(zero_copy_only=False), dtype=object)
     piece = t.column("piece").to_numpy()
     ts = t.column("timestamp_utc").cast("int64").to_numpy()
     lon, lat = t.column("lon_deg").to_numpy(), t.column("lat_deg").to_numpy()
+    owned = ~t.column("is_context").to_numpy(zero_copy_only=False)
     codes = np.unique(tid, return_inverse=True)[1]
     order = np.lexsort((ts, piece, codes))
     key = codes[order] * 100_000 + piece[order]
     bounds = np.concatenate([[0], np.nonzero(np.diff(key))[0] + 1, [len(key)]])
     pieces = []
+    n = 0
     for a, b in itertools.pairwise(bounds):
         idx = order[a:b]
         tt = ts[idx]
@@ -114,12 +129,13 @@ def kernel_rate(wh: str) -> dict:
         idx = idx[ok]
         if len(idx) >= 2:
             pieces.append((lon[idx], lat[idx], (ts[idx] - ts[idx[0]]) / 1e6))
-    n = sum(len(p[0]) for p in pieces)
+            n += int(owned[idx].sum())
     c0 = time.process_time()
     for x, y, s in pieces:
         m.match_points(x, y, s)
     cpu = time.process_time() - c0
-    return {"pieces": len(pieces), "fixes": n, "cpu_s": round(cpu, 3), "fixes_per_cpu_s": round(n / cpu, 1)}
+    return {"pieces": len(pieces), "fixes": n, "fixes_with_context": sum(len(p[0]) for p in pieces),
+            "cpu_s": round(cpu, 3), "fixes_per_cpu_s": round(n / cpu, 1)}
 
 
 def spark_rate(wh: str) -> dict:
@@ -128,11 +144,12 @@ def spark_rate(wh: str) -> dict:
     again (the rate once those one-off costs are paid). CPU of the Spark process tree and wall time."""
     from spark_apps.match_traces import main
     from speedprofile.spark import read_metrics
+    from speedprofile.warehouse import read_partitions
 
     spark = _spark_session()
     spark.range(1).count()  # JVM start-up outside the timed region
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
-    cells = sorted(d.split("=", 1)[1] for d in os.listdir(os.path.join(wh, "probes", f"dt={DAY}")))
+    cells = sorted(p["cell"] for p in read_partitions(wh)["partitions"])
     argv = ["--warehouse", wh, "--date", DAY, "--partition", ",".join(cells)]
     cores = spark.sparkContext.defaultParallelism
     runs = {}
@@ -156,6 +173,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vehicles", type=int, default=300)
     ap.add_argument("--interval-s", type=float, default=10.0)
+    ap.add_argument("--osm", default=PORTO, help="OSM extract of the network (default: central Porto)")
+    ap.add_argument("--out", default=str(OUT), help="JSON result file (default %(default)s)")
     ap.add_argument("--reuse", action="store_true", help="keep the network, fleet and probes of an earlier run")
     ap.add_argument("--keep-output", help="copy the written segment_traversals table to this folder")
     ap.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
@@ -163,26 +182,27 @@ def main() -> int:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if args.prepare_only:
-        prepare(args.vehicles, args.interval_s, args.reuse)
+        prepare(args.vehicles, args.interval_s, args.reuse, args.osm)
         return 0
     # ingest runs in its own JVM, so the timed runs start from a JVM that has not run Spark jobs yet
     subprocess.run([sys.executable, __file__, "--prepare-only", "--vehicles", str(args.vehicles),
-                    "--interval-s", str(args.interval_s), *(["--reuse"] if args.reuse else [])], check=True)
-    wh, _ = prepare(args.vehicles, args.interval_s, reuse=True)
+                    "--interval-s", str(args.interval_s), "--osm", args.osm, *(["--reuse"] if args.reuse else [])],
+                   check=True)
+    wh, _ = prepare(args.vehicles, args.interval_s, reuse=True, osm=args.osm)
     sp = spark_rate(wh)
     if args.keep_output:
         shutil.rmtree(args.keep_output, ignore_errors=True)
         shutil.copytree(os.path.join(wh, "segment_traversals"), args.keep_output)
     kr = kernel_rate(wh)
     out = {
-        "benchmark": "match_spark", "input": f"porto, 1 day, {args.vehicles} vehicles, {args.interval_s:g} s fixes",
+        "benchmark": "match_spark", "input": f"{Path(args.osm).name.split('.')[0]}, 1 day, {args.vehicles} vehicles, {args.interval_s:g} s fixes",
         "spark": sp, "kernel_raw_arrays": kr,
         **{f"spark_{run}_cpu_vs_kernel": round(sp[run]["fixes_per_cpu_s"] / kr["fixes_per_cpu_s"], 3)
            for run in ("cold", "warm")},
     }
     print(json.dumps(out, indent=2))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=2) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

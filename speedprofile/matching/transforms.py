@@ -60,6 +60,8 @@ MATCH_TASK_FIXES = 1_000_000  # input fixes per matching task beyond two tasks p
 MATCH_CHUNK_ROWS = 50_000  # a task matches the complete pieces of about this many fixes at a time (bounded memory)
 _PROBE_COLUMNS = ["dt", "partition", "trace_id", "piece", "timestamp_utc", "lon_deg", "lat_deg", "speed_kph",
                   "prematched_segment_id", "is_context", "source_file", "source_row"]
+_SOURCE_ORDER = ("source_file", "source_row")  # the order of a piece's fixes (the source's), sorted on only
+_WIRE_COLUMNS = [c for c in _PROBE_COLUMNS if c not in _SOURCE_ORDER]  # what the Spark job sends to the workers
 
 
 def _disk(cell: str, k: int) -> list[str]:
@@ -207,19 +209,22 @@ def _stats_batch(stats: dict) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([arrays[f.name] for f in RESULT_ARROW], schema=RESULT_ARROW)
 
 
-def match_table(table: pa.Table, token: str, network, emit: frozenset, params: MatchParams) -> list[pa.RecordBatch]:
+def match_table(table: pa.Table, token: str, network, emit: frozenset, params: MatchParams,
+                presorted: bool = False) -> list[pa.RecordBatch]:
     """Match every trace piece of an Arrow table of probes (whole pieces only) -> result batches (RESULT_ARROW).
 
     Pieces are cut by sorting on (dt, partition, trace_id, piece, source_file, source_row): the fixes of a piece in
-    the order the source gave them, which is how the kernel takes them.
+    the order the source gave them, which is how the kernel takes them. `presorted`: the rows are in that order
+    already (the Spark job sorts them in the JVM and sends no source columns).
     """
     if table.num_rows == 0:
         return []
-    table = table.select(_PROBE_COLUMNS).combine_chunks()
-    idx = pc.sort_indices(table, sort_keys=[
-        ("dt", "ascending"), ("partition", "ascending"), ("trace_id", "ascending"), ("piece", "ascending"),
-        ("source_file", "ascending"), ("source_row", "ascending")])
-    table = table.take(idx)
+    if presorted:
+        table = table.select(_WIRE_COLUMNS).combine_chunks()
+    else:
+        table = table.select(_PROBE_COLUMNS).combine_chunks()
+        idx = pc.sort_indices(table, sort_keys=[(c, "ascending") for c in (*PIECE_KEYS, *_SOURCE_ORDER)])
+        table = table.take(idx)
     dt = _np(table.column("dt").cast(pa.int32()), np.int64, 0)
     piece = _np(table.column("piece"), np.int64, -1)
     home_codes = _np(table.column("partition").dictionary_encode().combine_chunks().indices, np.int64, -1)
@@ -238,13 +243,15 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
     pm_has = ~_np(pm_col.is_null(), bool, True)
     pm_ids = _np(pm_col, np.int64, 0)
     speeds = _np(table.column("speed_kph"), np.float64, np.nan)
-    homes = table.column("partition").to_pylist()
-    dts = table.column("dt").to_pylist()
+    # per piece, not per fix: a date's to_pylist builds a Python object per row (a tenth of the workers' time)
+    first = pa.array(starts, pa.int64())
+    homes = table.column("partition").take(first).to_pylist()
+    dts = table.column("dt").take(first).to_pylist()
     out = _Out()
     stats: dict = {}
     statuses = np.array(FIX_STATUSES, dtype=object)
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        home = homes[a]
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        home, day = homes[i], dts[i]
         owned = ~ctx[a:b]
         n_owned = int(owned.sum())
         st: dict[str, int] = {"pieces": 1, "fixes_in": n_owned, "context_fixes": (b - a) - n_owned}
@@ -275,7 +282,7 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
                                                                reason[on_emit]).astype(str)), return_counts=True)
                     for key_, c_ in zip(keys_.tolist(), n_.tolist(), strict=True):
                         p_, r_ = key_.split("|", 1)
-                        acc = stats.setdefault((dts[a], p_), {})
+                        acc = stats.setdefault((day, p_), {})
                         k_ = "traversals:" + r_
                         acc[k_] = acc.get(k_, 0) + c_
                 keep = on_emit & (reason == None)  # noqa: E711
@@ -287,7 +294,7 @@ def match_table(table: pa.Table, token: str, network, emit: frozenset, params: M
             st = {"pieces": 1, "fixes_in": n_owned, "context_fixes": (b - a) - n_owned,
                   "fixes_kernel_error": n_owned, "pieces_kernel_error": 1, "kernel_error_" + type(exc).__name__: 1}
         if home in emit:
-            acc = stats.setdefault((dts[a], home), {})
+            acc = stats.setdefault((day, home), {})
             for k, v in st.items():
                 acc[k] = acc.get(k, 0) + v
     batches = []
@@ -327,11 +334,13 @@ def match_traces(probes: DataFrame, network: tuple[str, Network], partitions: It
         # a task gets whole pieces (the repartition keys), sorted by piece: it matches the complete pieces of about
         # chunk_rows fixes at a time, so its memory does not grow with its input
         for table in whole_groups(batches, PIECE_KEYS, chunk_rows):
-            yield from match_table(table, token, bc, emit, params)
+            yield from match_table(table, token, bc, emit, params, presorted=True)
 
+    # sorted in the JVM down to the source order within a piece, whose columns then stay in the JVM
     keyed = (probes.select(*_PROBE_COLUMNS)
              .repartition(n_tasks or match_tasks(probes.sparkSession), *PIECE_KEYS)
-             .sortWithinPartitions(*PIECE_KEYS))
+             .sortWithinPartitions(*PIECE_KEYS, *_SOURCE_ORDER)
+             .select(*_WIRE_COLUMNS))
     return keyed.mapInArrow(fn, RESULT_DDL).persist(StorageLevel.MEMORY_AND_DISK)
 
 
