@@ -1,4 +1,4 @@
-"""Spark match_traces throughput vs the kernel's raw-array rate on the same fixes (one simulated Porto day).
+"""Spark match_traces throughput vs the kernel's raw-array rate on the same pieces (one simulated day).
 
     .venv/bin/python benchmarks/match_spark.py [--vehicles 300] [--interval-s 10] [--osm FILE] [--reuse]
         [--keep-output DIR] [--out FILE]
@@ -9,7 +9,7 @@ over all partitions of the day in one call (local[2], the repo's conf/spark-defa
 and ingest excluded), twice: cold (first run in the JVM, what one spark-submit pays) and warm (run again). The Spark
 figure is owned fixes per CPU second of the whole Spark process tree (JVM + Python workers, from /proc), and per
 wall second per core (inflated when the machine is shared). The baseline, in the same run, is `Matcher.match_points` on the
-usable fixes of every piece (one process, the whole network, CPU seconds). Writes benchmarks/results/match_spark.json
+usable fixes of the same pieces, context fixes included (one process, the whole network, CPU seconds). Writes benchmarks/results/match_spark.json
 (or --out).
 """
 
@@ -79,9 +79,14 @@ def _spark_session():
     return b.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS").getOrCreate()
 
 
+def network_name(osm: str) -> str:
+    """`porto` for .../porto.osm.pbf: names the scratch folders and the input in the JSON."""
+    return Path(osm).name.split(".")[0]
+
+
 def prepare(vehicles: int, interval_s: float, reuse: bool, osm: str = PORTO) -> tuple[str, str]:
-    """Network + simulated day + ingested probes under benchmarks/work/match_spark (kept with --reuse)."""
-    tag = f"{Path(osm).name.split('.')[0]}_v{vehicles}_i{int(interval_s)}"
+    """Network + simulated day + ingested probes under WORK (kept with --reuse)."""
+    tag = f"{network_name(osm)}_v{vehicles}_i{int(interval_s)}"
     wh, sim = str(WORK / f"wh_{tag}"), str(WORK / f"sim_{tag}")
     if reuse and os.path.isdir(os.path.join(wh, "probes")):
         return wh, sim
@@ -195,7 +200,7 @@ def main() -> int:
         shutil.copytree(os.path.join(wh, "segment_traversals"), args.keep_output)
     kr = kernel_rate(wh)
     out = {
-        "benchmark": "match_spark", "input": f"{Path(args.osm).name.split('.')[0]}, 1 day, {args.vehicles} vehicles, {args.interval_s:g} s fixes",
+        "benchmark": "match_spark", "input": f"{network_name(args.osm)}, 1 day, {args.vehicles} vehicles, {args.interval_s:g} s fixes",
         "spark": sp, "kernel_raw_arrays": kr,
         **{f"spark_{run}_cpu_vs_kernel": round(sp[run]["fixes_per_cpu_s"] / kr["fixes_per_cpu_s"], 3)
            for run in ("cold", "warm")},
