@@ -664,10 +664,15 @@ def _spark_replace_condition(t: Table, replace: list[Mapping[str, object]]) -> C
     return reduce(lambda a, b: a | b, ors) if ors else F.lit(False)
 
 
-def write(df: DataFrame, warehouse: str, table: str | Table, replace: Iterable[Mapping[str, object]]) -> None:
+def write(df: DataFrame, warehouse: str, table: str | Table, replace: Iterable[Mapping[str, object]],
+          partitions_per_task: int | None = None) -> None:
     """Replace exactly the rows of the partitions listed in `replace` (each {key: value}) with the rows of df, as
     one atomic Iceberg commit. A partition whose new output is empty loses its old rows; other partitions are
-    never touched. Rows of df outside the listed partitions are an error (they would escape the replace)."""
+    never touched. Rows of df outside the listed partitions are an error (they would escape the replace).
+
+    `partitions_per_task`: when the caller has laid df out so that no task holds rows of more than this many
+    partitions (ingest packs whole folders into its write tasks), and that is at most FANOUT_MAX_PARTITIONS, each
+    task writes them with one open file per partition instead of sorting its rows first."""
     from pyspark.sql import functions as F
 
     t = _table(table)
@@ -685,6 +690,7 @@ def write(df: DataFrame, warehouse: str, table: str | Table, replace: Iterable[M
     keys = partition_keys(t)
     few = (0 < len(replace) <= FANOUT_MAX_PARTITIONS and set(keys) == set(t.partition_by)
            and all(set(r) == set(keys) for r in replace))
+    few = few or (partitions_per_task is not None and 0 < partitions_per_task <= FANOUT_MAX_PARTITIONS)
     if keys and not few:
         out = out.sortWithinPartitions(*keys)
     (out.writeTo(spark_identifier(df.sparkSession, warehouse, t)).option("fanout-enabled", str(few).lower())

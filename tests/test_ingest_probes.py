@@ -302,6 +302,15 @@ def test_batch_tables_follow_the_schemas_and_partition_folders(spark, batch):
     assert (rejected["dt"].isna() == rejected["timestamp_utc"].isna()).all()
     with_time = rejected[rejected["timestamp_utc"].notna()]
     assert (with_time["dt"].astype(str) == with_time["timestamp_utc"].dt.strftime("%Y-%m-%d")).all()
+    # One data file per (dt, partition, src) folder of probes: each folder goes whole to one write task, and a task
+    # writes each of its folders to one file (fanout for a few folders per task, sorted otherwise).
+    from collections import Counter
+
+    from speedprofile import tables
+
+    per_folder = Counter(tuple(t.file.partition) for t in tables.load(warehouse, "probes").scan().plan_files())
+    folders = probes.groupby(["dt", "partition", "src"]).ngroups
+    assert len(per_folder) == folders > 1 and set(per_folder.values()) == {1}, per_folder
 
 
 def test_batch_border_pieces_and_context_in_home_partitions(spark, batch):
@@ -752,7 +761,7 @@ def test_probe_folders_are_packed_into_balanced_write_tasks(spark):
     sizes = {(date(2026, 11, 3), f"cell{i:02d}", "a" if i % 3 else "b"): n
              for i, n in enumerate([900, 700, 650, 400, 390, 300, 250, 200, 120, 90, 60, 30, 10])}
     n_tasks = 4
-    bins = pipeline.balanced_bins(spark, sizes, n_tasks)
+    bins = pipeline.balanced_bins(spark, pipeline.pack_folders(sizes, n_tasks), n_tasks)
     assert bins.count() == len(sizes)
     rows = spark.createDataFrame([(*k, j) for k, n in sizes.items() for j in range(n)],
                                  "dt DATE, partition STRING, src STRING, j INT")

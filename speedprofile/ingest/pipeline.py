@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import reduce
@@ -259,27 +259,33 @@ def _count_rows(rows: DataFrame) -> tuple[dict[str, dict[str, dict]], dict[tuple
     return out, dict(folders)
 
 
-def balanced_bins(spark: SparkSession, sizes: dict[tuple, int], n_tasks: int) -> DataFrame:
-    """(dt, partition, src, _bin) for the write of `probes`: the folders packed into n_tasks bins of about equal
-    rows (largest first, each into the emptiest bin; no bin exceeds the mean by more than one folder).
+def pack_folders(sizes: dict[tuple, int], n_tasks: int) -> dict[tuple, int]:
+    """Folder key -> task (0..n_tasks-1): the folders packed into n_tasks bins of about equal rows (largest first,
+    each into the emptiest bin; no bin exceeds the mean by more than one folder)."""
+    import heapq
+
+    heap = [(0, b) for b in range(n_tasks)]
+    packed = {}
+    for key, n in sorted(sizes.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+        load, b = heapq.heappop(heap)
+        packed[key] = b
+        heapq.heappush(heap, (load + n, b))
+    return packed
+
+
+def balanced_bins(spark: SparkSession, packed: dict[tuple, int], n_tasks: int) -> DataFrame:
+    """(dt, partition, src, _bin) for the write of `probes`: each folder in the task `pack_folders` gave it.
 
     `_bin` is a number whose Spark hash (Murmur3, the hash of `repartition`) falls on its bin, so
     `repartition(n_tasks, "_bin")` puts each bin in its own task. Hashing the folder keys themselves instead left
     some of a few dozen folders' tasks with several times the rows of others; sampled ranges
     (`repartitionByRange`) balanced them but read the cached rows once more to sample them (27 s at 85 M)."""
-    import heapq
-
-    heap = [(0, b) for b in range(n_tasks)]
-    rows = []
-    for key, n in sorted(sizes.items(), key=lambda kv: (-kv[1], str(kv[0]))):
-        load, b = heapq.heappop(heap)
-        rows.append((*key, b))
-        heapq.heappush(heap, (load + n, b))
-    packed = spark.createDataFrame(rows, "dt DATE, partition STRING, src STRING, _task INT")
+    rows = [(*key, b) for key, b in packed.items()]
+    folders = spark.createDataFrame(rows, "dt DATE, partition STRING, src STRING, _task INT")
     # the smallest id hashing onto each task (64 ids per task: every task gets one), computed within the write's plan
     numbers = spark.range(0, 64 * n_tasks).groupBy(F.pmod(F.hash("id"), F.lit(n_tasks)).alias("_task")).agg(
         F.min("id").alias("_bin"))
-    return packed.join(numbers, "_task").drop("_task")
+    return folders.join(numbers, "_task").drop("_task")
 
 
 def _empty_counts() -> dict:
@@ -510,11 +516,14 @@ def _run(spark: SparkSession, warehouse: str, prep: Prepared, max_time_utc: pd.T
         # One file per (folder, source file): fewer, larger files for the readers (per-file costs dominate at ~1k
         # rows per folder), and a later re-ingest of one source replaces whole files of it. As many tasks as the
         # per-trace step: each task sorts its rows by folder before writing, and 16 tasks (the shuffle default)
-        # at 85 M rows sorted 5.6 M rows each, spilling 21 GB. Folders packed into tasks by their counted rows.
+        # at 85 M rows sorted 5.6 M rows each, spilling 21 GB. Folders packed into tasks by their counted rows; a
+        # task with few folders writes them with a file open each, without sorting its rows first.
         replace = [{"src": f.sha} for f in files]
-        bins = F.broadcast(balanced_bins(spark, folders, n_tasks))
+        packed = pack_folders(folders, n_tasks)
+        bins = F.broadcast(balanced_bins(spark, packed, n_tasks))
         probes = probes.join(bins, ["dt", "partition", "src"], "left").repartition(n_tasks, "_bin")
-        tables.write(probes, warehouse, PROBES, replace)
+        per_task = max(Counter(packed.values()).values(), default=0)
+        tables.write(probes, warehouse, PROBES, replace, partitions_per_task=per_task)
         tables.write(rejected.repartition("dt", "src"), warehouse, REJECTED_PROBES, replace)
     finally:
         rows.unpersist()
