@@ -117,13 +117,29 @@ def one_interval(wh: str, seg: pd.DataFrame, interval_s: float, vehicles: int, d
 
     out = os.path.join(work, f"sim_{interval_s:g}s")
     simulate(wh, out, days=days, vehicles=vehicles, interval_s=interval_s, noise_m=5.0, seed=13)
-    probes = pd.concat([pd.read_csv(os.path.join(out, "probes", f)) for f in sorted(os.listdir(os.path.join(out, "probes")))])
+    probes, paths, truth = load_fleet(out, seg)
+    return [score(wh, seg, probes, paths, truth, interval_s, vehicles, days, kernels, timing) for timing in timings]
+
+
+def load_fleet(sim: str, seg: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A simulated fleet's output folder -> (probes as `Matcher.match` takes them, truth paths with each traversal's
+    length_m, duration_s and true_kph, truth with `speed_kph_true` per segment x bucket)."""
+    folder = os.path.join(sim, "probes")
+    probes = pd.concat([pd.read_csv(os.path.join(folder, f)) for f in sorted(os.listdir(folder))])
     probes["timestamp_utc"] = pd.to_datetime(probes["timestamp"], utc=True, format="ISO8601")
     probes = probes.rename(columns={"lon": "lon_deg", "lat": "lat_deg"}).drop(columns=["speed_kph"], errors="ignore")
-    paths = pd.read_parquet(os.path.join(out, "truth_paths"))
-    truth = pd.read_parquet(os.path.join(out, "truth"))[["segment_id", "tow_bucket", "speed_kph"]]
-    truth = truth.rename(columns={"speed_kph": "speed_kph_true"})
-    return [score(wh, seg, probes, paths, truth, interval_s, vehicles, days, kernels, timing) for timing in timings]
+    paths = pd.read_parquet(os.path.join(sim, "truth_paths"))
+    paths = paths.assign(length_m=paths["segment_id"].map(seg.set_index("segment_id")["length_m"]))
+    dur = (paths["exit_time_utc"] - paths["enter_time_utc"]).dt.total_seconds()
+    paths = paths.assign(true_kph=paths["length_m"] / dur * 3.6, duration_s=dur)
+    truth = pd.read_parquet(os.path.join(sim, "truth"))[["segment_id", "tow_bucket", "speed_kph"]]
+    return probes, paths, truth.rename(columns={"speed_kph": "speed_kph_true"})
+
+
+def true_traversals(paths: pd.DataFrame) -> pd.DataFrame:
+    """One true traversal per (trace, segment) with its true speed; a trace driving a segment twice keeps its first
+    pass."""
+    return paths.drop_duplicates(["trace_id", "segment_id"])[["trace_id", "segment_id", "true_kph"]]
 
 
 def score(wh: str, seg: pd.DataFrame, probes: pd.DataFrame, paths: pd.DataFrame, truth: pd.DataFrame,
@@ -148,12 +164,7 @@ def score(wh: str, seg: pd.DataFrame, probes: pd.DataFrame, paths: pd.DataFrame,
     trav["exit_time_utc"] = trav["exit_time_utc"].astype(str)
 
     seg_len = seg.set_index("segment_id")["length_m"]
-    paths = paths.assign(length_m=paths["segment_id"].map(seg_len))
-    dur = (paths["exit_time_utc"] - paths["enter_time_utc"]).dt.total_seconds()
-    paths = paths.assign(true_kph=paths["length_m"] / dur * 3.6, duration_s=dur)
-    # one true traversal per (trace, segment); a trace driving a segment twice keeps its first pass
-    true_tr = paths.drop_duplicates(["trace_id", "segment_id"])[["trace_id", "segment_id", "true_kph"]]
-    j = trav.merge(true_tr, on=["trace_id", "segment_id"], how="left")
+    j = trav.merge(true_traversals(paths), on=["trace_id", "segment_id"], how="left")
     driven = j["true_kph"].notna()
     confident = j["confidence"] >= MIN_CONFIDENCE
     kept = j["is_complete"].astype(bool) & confident

@@ -48,8 +48,6 @@ import speed_error as se  # noqa: E402
 DATA = Path(os.environ.get("SPEEDPROFILE_DATA", REPO.parent / "shared" / "data"))
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "speedprofile-bench" / "timing_prior.json"
 CONFIGS = ("default", "oracle_free_flow", "oracle_time_of_day", "feedback", "tomography")
-WEEK_S = 7 * 86400
-SUNDAY = pd.Timestamp("1970-01-04", tz="UTC")
 TOMOGRAPHY_DAMP = 1.0  # damping of the relative pace change (0.1 and 0.3 were worse still)
 FEEDBACK_MIN_TRAVERSALS = 3
 
@@ -57,7 +55,9 @@ FEEDBACK_MIN_TRAVERSALS = 3
 def band_of(tow_bucket: int) -> int:
     """Time band of a local time-of-week bucket: 0 weekday night/evening, 1 AM peak (07-10), 2 PM peak
     (16-19:30), 3 midday, 4 weekend."""
-    day, minute = tow_bucket // 288, (tow_bucket % 288) * 5
+    from speedprofile.simulate.traffic import BUCKET_MINUTES, BUCKETS_PER_DAY
+
+    day, minute = tow_bucket // BUCKETS_PER_DAY, (tow_bucket % BUCKETS_PER_DAY) * BUCKET_MINUTES
     if day in (0, 6):
         return 4
     if 420 <= minute < 600:
@@ -71,26 +71,17 @@ class Fleet:
     """One simulated fleet, its truth and a matcher on its network; `run(name, pace_of)` matches every trace with
     the paces (s/m per network segment) `pace_of(trace fixes)` gives and scores the result."""
 
-    def __init__(self, wh: str, sim: str, zone_offset_s: float):
+    def __init__(self, wh: str, sim: str):
         from speedprofile.matching.kernel import Matcher, MatchParams
         from speedprofile.network.graph import load_road_segments_table
         from speedprofile.simulate.network import SimNetwork
 
         rs = load_road_segments_table(wh)
         seg = rs.select(["segment_id", "length_m", "road_class", "timezone"]).to_pandas()
-        probes = pd.concat([pd.read_csv(os.path.join(sim, "probes", f))
-                            for f in sorted(os.listdir(os.path.join(sim, "probes")))])
-        probes["timestamp_utc"] = pd.to_datetime(probes["timestamp"], utc=True, format="ISO8601")
-        probes = probes.rename(columns={"lon": "lon_deg", "lat": "lat_deg"}).drop(columns=["speed_kph"])
+        probes, paths, self.truth = se.load_fleet(sim, seg)
         self.traces = [(tid, g) for tid, g in probes.groupby("trace_id", sort=False)]
         self.fixes = len(probes)
-        truth = pd.read_parquet(os.path.join(sim, "truth"))[["segment_id", "tow_bucket", "speed_kph"]]
-        self.truth = truth.rename(columns={"speed_kph": "speed_kph_true"})
-        paths = pd.read_parquet(os.path.join(sim, "truth_paths"))
-        length = paths["segment_id"].map(seg.set_index("segment_id")["length_m"])
-        secs = (paths["exit_time_utc"] - paths["enter_time_utc"]).dt.total_seconds()
-        self.true_tr = paths.assign(true_kph=length / secs * 3.6).drop_duplicates(["trace_id", "segment_id"])[
-            ["trace_id", "segment_id", "true_kph"]]
+        self.true_tr = se.true_traversals(paths)
         self.tz = dict(zip(seg["segment_id"], seg["timezone"], strict=True))
         self.matcher = Matcher(rs, MatchParams())
         self.net = self.matcher.net
@@ -99,24 +90,27 @@ class Fleet:
         order = pd.Series(np.arange(len(sim_net.segment_id)), index=sim_net.segment_id)
         self.sim_idx = order.loc[self.net.segment_id].to_numpy()  # matcher's segment -> the simulator's row
         self.model = sim_net.model
-        self.zone_offset_s = zone_offset_s
+        self.zone = sim_net.main_zone()
         self.stretches: list[tuple] = []  # filled by a `capture` run: (legs' segment, start, end, anchors, times, tow)
 
     def tow(self, fixes: pd.DataFrame) -> int:
-        """Local time-of-week bucket of the trace's middle fix."""
-        t = fixes["timestamp_utc"].iloc[len(fixes) // 2]
-        return int((((t - SUNDAY).total_seconds() + self.zone_offset_s) % WEEK_S) // 300)
+        """Local time-of-week bucket of the trace's middle fix (the bucketing stage's rule, in the network's zone)."""
+        from speedprofile.aggregate.kernels import bucket_instant
+
+        t = fixes["timestamp_utc"].iloc[len(fixes) // 2].to_pydatetime()
+        return int(bucket_instant(t, self.zone)["tow_bucket"])
 
     def run(self, name: str, pace_of, capture: bool = False) -> tuple[dict, pd.DataFrame]:
         from schemas.segment_traversals import MIN_CONFIDENCE
         from schemas.speed_estimates import MIN_TRACES
 
-        matcher = _AnchorMatcher(self, self.matcher) if capture else self.matcher
+        matcher = _anchor_matcher(self) if capture else self.matcher
         c0 = time.process_time()
         frames = []
         for tid, g in self.traces:
             self.net.seg_pace = pace_of(g)
-            matcher.tow = self.tow(g) if capture else None
+            if capture:
+                matcher.tow = self.tow(g)
             tr = matcher.match(g).traversals
             if len(tr):
                 frames.append(tr.assign(trace_id=tid, piece=0))
@@ -182,31 +176,24 @@ class Fleet:
         return (p0 * np.clip(1 + q, 0.3, 3.0)).reshape(n_bands, nseg)
 
 
-class _AnchorMatcher:
-    """Matches like the wrapped matcher and records, per trace, the fixes' path positions and times next to the
-    path's legs (the stretches between consecutive fixes) for the tomography."""
+def _anchor_matcher(fleet: Fleet):
+    """A matcher like the fleet's that also records, per trace (its bucket in `.tow`), the fixes' path positions
+    and times next to the path's legs: the stretches between consecutive fixes, for the tomography."""
+    from speedprofile.matching import kernel as KM
 
-    def __init__(self, fleet: Fleet, matcher):
-        from speedprofile.matching import kernel as KM
+    class AnchorMatcher(KM.Matcher):
+        tow = 0
 
-        self.fleet, self.KM, self.tow = fleet, KM, None
-        outer = self
+        def _leg_times(self, lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, smooth_s=0.0, pace=None):
+            ok = chain >= 0
+            if len(lseg) and ok.any():
+                s = chain[ok] * KM._BIG_M + KM._smooth_positions(ppos[ok], chain[ok], t_s[ok], smooth_s)
+                x0 = lchain * KM._BIG_M + ls0
+                fleet.stretches.append((lseg.copy(), x0, x0 + (lo1 - lo0), np.maximum.accumulate(s),
+                                        t_s[ok].copy(), self.tow))
+            return KM.Matcher._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, smooth_s, pace)
 
-        class Capture(type(matcher)):
-            def _leg_times(self, lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, smooth_s=0.0, pace=None):
-                ok = chain >= 0
-                if len(lseg) and ok.any():
-                    big = KM._BIG_M
-                    s = chain[ok] * big + KM._smooth_positions(ppos[ok], chain[ok], t_s[ok], smooth_s)
-                    x0 = lchain * big + ls0
-                    fleet.stretches.append((lseg.copy(), x0, x0 + (lo1 - lo0), np.maximum.accumulate(s),
-                                            t_s[ok].copy(), outer.tow))
-                return KM.Matcher._leg_times(lseg, lo0, lo1, lchain, ls0, chain, ppos, t_s, smooth_s, pace)
-
-        self.inner = Capture(matcher.net, matcher.params)
-
-    def match(self, fixes):
-        return self.inner.match(fixes)
+    return AnchorMatcher(fleet.net, fleet.matcher.params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,23 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists(args.osm):
         print(f"error: --osm {args.osm}: no such file", file=sys.stderr)
         return 2
-    from zoneinfo import ZoneInfo
-
     from speedprofile.matching.kernel import MatchParams, warm_up
     from speedprofile.network.build import build
-    from speedprofile.simulate.fleet import DEFAULT_START_DATE, simulate
+    from speedprofile.simulate.fleet import simulate
 
     warm_up()
     results = []
     with tempfile.TemporaryDirectory() as work:
         wh, sim = os.path.join(work, "wh"), os.path.join(work, "sim")
         build(wh, osm=args.osm)
-        info = simulate(wh, sim, days=args.days, vehicles=args.vehicles, interval_s=args.interval_s, noise_m=5.0,
-                        seed=7)
-        zone = info.get("timezone") or "UTC"
-        offset = ZoneInfo(zone).utcoffset(pd.Timestamp(DEFAULT_START_DATE).to_pydatetime()).total_seconds()
-        fleet = Fleet(wh, sim, offset)
-        print(f"fleet: {fleet.fixes:,} fixes, {len(fleet.traces):,} traces, {args.interval_s:g} s, {zone}")
+        simulate(wh, sim, days=args.days, vehicles=args.vehicles, interval_s=args.interval_s, noise_m=5.0, seed=7)
+        fleet = Fleet(wh, sim)
+        print(f"fleet: {fleet.fixes:,} fixes, {len(fleet.traces):,} traces, {args.interval_s:g} s, {fleet.zone}")
         r, kept = fleet.run("default", lambda g: fleet.base_pace, capture="tomography" in configs)
         results.append(r)
         if "oracle_free_flow" in configs:
