@@ -173,6 +173,39 @@ def test_spark_sql_validation_agrees_with_the_kernel(spark):
     assert got.loc[ok, "speed_kph"].fillna(-1).tolist() == exp.loc[ok, "speed_kph"].fillna(-1).tolist()
 
 
+QUOTED_CSV = """speed_kph,trace_id,timestamp,lon,lat
+12.5,"q1",2024-03-01T09:00:00Z,8.5,47.1
+,"q,2",2024-03-01T09:00:01Z,8.5,47.1
+3,"q3,2024-03-01T09:00:02Z,8.5,47.1
+4,q4,2024-03-01T09:00:03Z,8.5,47.1,"x"
+5,q"5,2024-03-01T09:00:04Z,8.5,47.1
+6,"q""6",2024-03-01T09:00:05Z,"8.5",47.1
+7,q7,2024-03-01T09:00:06Z,8.5
+,,2024-03-01T09:00:07Z,8.5,47.1
+8,q8,,8.5,47.1
+9,q9,2024-03-01T09:00:08Z,8.5,47.1,
+"""
+
+
+def test_quoted_and_unquoted_csv_lines_give_the_kernel_fields(spark, tmp_path):
+    """Quoted fields (with commas and doubled quotes inside), stray quotes, empty fields and wrong field counts:
+    Spark's CSV parsing gives the kernel's fields, reasons and details."""
+    path = tmp_path / "quoted.csv"
+    path.write_text(QUOTED_CSV)
+    got = _spark_parsed(spark, [str(path)]).toPandas().sort_values("source_row")
+    exp = kernel.validate_records(_records_from_csv(str(path))).sort_values("source_row")
+    assert got["source_row"].tolist() == exp["source_row"].tolist() == list(range(2, 12))
+    assert got["reason"].fillna("-").tolist() == exp["reason"].fillna("-").tolist()
+    ok = exp["reason"].isna().to_numpy()
+    assert got["trace_id"][ok].tolist() == exp["trace_id"][ok].tolist() == ["q1", "q,2", 'q"5', 'q"6']
+    assert got["speed_kph"][ok].fillna(-1).tolist() == exp["speed_kph"][ok].fillna(-1).tolist() == [12.5, -1, 5, 6]
+    assert dict(zip(got["source_row"], got["reason"], strict=True)) == {
+        2: None, 3: None, 4: "unparsable_line", 5: "unparsable_line", 6: None, 7: None, 8: "unparsable_line",
+        9: "empty_trace_id", 10: "missing_field", 11: "unparsable_line"}
+    details = dict(zip(got["source_row"], got["detail"], strict=True))
+    assert details[8] == "4 fields, header has 5" and details[11] == "6 fields, header has 5"
+
+
 def test_traces_split_over_arrow_batches_give_the_kernel_result(spark):
     """Tiny Arrow batches and chunks: a trace straddling batches is held for the next chunk, so pieces equal the
     one-trace kernel's."""
