@@ -22,6 +22,7 @@ from tests.plugins.orchestration import (
     E2E_CELL,
     airflow_services,
     clone_airflow_home,
+    run_airflow,
     spark_connect_conn,
     wait_for,
 )
@@ -101,7 +102,10 @@ def test_airflow_ui_login_trigger_partition_day_and_read_a_gate_log(airflow_home
             assert shown == {f"speed_profile__{c}" for c in cells}
             assert "ingest_probes" in page.inner_text("body")
 
-            # trigger one partition-day: the dialog's default logical date is now, so the run covers yesterday
+            # trigger one partition-day: the dialog's default logical date is now, so the run covers yesterday. The
+            # DAG is unpaused first: the dialog's own unpause request races the trigger for SQLite's write lock, and
+            # a lost unpause would leave the run queued behind a paused DAG.
+            run_airflow(home, ["dags", "unpause", DAG_ID], wh, port=svc["port"])
             page.goto(f"{base}/dags/{DAG_ID}")
             page.click("[data-testid=trigger-dag-button]")
             dialog = page.locator("[role=dialog][data-scope=dialog][data-state=open]")
