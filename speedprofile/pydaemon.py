@@ -8,6 +8,7 @@ worker holds about 16 zip importers (one per package imported from pyspark.zip t
 per task, 13 % of the per-trace step's Python time in ingest (py-spy). Before it imports pyspark, the daemon drops
 the jars, and the zips of a pyspark / py4j that the same interpreter has installed as packages at the same version:
 0.1 ms per task after. (Upstream Spark calls it only when a path was added, SPARK-54744, after 4.1.)
+SPEEDPROFILE_PY_DAEMON_LEAN_PATH=0 keeps the path as Spark gives it.
 
 Idle exit. Spark 4.1 starts one worker daemon per Connect session on every executor and never stops it while the
 application runs (SPARK-54055), so a server that serves thousands of stage runs would keep thousands of idle daemons
@@ -26,6 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 
+LEAN_PATH = os.environ.get("SPEEDPROFILE_PY_DAEMON_LEAN_PATH", "1") != "0"
 IDLE_S = float(os.environ.get("SPEEDPROFILE_PY_DAEMON_IDLE_S", "120"))
 POLL_S = min(5.0, max(0.2, IDLE_S / 10))
 
@@ -102,7 +104,7 @@ def watch(idle_s: float = IDLE_S, poll_s: float = POLL_S, exit=os._exit) -> None
 
 
 if __name__ == "__main__":
-    kept = lean_path(sys.path)
+    kept = lean_path(sys.path) if LEAN_PATH else list(sys.path)
     dropped = tuple(p for p in sys.path if p not in kept)
     sys.path[:] = kept
     for key in [k for k in sys.path_importer_cache if k.startswith(dropped)]:  # finders made while -m found us
