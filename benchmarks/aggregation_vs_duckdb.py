@@ -193,11 +193,16 @@ def main() -> None:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
+    from speedprofile.spark import START_CONF
+
     t_session = time.perf_counter()
-    spark = (SparkSession.builder.master("local[2]").appName("bench-aggregation")
-             .config("spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC")
-             .config("spark.sql.shuffle.partitions", "8").config("spark.driver.memory", "3g")
-             .config("spark.sql.sources.partitionOverwriteMode", "dynamic").getOrCreate())
+    builder = (SparkSession.builder.master("local[2]").appName("bench-aggregation")
+               .config("spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC")
+               .config("spark.sql.shuffle.partitions", "8").config("spark.driver.memory", "3g")
+               .config("spark.sql.sources.partitionOverwriteMode", "dynamic"))
+    for k, v in START_CONF.items():  # the Python worker daemon of the apps (speedprofile.pydaemon)
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     session_s = time.perf_counter() - t_session
     tmp = tempfile.mkdtemp(prefix="bench-agg-")
