@@ -193,14 +193,15 @@ def main() -> None:
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from speedprofile.spark import START_CONF
+    from speedprofile.spark import SESSION_CONF, START_CONF
+    from speedprofile.tables import spark_jars
 
     t_session = time.perf_counter()
+    # the apps' session (speedprofile.spark.get_session): table jars, their worker daemon and session conf
     builder = (SparkSession.builder.master("local[2]").appName("bench-aggregation")
-               .config("spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.shuffle.partitions", "8").config("spark.driver.memory", "3g")
-               .config("spark.sql.sources.partitionOverwriteMode", "dynamic"))
-    for k, v in START_CONF.items():  # the Python worker daemon of the apps (speedprofile.pydaemon)
+               .config("spark.ui.enabled", "false").config("spark.jars", spark_jars())
+               .config("spark.sql.shuffle.partitions", "8").config("spark.driver.memory", "3g"))
+    for k, v in {**START_CONF, **SESSION_CONF}.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
