@@ -190,20 +190,13 @@ def main() -> None:
     ap.add_argument("--warm-runs", type=int, default=3)
     args = ap.parse_args()
 
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from speedprofile.spark import SESSION_CONF, START_CONF
-    from speedprofile.tables import spark_jars
+    from speedprofile.spark import session_builder
 
     t_session = time.perf_counter()
-    # the apps' session (speedprofile.spark.get_session): table jars, their worker daemon and session conf
-    builder = (SparkSession.builder.master("local[2]").appName("bench-aggregation")
-               .config("spark.ui.enabled", "false").config("spark.jars", spark_jars())
-               .config("spark.sql.shuffle.partitions", "8").config("spark.driver.memory", "3g"))
-    for k, v in {**START_CONF, **SESSION_CONF}.items():
-        builder = builder.config(k, v)
-    spark = builder.getOrCreate()
+    spark = (session_builder("bench-aggregation").master("local[2]").config("spark.ui.enabled", "false")
+             .config("spark.sql.shuffle.partitions", "8").config("spark.driver.memory", "3g").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     session_s = time.perf_counter() - t_session
     tmp = tempfile.mkdtemp(prefix="bench-agg-")

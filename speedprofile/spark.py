@@ -43,6 +43,16 @@ def is_connect(spark: SparkSession) -> bool:
     return is_remote() or type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+def session_builder(app_name: str) -> SparkSession.Builder:
+    """A builder for a classic (JVM) session as the apps start it: table jars, worker daemon, session conf; callers
+    may add their own (a master, memory) before getOrCreate."""
+    builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
+    builder = builder.config("spark.jars", tables.spark_jars())
+    for k, v in {**START_CONF, **SESSION_CONF}.items():
+        builder = builder.config(k, v)
+    return builder
+
+
 def get_session(app_name: str) -> SparkSession:
     """The active session (tests, spark-submit, a Spark Connect client when SPARK_REMOTE is set) or a new one;
     UTC, dynamic partition overwrite, Arrow on, concurrent writers for partitioned writes."""
@@ -52,11 +62,7 @@ def get_session(app_name: str) -> SparkSession:
         # a long-lived Spark Connect server: no JVM start, no Python worker pool start; session confs only
         spark = SparkSession.builder.getOrCreate()
     else:
-        builder = SparkSession.builder.appName(app_name).config("spark.ui.showConsoleProgress", "false")
-        builder = builder.config("spark.jars", tables.spark_jars())
-        for k, v in {**START_CONF, **SESSION_CONF}.items():
-            builder = builder.config(k, v)
-        spark = builder.getOrCreate()
+        spark = session_builder(app_name).getOrCreate()
     for k, v in SESSION_CONF.items():
         spark.conf.set(k, v)
     return spark

@@ -50,6 +50,7 @@ def spark():
     """One local[2] SparkSession for the whole test run (UTC, UI off, few shuffle partitions)."""
     from pyspark.sql import SparkSession
 
+    from speedprofile.spark import START_CONF
     from speedprofile.tables import spark_jars
 
     session = (
@@ -63,7 +64,7 @@ def spark():
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.memory", "2g")
-        .config("spark.python.daemon.module", "speedprofile.pydaemon")
+        .config(map=START_CONF)  # the apps' Python worker daemon
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .getOrCreate()
     )
